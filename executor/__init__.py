@@ -1,0 +1,1 @@
+"""executor: runs a planner Plan on torch.distributed and measures it."""

@@ -1,0 +1,105 @@
+"""The `planner` command line: each verb parses, calls one public function and prints a table."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from planner.clusters import CLUSTER_PRESETS, GPU_PRESETS
+from planner.models import PRESETS, count_params
+from planner.scenario import Scenario, ScenarioError, load_scenario, one_line, scenario_from_dict
+
+app = typer.Typer(
+    help="Plan, predict and run parallel training layouts for dense and MoE LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+EXIT_USER_ERROR = 2
+
+ScenarioArg = Annotated[Path, typer.Argument(help="scenario TOML file ([model], [cluster], [job], [search])")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn user mistakes into one line on stderr and exit code 2; no traceback, nothing written."""
+    try:
+        yield
+    except ValidationError as err:
+        _fail(one_line(err))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def default_scenario() -> Scenario:
+    """The scenario embedded in the package, run by `planner search` with no argument."""
+    import tomllib
+
+    text = resources.files("planner").joinpath("data/default.toml").read_text()
+    return scenario_from_dict(tomllib.loads(text), base_dir=Path.cwd(), name="default", source="default.toml")
+
+
+def scenario_or_default(path: Path | None) -> Scenario:
+    return default_scenario() if path is None else load_scenario(path)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in model presets."""
+    table = Table("preset", "layers", "hidden", "heads/kv", "experts (top-k)", "params", "active", title="models")
+    for name, spec in PRESETS.items():
+        total, active = count_params(spec)
+        experts = f"{spec.num_local_experts} ({spec.num_experts_per_tok})" if spec.is_moe else "-"
+        table.add_row(name, str(spec.num_hidden_layers), str(spec.hidden_size),
+                      f"{spec.num_attention_heads}/{spec.kv_heads}", experts, _human(total), _human(active))
+    console.print(table)
+
+
+@app.command()
+def clusters() -> None:
+    """List the built-in cluster and GPU presets."""
+    table = Table("preset", "gpu", "gpus/node", "nvlink domain", "intra GB/s", "inter GB/s", title="clusters")
+    for name, c in CLUSTER_PRESETS.items():
+        net = c["network"]
+        table.add_row(name, c["gpu"]["name"], str(c["gpus_per_node"]), str(net["nvlink_domain"] or c["gpus_per_node"]),
+                      f"{net['intra_node_gbs']:g}", f"{net['inter_node_gbs']:g}")
+    console.print(table)
+    gpus = Table("gpu", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GiB", "HBM GB/s", title="GPUs (dense datasheet peaks)")
+    for name, g in GPU_PRESETS.items():
+        fp8 = g.peak_tflops.get("fp8")
+        gpus.add_row(name, f"{g.peak_tflops['bf16']:g}", f"{fp8:g}" if fp8 else "-", f"{g.memory_gib:g}",
+                     f"{g.memory_bandwidth_gbs:g}")
+    console.print(gpus)
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(int(n))
+
+
+# -- verbs added by later modules register below this line (keep each body short) --
+
+
+def main() -> None:
+    app(prog_name="planner")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
