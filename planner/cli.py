@@ -94,6 +94,21 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+@app.command()
+def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (default: the embedded one)")] = None) -> None:
+    """Validate a scenario file and print what it resolves to."""
+    with user_errors():
+        sc = scenario_or_default(scenario)
+    m, c, j = sc.model, sc.cluster, sc.job
+    total, active = count_params(m)
+    console.print(f"[bold]{sc.name}[/bold]: ok")
+    console.print(f"model   {m.name}: {m.num_hidden_layers} layers, hidden {m.hidden_size}, "
+                  f"{_human(total)} params ({_human(active)} active)")
+    console.print(f"cluster {c.name}: {c.num_nodes} x {c.gpus_per_node} {c.gpu.name} = {c.world_size} GPUs, "
+                  f"NVLink domain {c.nvlink_domain}, {c.network.intra_node_gbs:g}/{c.network.inter_node_gbs:g} GB/s")
+    console.print(f"job     seq {j.seq_len}, global batch {j.global_batch}, {j.precision.value}, {j.optimizer.kind.value}")
+
+
 # -- verbs added by later modules register below this line (keep each body short) --
 
 

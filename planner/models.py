@@ -181,7 +181,8 @@ def load_hf_config(path: Path) -> ModelSpec:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"model.hf_config: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-    return ModelSpec.model_validate(hf_to_fields(raw, name=path.parent.name or path.stem))
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return ModelSpec.model_validate(hf_to_fields(raw, name=name))
 
 
 _COMMON_KEYS = (
@@ -200,7 +201,7 @@ def hf_to_fields(raw: dict[str, Any], *, name: str) -> dict[str, Any]:
     if model_type == "gpt2":
         return _gpt2_fields(raw, name=name)
     fields = {k: raw[k] for k in _COMMON_KEYS if raw.get(k) is not None}
-    fields["name"] = raw.get("_name_or_path") or name
+    fields["name"] = name
     match model_type:
         case "qwen2" | "qwen2_moe":
             fields.setdefault("attention_bias", True)  # Qwen2 has q/k/v biases without a flag

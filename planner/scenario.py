@@ -292,6 +292,27 @@ class Scenario(BaseModel):
     search: SearchSpace = SearchSpace()
 
 
+    @model_validator(mode="after")
+    def _fixed_degrees_fit(self) -> Scenario:
+        world = self.cluster.world_size
+        fixed = {a: d for a, d in self.search.fixed.items() if a in (Axis.DP, Axis.TP, Axis.PP, Axis.CP)}
+        product = 1
+        for degree in fixed.values():
+            product *= degree
+        if world % product:
+            names = "*".join(a.value for a in fixed)
+            raise ValueError(
+                f"search.fixed: {names} = {product} does not divide the cluster's {world} GPUs; "
+                "change the fixed degrees or num_nodes"
+            )
+        if Axis.EP in self.search.fixed and self.model.is_moe and self.model.num_local_experts % self.search.fixed[Axis.EP]:
+            raise ValueError(
+                f"search.fixed: ep={self.search.fixed[Axis.EP]} does not divide "
+                f"num_local_experts={self.model.num_local_experts}"
+            )
+        return self
+
+
 class ScenarioError(ValueError):
     """A user-facing, one-line problem with a scenario file."""
 
@@ -330,7 +351,7 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
 def one_line(err: ValidationError) -> str:
     """The first pydantic error as `section.field: message`, which names the field to fix."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(str(p) for p in first["loc"] if p != "[key]")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown field; remove it or check its spelling"
