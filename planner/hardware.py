@@ -1,0 +1,394 @@
+"""HardwareProfile: the on-disk profile schema (profiles/*.json), datasheet defaults and its queries.
+
+A profile says how fast one accelerator computes (peak per precision times an efficiency curve
+by operator size), how fast it streams memory, and how fast collectives run on each network
+tier (alpha-beta fits). The cluster (ClusterSpec) says which ranks share a tier.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from planner.scenario import ClusterSpec, GpuSpec, Precision, one_line
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_US = 1e-6
+_GB = 1e9
+_TFLOP = 1e12
+
+
+class ProfileSource(StrEnum):
+    MEASURED = "measured"
+    DATASHEET = "datasheet"
+
+
+class DeviceKind(StrEnum):
+    CUDA = "cuda"
+    CPU = "cpu"
+    ROCM = "rocm"
+
+
+class Collective(StrEnum):
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    REDUCE_SCATTER = "reduce_scatter"
+    ALL_TO_ALL = "all_to_all"
+    SEND_RECV = "send_recv"
+
+    def traffic_factor(self, num_ranks: int) -> float:
+        """Bytes each rank moves per byte of buffer in a ring/pairwise algorithm (NCCL busbw rules)."""
+        n = num_ranks
+        match self:
+            case Collective.ALL_REDUCE:
+                return 2.0 * (n - 1) / n
+            case Collective.ALL_GATHER | Collective.REDUCE_SCATTER | Collective.ALL_TO_ALL:
+                return (n - 1) / n
+            case Collective.SEND_RECV:
+                return 1.0
+
+
+class Tier(StrEnum):
+    INTRA_NODE = "intra_node"  # NVLink / Infinity Fabric domain
+    INTER_NODE = "inter_node"  # NIC fabric (InfiniBand / RoCE)
+
+
+class Curve(BaseModel):
+    """y(x) by linear interpolation in log10(x); clamps outside the sampled range."""
+
+    model_config = _FROZEN
+    points: list[tuple[float, float]] = Field(min_length=1)
+
+    @field_validator("points")
+    @classmethod
+    def _sorted_positive(cls, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        xs = [x for x, _ in pts]
+        if any(x <= 0 for x in xs) or xs != sorted(xs) or len(set(xs)) != len(xs):
+            raise ValueError("points: x values must be positive, distinct and sorted ascending")
+        if any(not 0 < y <= 1.0 for _, y in pts):
+            raise ValueError("points: efficiencies must lie in (0, 1]")
+        return pts
+
+    def covers(self, x: float) -> bool:
+        """False when a query at x would be clamped (outside the measured range)."""
+        return self.points[0][0] <= x <= self.points[-1][0]
+
+    def at(self, x: float) -> float:
+        pts = self.points
+        if x <= pts[0][0]:
+            return pts[0][1]
+        if x >= pts[-1][0]:
+            return pts[-1][1]
+        i = bisect.bisect_right(pts, (x, math.inf))
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        t = math.log(x / x0) / math.log(x1 / x0)
+        return y0 + t * (y1 - y0)
+
+
+class DeviceInfo(BaseModel):
+    model_config = _FROZEN
+    name: str
+    kind: DeviceKind
+    torch_version: str | None = None
+    driver_version: str | None = None
+    num_devices: int = Field(1, ge=1)
+
+
+class KernelSample(BaseModel):
+    """One raw kernel measurement (the profiler's evidence behind the curves)."""
+
+    model_config = _FROZEN
+    op: str
+    shape: list[int]
+    dtype: str
+    flops: float = Field(ge=0)
+    bytes: float = Field(ge=0)
+    median_us: float = Field(gt=0)
+    p10_us: float = Field(gt=0)
+    p90_us: float = Field(gt=0)
+    repeats: int = Field(ge=1)
+
+
+class CollectiveSample(BaseModel):
+    model_config = _FROZEN
+    size_bytes: float = Field(gt=0)
+    median_us: float = Field(gt=0)
+
+
+class CollectiveFit(BaseModel):
+    """time = latency + traffic_factor(n) * size / bandwidth (bandwidth is NCCL's "bus" bandwidth)."""
+
+    model_config = _FROZEN
+    collective: Collective
+    tier: Tier
+    num_ranks: int = Field(ge=2)
+    latency_us: float = Field(ge=0)
+    bandwidth_gbs: float = Field(gt=0)
+    samples: list[CollectiveSample] = []
+
+    def time_s(self, size_bytes: float, *, num_ranks: int) -> float:
+        traffic = self.collective.traffic_factor(num_ranks) * size_bytes
+        return self.latency_us * _US + traffic / (self.bandwidth_gbs * _GB)
+
+
+class HardwareProfile(BaseModel):
+    """One accelerator kind and its links, measured or from datasheets; SI units in the queries."""
+
+    model_config = _FROZEN
+    name: str
+    source: ProfileSource
+    citations: list[str] = []
+    created: str
+    device: DeviceInfo
+    peak_tflops: dict[Precision, float]
+    memory_gib: float = Field(gt=0)
+    memory_bandwidth_gbs: float = Field(gt=0)
+    matmul_efficiency: dict[Precision, Curve]
+    attention_efficiency: dict[Precision, Curve]
+    memory_bound_efficiency: float = Field(gt=0, le=1)
+    kernel_samples: list[KernelSample] = []
+    collectives: list[CollectiveFit] = []
+
+    def peak_flops(self, precision: Precision) -> float:
+        if precision not in self.peak_tflops:
+            known = ", ".join(p.value for p in self.peak_tflops)
+            raise ValueError(f"job.precision: {precision.value} has no peak in profile {self.name}; use one of {known}")
+        return self.peak_tflops[precision] * _TFLOP
+
+    def matmul_s(self, flops: float, *, precision: Precision) -> float:
+        """GEMM time: flops / (peak * efficiency(flops of this one call))."""
+        eff = _curve_for(self.matmul_efficiency, precision).at(flops)
+        return flops / (self.peak_flops(precision) * eff)
+
+    def attention_s(self, flops: float, *, precision: Precision) -> float:
+        """Fused (flash-style) attention time; x is the FLOPs of one attention call."""
+        eff = _curve_for(self.attention_efficiency, precision).at(flops)
+        return flops / (self.peak_flops(precision) * eff)
+
+    def memory_bound_s(self, num_bytes: float) -> float:
+        return num_bytes / (self.memory_bandwidth_gbs * _GB * self.memory_bound_efficiency)
+
+    def collective_fit(self, collective: Collective, *, tier: Tier, num_ranks: int) -> CollectiveFit:
+        """The fit for this collective and tier measured at the nearest rank count (log distance)."""
+        fits = [f for f in self.collectives if f.collective == collective and f.tier == tier]
+        if not fits:
+            fits = [f for f in self.collectives if f.collective == Collective.ALL_REDUCE and f.tier == tier]
+        if not fits:
+            raise ValueError(f"profile {self.name}: no {tier.value} collective fits; re-run `planner profile`")
+        return min(fits, key=lambda f: abs(math.log(f.num_ranks / max(num_ranks, 2))))
+
+    def collective_s(self, collective: Collective, size_bytes: float, *, num_ranks: int, tier: Tier) -> float:
+        """Time of one collective over `size_bytes` of buffer on `num_ranks` ranks inside one tier."""
+        if num_ranks <= 1 or size_bytes <= 0:
+            return 0.0
+        return self.collective_fit(collective, tier=tier, num_ranks=num_ranks).time_s(size_bytes, num_ranks=num_ranks)
+
+
+def _curve_for(curves: dict[Precision, Curve], precision: Precision) -> Curve:
+    if precision in curves:
+        return curves[precision]
+    return curves[Precision.BF16]
+
+
+# -- topology: which tier a communicator group spans -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpan:
+    """A communicator group laid out on the rank grid: ranks base + k*stride for k < num_ranks.
+
+    `ranks_per_domain` of them share one NVLink domain; the rest reach it over the NIC fabric.
+    """
+
+    num_ranks: int
+    stride: int
+    ranks_per_domain: int
+    nic_scale: float = 1.0  # slowest NIC the group touches / the cluster's nominal NIC (overrides)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.INTRA_NODE if self.ranks_per_domain >= self.num_ranks else Tier.INTER_NODE
+
+
+def group_span(cluster: ClusterSpec, *, num_ranks: int, stride: int) -> GroupSpan:
+    """Place a strided group on the cluster (the rank grid puts rank r on node r // gpus_per_node)."""
+    domain = cluster.nvlink_domain
+    if stride >= domain:
+        per_domain = 1
+    elif domain % stride == 0:
+        per_domain = min(num_ranks, domain // stride)
+    else:
+        per_domain = 1
+    slowest = _slowest_inter_gbs(cluster, num_ranks=num_ranks, stride=stride)
+    return GroupSpan(num_ranks=num_ranks, stride=stride, ranks_per_domain=per_domain,
+                     nic_scale=slowest / cluster.network.inter_node_gbs)
+
+
+def _slowest_inter_gbs(cluster: ClusterSpec, *, num_ranks: int, stride: int) -> float:
+    """Collectives run at the pace of the slowest participant: min over nodes/pairs some group spans."""
+    net = cluster.network
+    if num_ranks * stride <= cluster.gpus_per_node or not (net.node_overrides or net.pair_overrides):
+        return net.inter_node_gbs
+    node_gbs = {o.node: o.inter_node_gbs for o in net.node_overrides}
+    slowest = min([net.inter_node_gbs, *node_gbs.values()])
+    for pair in net.pair_overrides:
+        if _pair_in_some_group(cluster, pair.nodes, num_ranks=num_ranks, stride=stride):
+            slowest = min(slowest, pair.inter_node_gbs)
+    return slowest
+
+
+def _pair_in_some_group(cluster: ClusterSpec, nodes: tuple[int, int], *, num_ranks: int, stride: int) -> bool:
+    """Whether some group of this stride has ranks on both nodes (group of rank r: r mod stride, block)."""
+    g = cluster.gpus_per_node
+    block = num_ranks * stride
+
+    def groups(node: int) -> set[tuple[int, int]]:
+        return {(r // block, r % stride) for r in range(node * g, (node + 1) * g)}
+
+    return bool(groups(nodes[0]) & groups(nodes[1]))
+
+
+def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: float, *, span: GroupSpan) -> float:
+    """Time of a collective on a group that may straddle NVLink domains.
+
+    Inside one domain: the intra fit. Across domains, ring collectives are bounded by the NIC
+    hops; each of the `ranks_per_domain` members drives its own NIC, so NCCL's rings cross the
+    fabric in parallel and the bus bandwidth is min(intra, inter * ranks_per_domain)
+    (nccl-tests on DGX A100: ~190 GB/s busbw for 8x HDR NICs per node). All-to-all sends
+    (n - k)/n of the buffer off-domain, where only the group's own NIC helps.
+    """
+    n = span.num_ranks
+    if n <= 1 or size_bytes <= 0:
+        return 0.0
+    if span.tier == Tier.INTRA_NODE:
+        return hw.collective_s(collective, size_bytes, num_ranks=n, tier=Tier.INTRA_NODE)
+    inter = hw.collective_fit(collective, tier=Tier.INTER_NODE, num_ranks=n)
+    intra = hw.collective_fit(collective, tier=Tier.INTRA_NODE, num_ranks=max(2, span.ranks_per_domain))
+    nic_scale = span.nic_scale
+    k = span.ranks_per_domain
+    match collective:
+        case Collective.ALL_TO_ALL:
+            off = size_bytes * (n - k) / n / (inter.bandwidth_gbs * nic_scale * _GB)
+            on = size_bytes * (k - 1) / n / (intra.bandwidth_gbs * _GB)
+            return inter.latency_us * _US + max(off, on)
+        case Collective.SEND_RECV:
+            return inter.latency_us * _US + size_bytes / (inter.bandwidth_gbs * nic_scale * _GB)
+        case _:
+            bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale * k)
+            steps = collective.traffic_factor(n) * size_bytes
+            return inter.latency_us * _US * math.log2(n) + steps / (bus_gbs * _GB)
+
+
+def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:
+    """One point-to-point transfer between neighbours of `span` (pipeline activations)."""
+    if size_bytes <= 0:
+        return 0.0
+    fit = hw.collective_fit(Collective.SEND_RECV, tier=span.tier, num_ranks=2)
+    scale = span.nic_scale if span.tier == Tier.INTER_NODE else 1.0
+    return fit.latency_us * _US + size_bytes / (fit.bandwidth_gbs * scale * _GB)
+
+
+# -- datasheet defaults ------------------------------------------------------------------------
+# Efficiency model: a GEMM of F flops takes t = F / (ceiling * peak) + t0, i.e.
+# efficiency(F) = ceiling * F / (F + ceiling * peak * t0). t0 is the fixed per-kernel cost
+# (launch + tail wave); ceiling is the best large-GEMM fraction of the dense datasheet peak.
+# Sources: cuBLAS bf16 GEMM sweeps (NVIDIA "Matrix multiplication background" guide; A100
+# 8192^3 reaches ~250-270 of 312 TFLOP/s; H100 SXM ~700-750 of 989), AMD MI300X hipBLASLt
+# results (~650-750 of 1307 TFLOP/s, Chips and Cheese / SemiAnalysis 2024), B200 ~1500-1650
+# of 2250 (MLPerf-era reports).
+GEMM_CEILING = {"a100": 0.82, "h100": 0.74, "h800": 0.74, "h200": 0.76, "b200": 0.72, "gb200": 0.72,
+                "mi250x": 0.55, "mi300x": 0.55, "cpu": 0.9}
+GEMM_FIXED_COST_S = 6e-6  # per-kernel overhead (launch ~3 us + partial last wave), Nsight traces of GEMMs
+# Flash attention (FA2 paper, Dao 2023: fwd+bwd 50-73% of A100 peak at head dim 128; on H100 FA2
+# reaches ~35-45%, cuDNN/FA3 ~55-65%). Ratio to the GEMM ceiling of the same GPU.
+ATTENTION_TO_GEMM_RATIO = 0.80
+ATTENTION_FIXED_COST_S = 2e-5  # softmax bookkeeping, several kernels per call (fwd + bwd)
+# STREAM-like kernels reach ~85-90% of HBM bandwidth; PyTorch elementwise ops ~75-85%.
+MEMORY_BOUND_EFFICIENCY = 0.80
+# nccl-tests bus bandwidth relative to the per-direction link rate: NVLink/NVSwitch all-reduce
+# ~0.80 (A100: ~230 of 300 GB/s; H100: ~360-380 of 450), InfiniBand ~0.85-0.90 of line rate.
+INTRA_NODE_BUS_EFFICIENCY = 0.80
+INTER_NODE_BUS_EFFICIENCY = 0.85
+_CURVE_DECADES = range(6, 15)  # 1e6 .. 1e14 FLOPs per call
+
+
+def gemm_ceiling(gpu: GpuSpec) -> float:
+    """The large-GEMM fraction of peak for this GPU family (0.7 for unknown accelerators)."""
+    family = gpu.name.split("-")[0].lower()
+    return GEMM_CEILING.get(family, 0.70)
+
+
+def _saturating_curve(*, ceiling: float, peak_flops: float, fixed_s: float) -> Curve:
+    pts = []
+    for decade in _CURVE_DECADES:
+        flops = 10.0**decade
+        pts.append((flops, ceiling * flops / (flops + ceiling * peak_flops * fixed_s)))
+    return Curve(points=[(x, max(y, 1e-4)) for x, y in pts])
+
+
+def _collective_fits(cluster: ClusterSpec) -> list[CollectiveFit]:
+    net = cluster.network
+    fits = []
+    for tier, gbs, lat, eff in (
+        (Tier.INTRA_NODE, net.intra_node_gbs, net.intra_node_latency_us, INTRA_NODE_BUS_EFFICIENCY),
+        (Tier.INTER_NODE, net.inter_node_gbs, net.inter_node_latency_us, INTER_NODE_BUS_EFFICIENCY),
+    ):
+        for coll in Collective:
+            fits.append(CollectiveFit(collective=coll, tier=tier, num_ranks=8, latency_us=lat,
+                                      bandwidth_gbs=gbs * eff))
+    return fits
+
+
+def datasheet_profile(cluster: ClusterSpec) -> HardwareProfile:
+    """A profile from the cluster's datasheet numbers and the calibrated efficiency model above."""
+    gpu = cluster.gpu
+    ceiling = gemm_ceiling(gpu)
+    matmul, attention = {}, {}
+    for prec, tflops in gpu.peak_tflops.items():
+        peak = tflops * _TFLOP
+        matmul[prec] = _saturating_curve(ceiling=ceiling, peak_flops=peak, fixed_s=GEMM_FIXED_COST_S)
+        attention[prec] = _saturating_curve(ceiling=ceiling * ATTENTION_TO_GEMM_RATIO, peak_flops=peak,
+                                            fixed_s=ATTENTION_FIXED_COST_S)
+    return HardwareProfile(
+        name=f"{gpu.name}-datasheet", source=ProfileSource.DATASHEET, citations=list(DATASHEET_CITATIONS),
+        created=datetime.date.today().isoformat(),
+        device=DeviceInfo(name=gpu.name, kind=_kind(gpu), num_devices=cluster.world_size),
+        peak_tflops=dict(gpu.peak_tflops), memory_gib=gpu.memory_gib, memory_bandwidth_gbs=gpu.memory_bandwidth_gbs,
+        matmul_efficiency=matmul, attention_efficiency=attention,
+        memory_bound_efficiency=MEMORY_BOUND_EFFICIENCY, collectives=_collective_fits(cluster),
+    )
+
+
+def _kind(gpu: GpuSpec) -> DeviceKind:
+    name = gpu.name.lower()
+    if name.startswith("mi"):
+        return DeviceKind.ROCM
+    return DeviceKind.CPU if name == "cpu" else DeviceKind.CUDA
+
+
+DATASHEET_CITATIONS = (
+    "NVIDIA A100/H100/H200/B200 datasheets (dense tensor-core peaks, HBM size and bandwidth)",
+    "AMD Instinct MI300X datasheet (1307 TFLOP/s bf16 dense, 192 GB HBM3 5.3 TB/s)",
+    "NVIDIA Deep Learning Performance guide, 'Matrix Multiplication Background' (GEMM efficiency vs size)",
+    "Dao 2023, FlashAttention-2 (arXiv 2307.08691), fwd+bwd attention efficiency",
+    "NVIDIA nccl-tests PERFORMANCE.md (bus bandwidth definition and ring factors)",
+    "Narayanan et al. 2021 (arXiv 2104.04473) and Korthikanti et al. 2022 (arXiv 2205.05198): "
+    "end-to-end calibration of the efficiency constants",
+)
+
+
+def load_profile(path: str | Path) -> HardwareProfile:
+    """Read profiles/*.json; ValueError with one line when the file is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"profile: file {path} does not exist; pass a profiles/*.json file")
+    try:
+        return HardwareProfile.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ValueError(f"profile {path}: {one_line(err)}") from None
