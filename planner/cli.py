@@ -112,6 +112,16 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 # -- verbs added by later modules register below this line (keep each body short) --
 
 
+@app.command()
+def report(out_dir: Annotated[Path, typer.Argument(help="directory a `planner search --out` wrote")]) -> None:
+    """Re-render DIR/report.html from DIR's saved results (plans.csv, result.json); no search."""
+    from planner.report import render_report
+
+    with user_errors():
+        path = render_report(out_dir)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def main() -> None:
     app(prog_name="planner")
 
