@@ -1,0 +1,375 @@
+"""Report outputs: CSV columns, atomic writes, re-rendering, size bound, and the page in real Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import planner.report_html
+from conftest import REPO
+from planner.cli import app
+from planner.devicemap import attention_grid, expert_grid, plan_groups
+from planner.plan import Plan
+from planner.report import PLAN_COLUMNS, render_report, write_search_outputs
+from planner.scenario import Scenario, load_scenario
+
+GIB = 2**30
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+# ---- results shaped as CONTRACTS.md's Estimate / Candidate / SearchResult -------------------
+
+
+@dataclass(frozen=True)
+class ContractEstimate:
+    step_time_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float
+    hfu: float
+    peak_memory_bytes: float
+    fits: bool
+    memory_capacity_bytes: float
+    stage_memory: list[dict[str, float]]
+    time_breakdown_s: dict[str, float]
+    bubble_fraction: float
+    num_micro_batches: int
+    timeline: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"peak_memory_gib": self.peak_memory_bytes / GIB}
+
+
+@dataclass
+class ContractCandidate:
+    plan: Plan
+    estimate: ContractEstimate | None
+    fits: bool
+    reason: str | None
+    rank: int | None
+
+
+@dataclass
+class ContractResult:
+    candidates: list[ContractCandidate]
+    best: ContractCandidate | None
+    pareto: list[ContractCandidate]
+    stats: dict[str, float]
+
+
+def _estimate(plan: Plan, sc: Scenario, *, timeline: bool) -> ContractEstimate:
+    """A roofline-flavoured estimate: 6N FLOPs at 45% of peak, 1F1B bubble, ZeRO-sharded state."""
+    from planner.models import count_params
+
+    d, job, gpu = plan.dims, sc.job, sc.cluster.gpu
+    params, _ = count_params(sc.model)
+    m = plan.num_micro_batches(job.global_batch)
+    compute_s = 6 * params * job.tokens_per_step / sc.cluster.world_size / (0.45 * gpu.peak_tflops["bf16"] * 1e12)
+    compute_s *= 1 + 0.03 * d.tp + (0.33 if plan.recompute.value == "full" else 0)
+    bubble = (d.pp - 1) / (m + d.pp - 1)
+    comm = {"tp": 0.04 * compute_s * (d.tp > 1), "cp": 0.02 * compute_s * (d.cp > 1), "ep": 0.05 * compute_s * (d.ep > 1),
+            "pp": 0.01 * compute_s * (d.pp > 1), "dp": 0.08 * compute_s * (d.dp > 1)}
+    terms = comm | {"compute": compute_s, "exposed_comm": 0.3 * sum(comm.values()), "bubble": compute_s * bubble,
+                    "optimizer": 0.01 * compute_s}
+    step_s = terms["compute"] + terms["exposed_comm"] + terms["bubble"] + terms["optimizer"]
+    shard = d.tp * d.pp
+    stages = [{"weights": 2 * params / shard, "gradients": 4 * params / shard / (d.dp if plan.zero_stage >= 2 else 1),
+               "optimizer": 12 * params / shard / (d.dp if plan.zero_stage >= 1 else 1),
+               "activations": 2e9 * plan.micro_batch_size * (d.pp - s) * job.seq_len / 4096 / d.tp / d.cp,
+               "comm_buffers": 0.5e9, "allocator_margin": 1e9} for s in range(d.pp)]
+    peak = max(sum(s.values()) for s in stages)
+    capacity = gpu.memory_gib * GIB
+    events = _timeline(d.pp, min(m, 16)) if timeline else None
+    tokens = job.tokens_per_step / step_s / sc.cluster.world_size
+    return ContractEstimate(step_s, tokens, 0.45 * compute_s / step_s, 0.5 * compute_s / step_s, peak, peak <= capacity,
+                            capacity, stages, terms, bubble, m, events)
+
+
+def _timeline(pp: int, m: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = [{"ph": "M", "name": "thread_name", "pid": 0, "tid": s, "args": {"name": f"stage {s}"}}
+                                    for s in range(pp)]
+    for s in range(pp):
+        for mb in range(m):
+            events.append({"ph": "X", "name": f"F{mb}", "cat": "forward", "pid": 0, "tid": s, "ts": 1000.0 * (s + mb), "dur": 900.0})
+            events.append({"ph": "X", "name": f"B{mb}", "cat": "backward", "pid": 0, "tid": s,
+                           "ts": 1000.0 * (m + pp + 2 * mb), "dur": 1900.0})
+    return events
+
+
+def _plans(sc: Scenario, *, limit: int) -> list[Plan]:
+    world, moe = sc.cluster.world_size, sc.model.is_moe
+    out = []
+    for tp in (1, 2, 4, 8):
+        for pp in (1, 2, 4, 8, 16, 32):
+            for cp in (1, 2, 4):
+                for ep in ((1, 2, 4, 8) if moe else (1,)):
+                    if world % (tp * pp * cp):
+                        continue
+                    for zero in (0, 1, 3):
+                        for mbs in (1, 2, 4):
+                            for rc in ("none", "selective", "full"):
+                                out += _valid(sc, {"dims": {"dp": world // (tp * pp * cp), "tp": tp, "pp": pp, "cp": cp, "ep": ep},
+                                                   "zero_stage": zero, "micro_batch_size": mbs, "recompute": rc})
+    return out[:limit]
+
+
+def _valid(sc: Scenario, raw: dict[str, Any]) -> list[Plan]:
+    try:
+        plan = Plan.model_validate(raw)
+        plan.validate_for(sc)
+    except ValueError:
+        return []
+    return [plan]
+
+
+def contract_result(sc: Scenario, *, limit: int = 400) -> ContractResult:
+    cands = []
+    for i, plan in enumerate(_plans(sc, limit=limit)):
+        if i % 5 == 4:
+            cands.append(ContractCandidate(plan, None, False, "memory lower bound exceeds capacity on stage 0", None))
+            continue
+        est = _estimate(plan, sc, timeline=False)
+        reason = None if est.fits else f"OOM by {(est.peak_memory_bytes - est.memory_capacity_bytes) / GIB:.1f} GiB on stage 0"
+        cands.append(ContractCandidate(plan, est, est.fits, reason, None))
+    fitting = sorted((c for c in cands if c.fits), key=lambda c: -c.estimate.tokens_per_s_per_gpu)
+    for rank, c in enumerate(fitting, start=1):
+        c.rank = rank
+    best = fitting[0] if fitting else None
+    if best is not None:
+        best.estimate = _estimate(best.plan, sc, timeline=True)
+    front, fastest = [], -1.0
+    for c in sorted((c for c in cands if c.estimate), key=lambda c: c.estimate.peak_memory_bytes):
+        if c.estimate.tokens_per_s_per_gpu > fastest:
+            front.append(c)
+            fastest = c.estimate.tokens_per_s_per_gpu
+    stats = {"enumerated": len(cands), "pruned": sum(c.estimate is None for c in cands), "costed": len(cands), "seconds": 0.5}
+    return ContractResult(cands, best, front, stats)
+
+
+def search_result(name: str, *, limit: int = 400) -> tuple[Any, Scenario]:
+    sc = load_scenario(REPO / "scenarios" / f"{name}.toml")
+    return contract_result(sc, limit=limit), sc
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Scenario]:
+    result, sc = search_result("llama3-70b_h100x64")
+    out = tmp_path_factory.mktemp("rep") / "llama70b"
+    write_search_outputs(result, sc, out)
+    return out, result, sc
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def test_csv_has_documented_columns_and_every_candidate(written: tuple[Path, Any, Scenario]) -> None:
+    out, result, _ = written
+    with (out / "plans.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys()) == PLAN_COLUMNS
+    documented = re.findall(r"^\| `([a-z_0-9`, ]+)` \|", (REPO / "reports" / "README.md").read_text(), re.M)
+    names = {n.strip(" `") for cell in documented for n in cell.split(",")}
+    assert set(PLAN_COLUMNS) <= names, f"undocumented columns: {set(PLAN_COLUMNS) - names}"
+    assert sorted(int(r["candidate"]) for r in rows) == list(range(len(result.candidates)))
+    assert rows[0]["status"] == "best" and sum(r["status"] == "best" for r in rows) == 1
+    best = result.best.estimate
+    assert float(rows[0]["step_time_s"]) == pytest.approx(best.step_time_s, rel=1e-5)
+    assert float(rows[0]["peak_memory_gib"]) == pytest.approx(best.peak_memory_bytes / GIB, rel=1e-5)
+    assert rows[0]["plan"] == result.best.plan.describe()
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned and all(r["reason"] and r["step_time_s"] == "" for r in pruned)
+    oom = [r for r in rows if r["status"] == "oom"]
+    assert oom and all(r["fits"] == "False" and "OOM" in r["reason"] for r in oom)
+    fits = [float(r["tokens_per_s_per_gpu"]) for r in rows if r["status"] in ("best", "fits")]
+    assert fits == sorted(fits, reverse=True)
+    assert any(r["pareto"] == "True" for r in rows)
+
+
+def test_json_outputs_round_trip(written: tuple[Path, Any, Scenario]) -> None:
+    out, result, sc = written
+    assert Plan.load(out / "plan.json") == result.best.plan
+    saved = json.loads((out / "result.json").read_text())
+    assert Scenario.model_validate(saved["scenario"]) == sc
+    best = saved["detailed"][str(saved["best"])]
+    assert best["estimate"]["step_time_s"] == pytest.approx(result.best.estimate.step_time_s)
+    assert "timeline" not in best["estimate"]
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["traceEvents"] == result.best.estimate.timeline
+    assert set(saved["baselines"]) <= {"dp_zero3", "megatron_tp"} and saved["baselines"]
+
+
+def test_report_rerenders_identically_without_search(written: tuple[Path, Any, Scenario], tmp_path: Path) -> None:
+    out, _, _ = written
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    res = CliRunner().invoke(app, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert (copy / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no result.json" in res.output
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   error: type[BaseException]) -> None:
+    result, sc = search_result("tiny-dense_cpu4", limit=40)
+    out = tmp_path / "out"
+
+    def boom(_: Path) -> str:
+        raise error("interrupted while rendering")
+
+    monkeypatch.setattr(planner.report_html, "render_html", boom)
+    with pytest.raises(error):
+        write_search_outputs(result, sc, out)
+    assert list(tmp_path.iterdir()) == []  # neither out nor a temporary sibling
+    monkeypatch.undo()
+    write_search_outputs(result, sc, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(planner.report_html, "render_html", boom)
+    with pytest.raises(error):
+        write_search_outputs(result, sc, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_rewrite_keeps_measurement(tmp_path: Path) -> None:
+    result, sc = search_result("tiny-dense_cpu4", limit=40)
+    out = tmp_path / "out"
+    write_search_outputs(result, sc, out, measurement=_measurement(result))
+    write_search_outputs(result, sc, out)
+    assert json.loads((out / "measurement.json").read_text())["step_time_s"] > 0
+    assert "Predicted vs measured" in (out / "report.html").read_text()
+
+
+def _measurement(result: Any) -> dict[str, Any]:
+    est = result.best.estimate
+    return {"step_time_s": est.step_time_s * 1.1, "step_times_s": [est.step_time_s * 1.1] * 3,
+            "tokens_per_s_per_gpu": est.tokens_per_s_per_gpu / 1.1, "peak_memory_gib": est.peak_memory_bytes / GIB * 0.95,
+            "memory_gib": [est.peak_memory_bytes / GIB * 0.95] * 4, "losses": [10.4, 10.1, 9.9], "world_size": 4,
+            "plan": json.loads(result.best.plan.to_json()), "backend": "gloo", "device": "cpu"}
+
+
+def test_device_map_matches_executor_mesh() -> None:
+    """The report's groups are the executor's DeviceMesh grids (executor/mesh.py, torch)."""
+    mesh = pytest.importorskip("executor.mesh")
+    plan = Plan.model_validate({"dims": {"dp": 4, "tp": 2, "pp": 2, "ep": 4}, "rank_order": ["dp", "pp", "tp", "cp"],
+                                "expert_rank_order": ["edp", "pp", "etp", "ep"]})
+    assert attention_grid(plan).tolist() == mesh.attention_grid(plan).tolist()
+    assert expert_grid(plan).tolist() == mesh.expert_grid(plan).tolist()
+    tp = next(g for g in plan_groups(plan) if g.axis == "tp")
+    assert tp.members.shape == (8, 2) and sorted(tp.members.flatten().tolist()) == list(range(16))
+
+
+def test_405b_report_stays_under_5mb(tmp_path: Path) -> None:
+    result, sc = search_result("llama3.1-405b_h100x16384", limit=100_000)
+    assert len(result.candidates) > 1000
+    write_search_outputs(result, sc, tmp_path / "r")
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert len(html.encode()) < 5_000_000
+    assert "plans.csv lists all" in html  # the table says how many rows it left out
+
+
+# ---- the page in real headless Chromium ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian chromium / chromium-driver not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                           {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_report(driver: Any, html: Path, screenshot: Path) -> dict[str, Any]:
+    """Load the page offline, wait for the charts, return what rendered; save a full-page PNG."""
+    driver.get_log("browser")
+    driver.get_log("performance")
+    driver.get(html.as_uri())
+    deadline = time.monotonic() + 60
+    while not driver.execute_script("return document.body.dataset.chartsReady") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = driver.execute_script("""return {
+        ready: document.body.dataset.chartsReady,
+        charts: Array.from(document.querySelectorAll('div.chart')).map(d => ({
+            id: d.id, traces: (d.data || []).length,
+            points: (d.calcdata || []).reduce((n, c) => n + c.length, 0),
+            svg: d.querySelectorAll('svg.main-svg').length})),
+        rows: document.querySelectorAll('#plans tbody tr').length}""")
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1400, "height": min(height, 16000), "deviceScaleFactor": 0.5, "mobile": False})
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    state["console"] = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    state["requests"] = [json.loads(e["message"])["message"]["params"]["request"]["url"]
+                         for e in driver.get_log("performance") if '"Network.requestWillBeSent"' in e["message"]]
+    return state
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scenario", ["llama3-70b_h100x64", "mixtral-8x7b_h100x64"])
+def test_report_renders_offline_in_chromium(browser: Any, tmp_path: Path, scenario: str) -> None:
+    result, sc = search_result(scenario)
+    out = tmp_path / scenario
+    write_search_outputs(result, sc, out, measurement=_measurement(result))
+    state = open_report(browser, out / "report.html", tmp_path / "report.png")
+    assert state["ready"] == "true", state
+    assert not state["console"], state["console"]
+    assert all(url.startswith(("file:", "data:", "blob:")) for url in state["requests"]), state["requests"]
+    ids = {c["id"] for c in state["charts"]}
+    expected = {"chart-pareto", "chart-time", "chart-memory", "chart-timeline", "chart-devicemap", "chart-measured"}
+    assert expected | ({"chart-experts"} if sc.model.is_moe else set()) <= ids
+    for chart in state["charts"]:
+        assert chart["traces"] > 0 and chart["points"] > 0 and chart["svg"] > 0, chart
+    assert state["rows"] > 10
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+@pytest.mark.browser
+def test_plan_table_sorts_and_filters(browser: Any, written: tuple[Path, Any, Scenario], tmp_path: Path) -> None:
+    out, _, _ = written
+    open_report(browser, out / "report.html", tmp_path / "table.png")
+    col = PLAN_COLUMNS_SHOWN.index("peak_memory_gib")
+    browser.find_element("css selector", f'#plans th[data-col="{col}"]').click()
+    values = browser.execute_script(
+        f"return Array.from(document.querySelectorAll('#plans tbody tr')).map(r => r.cells[{col}].textContent)")
+    numbers = [float(v) for v in values if v]
+    assert numbers == sorted(numbers)
+    browser.find_element("id", "plan-filter").send_keys("zero3")
+    visible = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#plans tbody tr')).filter(r => r.style.display !== 'none')"
+        ".map(r => r.textContent)")
+    assert visible and all("zero3" in v for v in visible)
+    assert len(visible) < len(values)
+
+
+PLAN_COLUMNS_SHOWN = ["candidate", "rank", "status", "plan", "step_time_s", "tokens_per_s_per_gpu", "mfu",
+                      "peak_memory_gib", "bubble_fraction", "reason"]
