@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import Progress, TimeElapsedColumn
 from rich.table import Table
 
 from planner.clusters import CLUSTER_PRESETS, GPU_PRESETS
@@ -110,6 +111,32 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 
 
 # -- verbs added by later modules register below this line (keep each body short) --
+
+
+@app.command()
+def profile(
+    out: Annotated[Path, typer.Option("--out", help="profile JSON to write, e.g. profiles/this-machine.json")],
+    nproc: Annotated[int, typer.Option(help="local ranks for the link sweep (1 = kernels only)")] = 2,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when present)")] = None,
+    scenario: Annotated[list[Path] | None, typer.Option(help="also time this scenario's layer shapes")] = None,
+    quick: Annotated[bool, typer.Option(help="reduced sweep (seconds, for tests)")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per rank (default: cores / nproc)")] = None,
+) -> None:
+    """Measure kernels and links on this machine (torch.distributed for links) into a profile."""
+    from planner import profiler
+
+    with user_errors():
+        config = profiler.config_from_cli(out=out, nproc=nproc, device=device, scenarios=scenario or [], quick=quick,
+                                         threads=threads)
+        with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console) as bar:
+            measured = profiler.profile_machine(config, progress=bar)
+        if measured is None:  # a torchrun rank other than 0
+            return
+        saved = profiler.write_profile(measured, out)
+    table = Table("quantity", "value", title=f"{out} ({saved.device.name})")
+    for row in profiler.summary_rows(saved):
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
