@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import math
+import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -91,6 +92,10 @@ class Curve(BaseModel):
         return y0 + t * (y1 - y0)
 
 
+class ProfileRangeWarning(UserWarning):
+    """A kernel query fell outside a measured profile's sizes and was clamped to the edge."""
+
+
 class DeviceInfo(BaseModel):
     model_config = _FROZEN
     name: str
@@ -163,13 +168,24 @@ class HardwareProfile(BaseModel):
 
     def matmul_s(self, flops: float, *, precision: Precision) -> float:
         """GEMM time: flops / (peak * efficiency(flops of this one call))."""
-        eff = _curve_for(self.matmul_efficiency, precision).at(flops)
+        eff = self._efficiency(self.matmul_efficiency, flops, precision=precision, what="matmul")
         return flops / (self.peak_flops(precision) * eff)
 
     def attention_s(self, flops: float, *, precision: Precision) -> float:
         """Fused (flash-style) attention time; x is the FLOPs of one attention call."""
-        eff = _curve_for(self.attention_efficiency, precision).at(flops)
+        eff = self._efficiency(self.attention_efficiency, flops, precision=precision, what="attention")
         return flops / (self.peak_flops(precision) * eff)
+
+    def _efficiency(self, curves: dict[Precision, Curve], flops: float, *, precision: Precision, what: str) -> float:
+        """Interpolate between measured sizes; a measured profile warns (ProfileRangeWarning) when
+        a query falls outside its range and is clamped, rather than extrapolating silently."""
+        curve = _curve_for(curves, precision)
+        if self.source == ProfileSource.MEASURED and not curve.covers(flops):
+            lo, hi = curve.points[0][0], curve.points[-1][0]
+            warnings.warn(f"profile {self.name}: {what} {precision.value} calls outside the measured range "
+                          f"[{lo:.3g}, {hi:.3g}] FLOPs use the nearest measured efficiency; re-profile with "
+                          "--scenario to cover them", ProfileRangeWarning, stacklevel=3)
+        return curve.at(flops)
 
     def memory_bound_s(self, num_bytes: float) -> float:
         return num_bytes / (self.memory_bandwidth_gbs * _GB * self.memory_bound_efficiency)
