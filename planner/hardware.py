@@ -234,15 +234,24 @@ class GroupSpan:
 
 def group_span(cluster: ClusterSpec, *, num_ranks: int, stride: int) -> GroupSpan:
     """Place a strided group on the cluster (the rank grid puts rank r on node r // gpus_per_node)."""
+    return composite_span(cluster, [(num_ranks, stride)])
+
+
+def composite_span(cluster: ClusterSpec, axes: list[tuple[int, int]]) -> GroupSpan:
+    """A group varying several rank-grid axes at once, each given as (degree, stride).
+
+    An axis with stride s contributes min(degree, domain // s) distinct members to one NVLink
+    domain when s divides the domain, else 1 (every member on its own node).
+    """
     domain = cluster.nvlink_domain
-    if stride >= domain:
-        per_domain = 1
-    elif domain % stride == 0:
-        per_domain = min(num_ranks, domain // stride)
-    else:
-        per_domain = 1
+    num_ranks, per_domain = 1, 1
+    for degree, stride in axes:
+        num_ranks *= degree
+        if stride < domain and domain % stride == 0:
+            per_domain *= min(degree, domain // stride)
+    stride = min((s for d, s in axes if d > 1), default=1)
     slowest = _slowest_inter_gbs(cluster, num_ranks=num_ranks, stride=stride)
-    return GroupSpan(num_ranks=num_ranks, stride=stride, ranks_per_domain=per_domain,
+    return GroupSpan(num_ranks=num_ranks, stride=stride, ranks_per_domain=min(per_domain, num_ranks),
                      nic_scale=slowest / cluster.network.inter_node_gbs)
 
 

@@ -1,0 +1,234 @@
+"""estimate(graph, plan): step time, throughput, MFU/HFU and per-stage memory of one parallel plan.
+
+Pure functions over numbers: compute.py times each layer's passes, comm.py each axis's
+traffic on the tier its group spans, schedule.py the pipeline, memory.py the bytes per GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.cost.comm import (
+    LayerComm,
+    Spans,
+    block_comm,
+    dp_step_comm,
+    plan_spans,
+    pp_p2p_s,
+    zero3_layer_s,
+)
+from planner.cost.compute import PassTimes, Split, block_kind_times, optimizer_s, split_for
+from planner.cost.memory import RESERVED_BYTES, model_state_lower_bound, stage_memory, stage_params
+from planner.cost.schedule import ChunkTimes, PipelineResult, chunk_layers, closed_form, simulate
+from planner.graph import Layer, LayerKind, ModelGraph, OpKind
+from planner.hardware import HardwareProfile
+from planner.plan import Plan, Recompute, ZeroStage
+from planner.scenario import ClusterSpec, JobSpec
+
+__all__ = ["Cost", "Estimate", "estimate", "memory_lower_bound_bytes"]
+
+GIB = 2**30
+_AXES = ("tp", "cp", "ep", "dp")
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Time of some work on one GPU: compute, traffic per axis, and the traffic left exposed."""
+
+    compute_s: float = 0.0
+    recompute_s: float = 0.0
+    comm_s: dict[str, float] = field(default_factory=dict)
+    exposed_comm_s: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        comm = dict(self.comm_s)
+        for axis, t in other.comm_s.items():
+            comm[axis] = comm.get(axis, 0.0) + t
+        return Cost(self.compute_s + other.compute_s, self.recompute_s + other.recompute_s, comm,
+                    self.exposed_comm_s + other.exposed_comm_s)
+
+    def __mul__(self, k: float) -> Cost:
+        return Cost(self.compute_s * k, self.recompute_s * k, {a: t * k for a, t in self.comm_s.items()},
+                    self.exposed_comm_s * k)
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.recompute_s + self.exposed_comm_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    step_time_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float
+    hfu: float
+    peak_memory_bytes: float
+    fits: bool
+    memory_capacity_bytes: float
+    stage_memory: list[dict[str, float]]
+    time_breakdown_s: dict[str, float]
+    bubble_fraction: float
+    num_micro_batches: int
+    timeline: list[dict] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "step_time_s": self.step_time_s, "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "mfu": self.mfu, "hfu": self.hfu, "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_gib": self.peak_memory_bytes / GIB, "fits": self.fits,
+            "memory_capacity_bytes": self.memory_capacity_bytes,
+            "memory_capacity_gib": self.memory_capacity_bytes / GIB,
+            "stage_memory": self.stage_memory,
+            "memory_gib": [{k: v / GIB for k, v in terms.items()} | {"total": sum(terms.values()) / GIB}
+                           for terms in self.stage_memory],
+            "time_breakdown_s": self.time_breakdown_s, "bubble_fraction": self.bubble_fraction,
+            "num_micro_batches": self.num_micro_batches, "timeline": self.timeline,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    graph: ModelGraph
+    plan: Plan
+    hw: HardwareProfile
+    job: JobSpec
+    split: Split
+    spans: Spans
+    kinds: dict[str, PassTimes]
+    comms: dict[str, LayerComm]
+
+
+def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
+             timeline: bool = False) -> Estimate:
+    """Predict one training step of `plan` (Megatron-style execution) on `cluster` with profile `hw`."""
+    ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job)
+    m = plan.num_micro_batches(job.global_batch)
+    chunks = chunk_layers(graph, plan)
+    costs = [_chunk_cost(ctx, layers) for layers in chunks]
+    times = [ChunkTimes(fwd_s=f.total_s, bwd_s=b.total_s, weight_s=w) for f, b, w in costs]
+    p2p = pp_p2p_s(plan, graph=graph, job=job, spans=ctx.spans, hw=hw)
+    run = simulate if timeline else closed_form
+    pipe = run(plan, times=times, p2p_s=p2p, num_micro_batches=m, **({"timeline": True} if timeline else {}))
+    tail_s, dp_cost, opt_s = _step_tail(ctx, chunks=chunks, costs=costs)
+    step_s = pipe.makespan_s + tail_s
+    memory = [stage_memory(plan, graph=graph, job=job, split=ctx.split, chunks=chunks, stage=s,
+                           num_micro_batches=m) for s in range(plan.dims.pp)]
+    return _assemble(ctx, cluster=cluster, costs=costs, pipe=pipe, step_s=step_s, m=m, p2p_s=p2p,
+                     dp=dp_cost, opt_s=opt_s, memory=memory)
+
+
+def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec) -> _Context:
+    if graph.seq_len != job.seq_len:
+        raise ValueError(f"graph: traced at seq_len={graph.seq_len} but job.seq_len={job.seq_len}; re-extract it")
+    if plan.dims.tp * plan.dims.pp * plan.dims.dp * plan.dims.cp != cluster.world_size:
+        raise ValueError(f"dims: product {plan.parallel_dims.world_size} != cluster world size {cluster.world_size}")
+    split = split_for(plan, graph=graph, precision=job.precision)
+    spans = plan_spans(plan, cluster)
+    kinds = block_kind_times(graph, split=split, hw=hw)
+    comms = {k: block_comm(plan, graph=graph, job=job, moe_block=(k == "moe"), spans=spans, hw=hw)
+             for k in kinds if k not in ("embedding", "head")}
+    return _Context(graph, plan, hw, job, split, spans, kinds, comms)
+
+
+def _chunk_cost(ctx: _Context, layers: list[Layer]) -> tuple[Cost, Cost, float]:
+    """(forward, backward) Cost of one micro-batch through a chunk, and its weight-gradient seconds."""
+    fwd, bwd, weight_s = Cost(), Cost(), 0.0
+    for layer in layers:
+        t = ctx.kinds[layer.block_kind]
+        f = Cost(compute_s=t.fwd_s)
+        b = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
+        if layer.kind == LayerKind.BLOCK:
+            cf, cb = _block_comm_costs(ctx, layer, t)
+            f, b = f + cf, b + cb
+        fwd, bwd, weight_s = fwd + f, bwd + b, weight_s + t.bwd_weight_s
+    return fwd, bwd, weight_s
+
+
+def _block_comm_costs(ctx: _Context, layer: Layer, t: PassTimes) -> tuple[Cost, Cost]:
+    """TP and EP collectives are exposed (blocking in Megatron); CP ring traffic hides behind attention."""
+    c = ctx.comms[layer.block_kind]
+    cp = ctx.plan.dims.cp
+    hidden_f = t.attention_fwd_s * (cp - 1) / cp
+    hidden_b = t.attention_bwd_s * (cp - 1) / cp
+    exp_f = c.tp_fwd_s + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
+    exp_b = c.tp_bwd_s + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
+    comm_f = {"tp": c.tp_fwd_s, "cp": c.cp_fwd_s, "ep": c.ep_fwd_s}
+    comm_b = {"tp": c.tp_bwd_s, "cp": c.cp_bwd_s, "ep": c.ep_bwd_s}
+    f, b = Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
+    if ctx.plan.zero_stage == ZeroStage.PARAMETERS:
+        zf, zb = _zero3_costs(ctx, layer, t)
+        f, b = f + zf, b + zb
+    return f, b
+
+
+def _zero3_costs(ctx: _Context, layer: Layer, t: PassTimes) -> tuple[Cost, Cost]:
+    """Per-layer parameter gathers prefetched behind the previous layer's compute (FSDP)."""
+    params = stage_params(ctx.plan, [layer])
+    gather_f, gather_b = zero3_layer_s(params.dense + params.expert, job=ctx.job, span=ctx.spans.dp, hw=ctx.hw)
+    exposed_f = max(0.0, gather_f - t.fwd_s)
+    exposed_b = max(0.0, gather_b - (t.bwd_input_s + t.bwd_weight_s + t.recompute_s))
+    return (Cost(comm_s={"dp": gather_f}, exposed_comm_s=exposed_f),
+            Cost(comm_s={"dp": gather_b}, exposed_comm_s=exposed_b))
+
+
+def _step_tail(ctx: _Context, *, chunks: list[list[Layer]], costs: list[tuple[Cost, Cost, float]]) -> tuple[float, float, float]:
+    """After the pipeline drains: exposed gradient sync + optimizer step of the slowest stage."""
+    p, plan, job = ctx.plan.dims.pp, ctx.plan, ctx.job
+    worst, worst_dp, worst_opt = 0.0, 0.0, 0.0
+    for stage in range(p):
+        idx = range(stage, len(chunks), p)
+        params = stage_params(plan, [layer for c in idx for layer in chunks[c]])
+        dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=ctx.spans,
+                          hw=ctx.hw, bwd_window_s=sum(costs[c][1].total_s for c in idx),
+                          fwd_window_s=sum(costs[c][0].total_s for c in idx))
+        d = plan.parallel_dims
+        shard = (params.dense / (d.dp * d.cp) + params.expert / d.edp) if plan.zero_stage else (
+            params.dense + params.expert)
+        opt = optimizer_s(shard, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
+                          param_bytes=job.precision.bytes, hw=ctx.hw)
+        if dp.exposed_s + opt > worst:
+            worst, worst_dp, worst_opt = dp.exposed_s + opt, dp.total_s, opt
+    return worst, worst_dp, worst_opt
+
+
+def _assemble(ctx: _Context, *, cluster: ClusterSpec, costs: list[tuple[Cost, Cost, float]], pipe: PipelineResult,
+              step_s: float, m: int, p2p_s: float, dp: float, opt_s: float, memory: list[dict[str, float]]) -> Estimate:
+    p, job, graph = ctx.plan.dims.pp, ctx.job, ctx.graph
+    stage_cost = [sum((costs[c][0] + costs[c][1] for c in range(s, len(costs), p)), Cost()) for s in range(p)]
+    critical = max(stage_cost, key=lambda c: c.total_s) * m
+    tail_exposed = step_s - pipe.makespan_s - opt_s
+    breakdown = {"compute": critical.compute_s, "recompute": critical.recompute_s}
+    breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
+    breakdown["dp"] += dp
+    breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0, "exposed_comm": critical.exposed_comm_s + tail_exposed,
+                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": opt_s}
+    scale = job.global_batch / graph.sample_batch
+    model_flops = (graph.fwd_flops + graph.bwd_flops) * scale
+    peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s
+    peak_mem = max(sum(t.values()) for t in memory)
+    capacity = ctx.hw.memory_gib * GIB - RESERVED_BYTES
+    return Estimate(
+        step_time_s=step_s, tokens_per_s_per_gpu=job.tokens_per_step / (step_s * cluster.world_size),
+        mfu=model_flops / peak, hfu=(model_flops + _recompute_flops(ctx) * scale) / peak,
+        peak_memory_bytes=peak_mem, fits=peak_mem <= capacity, memory_capacity_bytes=capacity,
+        stage_memory=memory, time_breakdown_s=breakdown, bubble_fraction=pipe.bubble_fraction,
+        num_micro_batches=m, timeline=pipe.timeline,
+    )
+
+
+def _recompute_flops(ctx: _Context) -> float:
+    """FLOPs replayed by activation recompute for the traced sample (hardware minus model FLOPs)."""
+    blocks = ctx.graph.blocks
+    match ctx.plan.recompute:
+        case Recompute.FULL:
+            return sum(layer.fwd_flops for layer in blocks)
+        case Recompute.SELECTIVE:
+            return sum(layer.by_kind[OpKind.ATTENTION].fwd_flops for layer in blocks if OpKind.ATTENTION in layer.by_kind)
+        case Recompute.NONE:
+            return 0.0
+
+
+def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluster: ClusterSpec) -> float:
+    """Weights + gradients + optimizer states of the heaviest stage: no plan fits below this."""
+    del cluster  # the bound depends on the plan's sharding only
+    return model_state_lower_bound(plan, chunks=chunk_layers(graph, plan), job=job)

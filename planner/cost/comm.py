@@ -1,0 +1,186 @@
+"""Communication per parallel axis: bytes per collective, the tier each group spans, and exposure.
+
+Groups come from the plan's rank order (outermost first, like Megatron's rank grid): an axis's
+stride is the product of the degrees inside it, so with the default order TP is innermost and
+lands inside one NVLink domain. Megatron-style algorithms throughout (Narayanan et al. 2021,
+Korthikanti et al. 2022, Liu et al. 2025 for MoE folding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.graph import ModelGraph
+from planner.hardware import (
+    Collective,
+    GroupSpan,
+    HardwareProfile,
+    composite_span,
+    group_collective_s,
+    p2p_s,
+)
+from planner.plan import Axis, Plan, Recompute, ZeroStage
+from planner.scenario import ClusterSpec, JobSpec
+
+# Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
+TP_COLLECTIVES_PER_BLOCK = 2
+# Megatron-Core DDP bucket (distributed_data_parallel_config.bucket_size ~ 40M parameters).
+DP_BUCKET_PARAMS = 40e6
+# Share of a backward pass that gradient buckets can hide behind (the first bucket only becomes
+# ready after the last layers' backward; Megatron overlap_grad_reduce).
+DP_OVERLAP_EFFICIENCY = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Spans:
+    """Where each parallel group of the plan lies on the cluster."""
+
+    tp: GroupSpan
+    cp: GroupSpan
+    dp: GroupSpan  # dp x cp: dense gradients reduce over both (Megatron)
+    pp: GroupSpan
+    ep: GroupSpan
+    etp: GroupSpan
+    edp: GroupSpan
+
+
+def axis_strides(order: list[Axis], degrees: dict[Axis, int]) -> dict[Axis, int]:
+    """Stride of each axis on the rank grid; `order` runs outermost to innermost."""
+    strides, stride = {}, 1
+    for axis in reversed(order):
+        strides[axis] = stride
+        stride *= degrees[axis]
+    return strides
+
+
+def plan_spans(plan: Plan, cluster: ClusterSpec) -> Spans:
+    d = plan.parallel_dims
+    deg = {axis: d.degree(axis) for axis in (*plan.rank_order, *plan.expert_rank_order)}
+    s = axis_strides(plan.rank_order, deg)
+    es = axis_strides(plan.expert_rank_order, deg)
+
+    def span(*axes: tuple[Axis, dict[Axis, int]]) -> GroupSpan:
+        return composite_span(cluster, [(deg[a], strides[a]) for a, strides in axes])
+
+    return Spans(tp=span((Axis.TP, s)), cp=span((Axis.CP, s)), dp=span((Axis.CP, s), (Axis.DP, s)),
+                 pp=span((Axis.PP, s)), ep=span((Axis.EP, es)), etp=span((Axis.ETP, es)), edp=span((Axis.EDP, es)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerComm:
+    """Communication seconds of one layer for one micro-batch, per pass, per axis."""
+
+    tp_fwd_s: float = 0.0
+    tp_bwd_s: float = 0.0
+    cp_fwd_s: float = 0.0  # ring traffic; partly hidden behind attention blocks
+    cp_bwd_s: float = 0.0
+    ep_fwd_s: float = 0.0
+    ep_bwd_s: float = 0.0
+
+
+def token_bytes(plan: Plan, *, job: JobSpec) -> float:
+    """Bytes of one micro-batch's hidden states on one CP rank (before any TP/SP split)."""
+    return plan.micro_batch_size * job.seq_len / plan.dims.cp * job.precision.bytes
+
+
+def tp_time_s(plan: Plan, *, hidden_bytes: float, span: GroupSpan, hw: HardwareProfile) -> float:
+    """One row-parallel reduction: all-reduce, or reduce-scatter + all-gather with SP (Korthikanti Sec. 4.2)."""
+    if plan.sequence_parallel:
+        return (group_collective_s(hw, Collective.REDUCE_SCATTER, hidden_bytes, span=span)
+                + group_collective_s(hw, Collective.ALL_GATHER, hidden_bytes, span=span))
+    return group_collective_s(hw, Collective.ALL_REDUCE, hidden_bytes, span=span)
+
+
+def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, spans: Spans,
+               hw: HardwareProfile) -> LayerComm:
+    """TP, CP and EP traffic of one transformer block for one micro-batch."""
+    tok = token_bytes(plan, job=job)
+    hidden = tok * graph.hidden_size
+    tp_one = tp_time_s(plan, hidden_bytes=hidden, span=spans.tp, hw=hw)
+    tp_fwd = TP_COLLECTIVES_PER_BLOCK * tp_one
+    replay = plan.recompute == Recompute.FULL
+    tp_bwd = tp_fwd * (2 if replay else 1)
+    cp_fwd = _cp_ring_s(plan, graph=graph, tok_bytes=tok, span=spans.cp, hw=hw)
+    ep_fwd = _ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw) if moe_block else 0.0
+    return LayerComm(tp_fwd_s=tp_fwd, tp_bwd_s=tp_bwd, cp_fwd_s=cp_fwd, cp_bwd_s=2 * cp_fwd,
+                     ep_fwd_s=ep_fwd, ep_bwd_s=ep_fwd * (2 if replay else 1))
+
+
+def _cp_ring_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, span: GroupSpan, hw: HardwareProfile) -> float:
+    """Ring attention: cp-1 steps, each passing this rank's K and V chunk to its neighbour."""
+    cp = plan.dims.cp
+    if cp == 1:
+        return 0.0
+    head_dim = graph.hidden_size // graph.num_attention_heads
+    kv_local = max(1, graph.num_key_value_heads // plan.dims.tp) * head_dim
+    kv_bytes = 2 * tok_bytes * kv_local
+    return (cp - 1) * p2p_s(hw, kv_bytes, span=span)
+
+
+def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: HardwareProfile) -> float:
+    """Dispatch + combine all-to-all (plus expert-TP gather/scatter) of one MoE layer's forward."""
+    moe = next(layer.moe for layer in graph.layers if layer.moe is not None)
+    tokens_bytes = tok_bytes / plan.dims.tp * moe.top_k * graph.hidden_size
+    a2a = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes, span=spans.ep)
+    if plan.dims.etp == 1:
+        return a2a
+    gathered = tokens_bytes * plan.dims.etp
+    return a2a + (group_collective_s(hw, Collective.ALL_GATHER, gathered, span=spans.etp)
+                  + group_collective_s(hw, Collective.REDUCE_SCATTER, gathered, span=spans.etp))
+
+
+def pp_p2p_s(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw: HardwareProfile) -> float:
+    """Activations (or their gradients) crossing one stage boundary for one micro-batch.
+
+    With TP each rank sends 1/tp and the receiver all-gathers over NVLink (Narayanan Sec. 4.1).
+    """
+    if plan.dims.pp == 1:
+        return 0.0
+    size = token_bytes(plan, job=job) * graph.hidden_size / plan.dims.tp
+    return p2p_s(hw, size, span=spans.pp)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataParallelComm:
+    """Gradient/parameter synchronisation of one stage per step: total and exposed seconds."""
+
+    total_s: float
+    exposed_s: float
+
+
+def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: JobSpec, spans: Spans,
+                 hw: HardwareProfile, bwd_window_s: float, fwd_window_s: float) -> DataParallelComm:
+    """Bucketed gradient reduction overlapped with the last micro-batch's backward.
+
+    ZeRO-0: all-reduce. ZeRO-1/2: reduce-scatter, then the updated shards are all-gathered,
+    overlapped with the next forward (Megatron overlap_param_gather). ZeRO-3 is per micro-batch
+    (see zero3_layer_s) and adds nothing here.
+    """
+    if plan.zero_stage == ZeroStage.PARAMETERS:
+        return DataParallelComm(total_s=0.0, exposed_s=0.0)
+    b = job.precision.bytes
+    reduce_s, gather_s = 0.0, 0.0
+    for params, span in ((dense_params, spans.dp), (expert_params, spans.edp)):
+        if span.num_ranks <= 1 or params <= 0:
+            continue
+        if plan.zero_stage == ZeroStage.NONE:
+            reduce_s += group_collective_s(hw, Collective.ALL_REDUCE, params * b, span=span)
+        else:
+            reduce_s += group_collective_s(hw, Collective.REDUCE_SCATTER, params * b, span=span)
+            gather_s += group_collective_s(hw, Collective.ALL_GATHER, params * b, span=span)
+    buckets = max(1, math.ceil((dense_params + expert_params) / DP_BUCKET_PARAMS))
+    exposed = max(reduce_s - DP_OVERLAP_EFFICIENCY * bwd_window_s, reduce_s / buckets)
+    exposed += max(gather_s - DP_OVERLAP_EFFICIENCY * fwd_window_s, gather_s / buckets) if gather_s else 0.0
+    return DataParallelComm(total_s=reduce_s + gather_s, exposed_s=exposed)
+
+
+def zero3_layer_s(params_local: float, *, job: JobSpec, span: GroupSpan, hw: HardwareProfile) -> tuple[float, float]:
+    """FSDP / ZeRO-3 traffic of one layer for one micro-batch: (forward all-gather, backward AG + RS).
+
+    `params_local` is the layer's parameters on this TP/EP rank before sharding over `span`.
+    """
+    size = params_local * job.precision.bytes
+    gather = group_collective_s(hw, Collective.ALL_GATHER, size, span=span)
+    scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, size, span=span)
+    return gather, gather + scatter
