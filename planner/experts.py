@@ -1,0 +1,226 @@
+"""Expert-placement data and heuristics (numpy only): routing traces, the placement cost model,
+round-robin, a greedy start, swap local search and a combinatorial lower bound.
+
+Cost model (MoETuner, Go et al. 2025; ExFlow, Yao et al. 2024): a token routed to expert a in
+MoE layer l and to expert b in layer l+1 travels from a's rank to b's rank: free on the same
+rank, `intra_s_per_token` inside a node, `inter_s_per_token` across nodes. All ranks send at
+once, so a layer pair costs its total traffic time / num_ranks. Each layer also waits for its
+busiest rank: max_r (tokens on r) * compute_s_per_token. ilp.place_experts refines the result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingStats:
+    """Token counts per MoE layer and expert, and consecutive-layer routing affinity."""
+
+    expert_tokens: np.ndarray  # [L, E] tokens routed to each expert
+    affinity: np.ndarray  # [L-1, E, E]: [l, a, b] tokens at expert a in layer l and b in l+1
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.expert_tokens.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.expert_tokens.shape[1])
+
+
+def load_routing_trace(path: Path) -> RoutingStats:
+    """Read the executor's routing trace JSON (CONTRACTS.md); ValueError names the bad field."""
+    if not path.is_file():
+        raise ValueError(f"routing trace: file {path} does not exist")
+    raw = json.loads(path.read_text())
+    experts = int(raw.get("num_experts", 0))
+    layers = raw.get("layers") or []
+    if experts < 1 or not layers:
+        raise ValueError(f"{path}: needs num_experts >= 1 and a non-empty layers list")
+    tokens = np.array([entry["expert_tokens"] for entry in layers], dtype=float)
+    if tokens.shape[1] != experts:
+        raise ValueError(f"{path}: layers[].expert_tokens must have num_experts={experts} entries")
+    affinity = np.zeros((len(layers) - 1, experts, experts))
+    order = {entry["layer"]: k for k, entry in enumerate(layers)}
+    for pair in raw.get("affinity", []):
+        k = order.get(pair["from_layer"])
+        if k is None or order.get(pair["to_layer"]) != k + 1:
+            raise ValueError(f"{path}: affinity from_layer/to_layer must name consecutive listed layers")
+        affinity[k] = np.asarray(pair["matrix"], dtype=float)
+    return RoutingStats(expert_tokens=tokens, affinity=affinity)
+
+
+def zipf_routing(*, num_layers: int, num_experts: int, tokens: int, top_k: int, skew: float = 1.2,
+                 coherence: float = 0.6, seed: int = 0) -> RoutingStats:
+    """A synthetic skewed trace: expert popularity ~ Zipf(skew) (shuffled per layer), and with
+    probability `coherence` a token's next-layer expert follows a fixed per-expert successor map
+    (the context coherence ExFlow measured); the rest is drawn from the popularity law."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, num_experts + 1) ** skew
+    probs = [rng.permutation(popularity / popularity.sum()) for _ in range(num_layers)]
+    successor = [rng.permutation(num_experts) for _ in range(num_layers)]
+    picks = _draw(rng, probs[0], tokens * top_k)
+    counts = np.zeros((num_layers, num_experts))
+    affinity = np.zeros((num_layers - 1, num_experts, num_experts))
+    counts[0] = np.bincount(picks, minlength=num_experts)
+    for layer in range(1, num_layers):
+        follow = rng.random(picks.size) < coherence
+        nxt = np.where(follow, successor[layer][picks], _draw(rng, probs[layer], picks.size))
+        counts[layer] = np.bincount(nxt, minlength=num_experts)
+        pair = np.bincount(picks * num_experts + nxt, minlength=num_experts * num_experts)
+        affinity[layer - 1] = pair.reshape(num_experts, num_experts)
+        picks = nxt
+    return RoutingStats(expert_tokens=counts, affinity=affinity)
+
+
+def _draw(rng: np.random.Generator, probs: np.ndarray, size: int) -> np.ndarray:
+    """Inverse-CDF sampling (much faster than Generator.choice with p= for large draws)."""
+    return np.minimum(np.searchsorted(np.cumsum(probs), rng.random(size)), probs.size - 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementCost:
+    balance_s: float  # sum over layers of the busiest rank's expert time
+    traffic_s: float  # sum over layer pairs of routed-token traffic time per rank
+
+    @property
+    def total_s(self) -> float:
+        return self.balance_s + self.traffic_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    num_ranks: int
+    ranks_per_node: int
+    compute_s_per_token: float
+    intra_s_per_token: float
+    inter_s_per_token: float
+
+    def link_cost(self) -> np.ndarray:
+        """[R, R] seconds per token from rank i to rank j."""
+        node = np.arange(self.num_ranks) // self.ranks_per_node
+        same_node = node[:, None] == node[None, :]
+        cost = np.where(same_node, self.intra_s_per_token, self.inter_s_per_token)
+        np.fill_diagonal(cost, 0.0)
+        return cost
+
+
+def placement_cost(routing: RoutingStats, topo: Topology, ranks: np.ndarray) -> PlacementCost:
+    """Cost of `ranks` ([L, E] rank of each expert) under the model in the module docstring."""
+    loads = np.stack([np.bincount(ranks[l], weights=routing.expert_tokens[l], minlength=topo.num_ranks)
+                      for l in range(routing.num_layers)])
+    link = topo.link_cost()
+    traffic = sum(float((routing.affinity[l] * link[ranks[l]][:, ranks[l + 1]]).sum())
+                  for l in range(routing.num_layers - 1))
+    return PlacementCost(balance_s=float(loads.max(axis=1).sum()) * topo.compute_s_per_token,
+                         traffic_s=traffic / topo.num_ranks)
+
+
+def round_robin(num_layers: int, num_experts: int, num_ranks: int) -> np.ndarray:
+    return np.tile(np.arange(num_experts) % num_ranks, (num_layers, 1))
+
+
+def neighbour_cost(routing: RoutingStats, topo: Topology, ranks: np.ndarray, layer: int) -> np.ndarray:
+    """[E, R] traffic seconds of putting each expert of `layer` on each rank, neighbours fixed."""
+    link = topo.link_cost() / topo.num_ranks
+    cost = np.zeros((routing.num_experts, topo.num_ranks))
+    if layer > 0:  # tokens arriving from layer-1 experts: sum_a A[a, b] * link[rank(a), r]
+        cost += routing.affinity[layer - 1].T @ link[ranks[layer - 1]]
+    if layer + 1 < routing.num_layers:  # tokens leaving to layer+1 experts
+        cost += routing.affinity[layer] @ link[:, ranks[layer + 1]].T
+    return cost
+
+
+def greedy(routing: RoutingStats, topo: Topology) -> np.ndarray:
+    """Layer by layer, heaviest expert first, onto the rank with the least traffic + load cost."""
+    experts, num_ranks = routing.num_experts, topo.num_ranks
+    cap = experts // num_ranks
+    ranks = round_robin(routing.num_layers, experts, num_ranks)
+    for layer in range(routing.num_layers):
+        traffic = neighbour_cost(routing, topo, ranks, layer) if layer else np.zeros((experts, num_ranks))
+        load, used = np.zeros(num_ranks), np.zeros(num_ranks, dtype=int)
+        tokens = routing.expert_tokens[layer]
+        for e in np.argsort(-tokens):
+            grow = np.maximum(load + tokens[e] - load.max(), 0.0) * topo.compute_s_per_token
+            score = np.where(used < cap, traffic[e] + grow + 1e-12 * load, np.inf)
+            r = int(score.argmin())
+            ranks[layer, e], load[r], used[r] = r, load[r] + tokens[e], used[r] + 1
+        if layer + 1 < routing.num_layers:
+            ranks[layer + 1] = ranks[layer][np.argmax(routing.affinity[layer], axis=0)]  # provisional
+    return ranks
+
+
+def local_search(routing: RoutingStats, topo: Topology, ranks: np.ndarray, *, max_sweeps: int = 20,
+                 deadline: float = float("inf")) -> np.ndarray:
+    """Best-improvement swaps of two experts of one layer on different ranks, all pairs at once."""
+    import time
+
+    ranks = ranks.copy()
+    for _ in range(max_sweeps):
+        improved = False
+        for layer in range(routing.num_layers):
+            for _ in range(routing.num_experts // 2):
+                if not _best_swap(routing, topo, ranks, layer):
+                    break
+                improved = True
+            if time.perf_counter() > deadline:
+                return ranks
+        if not improved:
+            break
+    return ranks
+
+
+def _best_swap(routing: RoutingStats, topo: Topology, ranks: np.ndarray, layer: int) -> bool:
+    cost = neighbour_cost(routing, topo, ranks, layer)
+    own, tokens = ranks[layer], routing.expert_tokens[layer]
+    here = cost[np.arange(own.size), own]
+    # traffic delta of swapping a and b: cost[a, r_b] + cost[b, r_a] - here[a] - here[b]
+    cross = cost[:, own]
+    delta = cross + cross.T - here[:, None] - here[None, :]
+    load = np.bincount(own, weights=tokens, minlength=topo.num_ranks)
+    shift = tokens[None, :] - tokens[:, None]  # a's rank gains w_b - w_a
+    new_a, new_b = load[own][:, None] + shift, load[own][None, :] - shift
+    rest = _max_excluding(load, own)
+    new_max = np.maximum(rest, np.maximum(new_a, new_b))
+    delta = delta + (new_max - load.max()) * topo.compute_s_per_token
+    delta[own[:, None] == own[None, :]] = np.inf
+    a, b = np.unravel_index(np.argmin(delta), delta.shape)
+    if delta[a, b] >= -1e-12 * max(1.0, abs(load.max())):
+        return False
+    ranks[layer, a], ranks[layer, b] = own[b], own[a]
+    return True
+
+
+def _max_excluding(load: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """[E, E] max load over ranks other than own[a] and own[b]."""
+    top = np.zeros((own.size, own.size))
+    filled = np.zeros_like(top, dtype=bool)
+    for r in np.argsort(-load)[:3]:  # two ranks are excluded, so the third largest suffices
+        take = ~filled & (own[:, None] != r) & (own[None, :] != r)
+        top[take] = load[r]
+        filled |= take
+    return top
+
+
+def lower_bound(routing: RoutingStats, topo: Topology) -> PlacementCost:
+    """A valid bound: busiest rank >= max(mean load, heaviest expert); a rank holds cap experts
+    of the next layer, so at least rowsum - top_cap(A[a]) of expert a's tokens change rank, and
+    at least rowsum - top_(cap * ranks_per_node) change node."""
+    cap = routing.num_experts // topo.num_ranks
+    tokens = routing.expert_tokens
+    balance = np.maximum(tokens.sum(axis=1) / topo.num_ranks, tokens.max(axis=1)).sum()
+    traffic = 0.0
+    for matrix in routing.affinity:
+        ordered = -np.sort(-matrix, axis=1)
+        rows = matrix.sum(axis=1)
+        leave_rank = rows - ordered[:, :cap].sum(axis=1)
+        leave_node = rows - ordered[:, :min(cap * topo.ranks_per_node, routing.num_experts)].sum(axis=1)
+        traffic += topo.intra_s_per_token * leave_rank.sum() + (
+            topo.inter_s_per_token - topo.intra_s_per_token) * leave_node.sum()
+    return PlacementCost(balance_s=float(balance) * topo.compute_s_per_token,
+                         traffic_s=float(traffic) / topo.num_ranks)
