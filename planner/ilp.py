@@ -194,15 +194,15 @@ def _partition_model(p: StagePartitionProblem) -> tuple[pulp.LpProblem, list[lis
     # -- variables --
     # y[i][c] = 1 iff layer i sits in a chunk <= c (cumulative form: contiguity becomes two
     # monotonicity conditions, no big-M). x[i][c] = y[i][c] - y[i][c-1]; y[i][last] = 1.
-    y = [[pulp.LpVariable(f"y_{i}_{c}", cat=pulp.LpBinary) for c in range(chunks - 1)] + [1]
+    y = [[prob.add_variable(f"y_{i}_{c}", cat=pulp.LpBinary) for c in range(chunks - 1)] + [1]
          for i in range(n)]
     # Valid lower bounds: T_chunk >= the min-max chunk time with each chunk fitting alone (DP),
     # T_rank >= max(total / pp, T_chunk bound when vp = 1).
     chunk_lb = _min_max_contiguous(p)[0]
     chunk_lb = chunk_lb * (1 - 1e-9) if np.isfinite(chunk_lb) else 0.0  # float slack for the warm start
-    t_chunk = pulp.LpVariable("slowest_chunk_s", lowBound=chunk_lb)
+    t_chunk = prob.add_variable("slowest_chunk_s", lowBound=chunk_lb)
     rank_lb = max(sum(times) / p.num_ranks * (1 - 1e-9), chunk_lb if p.virtual_stages == 1 else 0.0)
-    t_rank = t_chunk if p.virtual_stages == 1 else pulp.LpVariable("slowest_rank_s", lowBound=rank_lb)
+    t_rank = t_chunk if p.virtual_stages == 1 else prob.add_variable("slowest_rank_s", lowBound=rank_lb)
 
     def x(i: int, c: int) -> pulp.LpAffineExpression:
         return y[i][c] - (y[i][c - 1] if c else 0)
@@ -365,12 +365,12 @@ def _exact_placement(p: ExpertPlacementProblem, start_ranks: np.ndarray,
     # -- variables --
     # x[l][e][q] = 1 iff expert e of layer l sits on rank q; busiest[l] >= every rank's tokens;
     # same_rank[l,a,b] (same_node) <= 1 linearise "a and b share a rank (node)" for affinity > 0.
-    x = [[[pulp.LpVariable(f"x_{l}_{e}_{q}", cat=pulp.LpBinary) for q in range(num_r)]
+    x = [[[prob.add_variable(f"x_{l}_{e}_{q}", cat=pulp.LpBinary) for q in range(num_r)]
           for e in range(num_e)] for l in range(num_l)]
-    busiest = [pulp.LpVariable(f"busiest_{l}", lowBound=0) for l in range(num_l)]
+    busiest = [prob.add_variable(f"busiest_{l}", lowBound=0) for l in range(num_l)]
     pairs = [(l, a, b) for l in range(num_l - 1) for a, b in zip(*np.nonzero(r.affinity[l]))]
-    same_rank = {k: [pulp.LpVariable(f"sr_{k[0]}_{k[1]}_{k[2]}_{q}", 0, 1) for q in range(num_r)] for k in pairs}
-    same_node = {k: [pulp.LpVariable(f"sn_{k[0]}_{k[1]}_{k[2]}_{n}", 0, 1) for n in range(len(nodes))] for k in pairs}
+    same_rank = {k: [prob.add_variable(f"sr_{k[0]}_{k[1]}_{k[2]}_{q}", 0, 1) for q in range(num_r)] for k in pairs}
+    same_node = {k: [prob.add_variable(f"sn_{k[0]}_{k[1]}_{k[2]}_{n}", 0, 1) for n in range(len(nodes))] for k in pairs}
     # -- objective --
     # sum_l c * busiest_l + (1/R) sum_{l,a,b} A_lab [intra (1 - sum_q sr_abq) + (inter - intra)(1 - sum_n sn_abn)]
     extra = topo.inter_s_per_token - topo.intra_s_per_token
@@ -422,8 +422,8 @@ def _layer_ilp(p: ExpertPlacementProblem, ranks: np.ndarray, layer: int, time_li
     allowed = [sorted({int(ranks[layer, e]), *np.argsort(cost[e])[:6].tolist()}) for e in range(num_e)]
     prob = pulp.LpProblem(f"expert_layer_{layer}", pulp.LpMinimize)
     # -- variables -- x[e][q] = 1 iff expert e moves to (or stays on) allowed rank q
-    x = {(e, q): pulp.LpVariable(f"x_{e}_{q}", cat=pulp.LpBinary) for e in range(num_e) for q in allowed[e]}
-    busiest = pulp.LpVariable("busiest", lowBound=float(tokens.sum() / num_r))
+    x = {(e, q): prob.add_variable(f"x_{e}_{q}", cat=pulp.LpBinary) for e in range(num_e) for q in allowed[e]}
+    busiest = prob.add_variable("busiest", lowBound=float(tokens.sum() / num_r))
     # -- objective -- c * busiest + sum_{e,q} G[e,q] x[e][q] (G = traffic to fixed neighbours)
     prob += topo.compute_s_per_token * busiest + pulp.lpSum(float(cost[e, q]) * v for (e, q), v in x.items())
     # -- constraints -- one rank per expert; cap experts and <= busiest tokens per rank
@@ -486,11 +486,11 @@ def map_devices(problem: DeviceMappingProblem, *, time_limit_s: float = 5.0) -> 
     prob = pulp.LpProblem("device_mapping", pulp.LpMinimize)
     # -- variables -- x[u][i] = 1 iff logical node u runs on physical node i; T = slowest link (s);
     # z[(u,v,i,j)] = x[u][i] * x[v][j] for pipeline edges and physical pairs with an override.
-    x = [[pulp.LpVariable(f"x_{u}_{i}", cat=pulp.LpBinary) for i in range(n)] for u in range(n)]
-    slowest = pulp.LpVariable("slowest_link_s", lowBound=0)
+    x = [[prob.add_variable(f"x_{u}_{i}", cat=pulp.LpBinary) for i in range(n)] for u in range(n)]
+    slowest = prob.add_variable("slowest_link_s", lowBound=0)
     special = [(i, j) for i in range(n) for j in range(n) if i != j and
                ((i, j) in problem.pair_gbs or (j, i) in problem.pair_gbs)]
-    z = {(u, v, i, j): pulp.LpVariable(f"z_{u}_{v}_{i}_{j}", 0, 1)
+    z = {(u, v, i, j): prob.add_variable(f"z_{u}_{v}_{i}_{j}", 0, 1)
          for u, v, _ in problem.edges for i, j in special}
     # -- objective -- min T
     prob += slowest
