@@ -1,0 +1,178 @@
+"""One function per parallel axis, applied to planner.transformer modules in a fixed order."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+from torch.utils.checkpoint import checkpoint
+
+from executor.expert_parallel import layer_placement, shard_experts
+from executor.mesh import Meshes
+from executor.ring_attention import RingAttention, zigzag_positions
+from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
+from planner.scenario import ModelSpec, PositionEmbedding
+from planner.transformer import MoE, Transformer
+
+
+def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:
+    """One-line ValueError for layouts the planner allows but this executor cannot run yet."""
+    d = plan.dims
+    if d.etp > 1:
+        raise ValueError("dims.etp: expert tensor parallelism is not implemented in the executor; set etp=1")
+    if spec.is_moe and d.tp > 1:
+        raise ValueError("dims.tp: the executor runs MoE models with tp=1 (experts are not TP-sharded); use dp/ep")
+    if spec.is_moe and plan.zero_stage >= ZeroStage.GRADIENTS:
+        raise ValueError("zero_stage: MoE models run with ZeRO 0 or 1 in the executor; lower zero_stage")
+    if d.tp > spec.kv_heads and not spec.uses_mla:
+        raise ValueError(f"dims.tp: {d.tp} exceeds num_key_value_heads={spec.kv_heads} (KV-head replication "
+                         "is not implemented); lower tp")
+    if d.tp > 1 and spec.vocab_size % d.tp:
+        raise ValueError(f"dims.tp: {d.tp} must divide vocab_size={spec.vocab_size} (vocab-parallel embedding)")
+    if spec.tie_word_embeddings and (d.tp > 1 or d.pp > 1):
+        raise ValueError("dims: tied embeddings run with tp=1 and pp=1 in the executor; untie or lower tp/pp")
+    if plan.sequence_parallel and spec.position_embedding == PositionEmbedding.LEARNED:
+        raise ValueError("sequence_parallel: not supported with learned position embeddings; set it false")
+    if d.cp > 1 and spec.attention_dropout > 0:
+        raise ValueError("dims.cp: ring attention has no attention dropout; set attention_dropout=0")
+    if plan.schedule == Schedule.ZERO_BUBBLE and d.pp > 1:
+        raise ValueError("schedule: zero-bubble is not run by the executor; use gpipe, 1f1b or interleaved-1f1b")
+    if seq_len % (2 * d.cp * (d.tp if plan.sequence_parallel else 1)):
+        raise ValueError(f"job.seq_len: {seq_len} must divide into 2*cp (and tp with sequence parallel) chunks")
+
+
+def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int) -> nn.Module:
+    """Apply the plan to one materialised (pipeline-stage) model, in this order:
+
+    EP first (it replaces expert weights with local rows, before anything wraps them); TP next
+    (DTensor plans address modules by FQN); CP swaps attention cores, which TP left alone;
+    recompute wraps block forwards before FSDP registers its hooks around them (torchtitan's
+    order); FSDP last, because it shards whatever parameters the earlier steps left.
+    """
+    spec = model.spec
+    if plan.dims.ep > 1:
+        apply_ep(model, plan=plan, meshes=meshes)
+    if plan.dims.tp > 1:
+        apply_tp(model, tp_mesh=meshes.world[Axis.TP.value], sequence_parallel=plan.sequence_parallel, spec=spec)
+    if plan.dims.cp > 1:
+        apply_cp(model, meshes=meshes, seq_len=seq_len)
+    if plan.recompute != Recompute.NONE:
+        apply_recompute(model, mode=plan.recompute)
+    if plan.zero_stage >= ZeroStage.GRADIENTS and meshes.dp_cp.size() > 1:
+        apply_fsdp(model, mesh=meshes.dp_cp, reshard_after_forward=plan.zero_stage == ZeroStage.PARAMETERS)
+    return model
+
+
+def moe_ordinals(spec: ModelSpec) -> dict[int, int]:
+    """Block index -> index among MoE blocks (how plan.expert_placement is numbered)."""
+    moe_blocks = [i for i in range(spec.num_hidden_layers) if spec.is_moe_layer(i)]
+    return {block: n for n, block in enumerate(moe_blocks)}
+
+
+def apply_ep(model: Transformer, *, plan: Plan, meshes: Meshes) -> None:
+    ordinals = moe_ordinals(model.spec)
+    ep_rank, group = meshes.local_rank(Axis.EP), meshes.group(Axis.EP)
+    for key, block in model.layers.items():
+        if isinstance(getattr(block, "moe", None), MoE):
+            placement = layer_placement(plan, model.spec, moe_ordinal=ordinals[int(key)])
+            shard_experts(block.moe, placement=placement, ep_rank=ep_rank, group=group)
+
+
+def _tp_block_plan(spec: ModelSpec, *, sp: bool) -> dict[str, object]:
+    """Megatron-style TP (Shoeybi et al. 2019) with optional sequence parallelism (Korthikanti et al. 2022)."""
+    seq = Shard(1) if sp else Replicate()
+    plan: dict[str, object] = {"attention.wo": RowwiseParallel(output_layouts=seq)}
+    if spec.uses_mla:
+        plan |= {"attention.wkv_b": ColwiseParallel()}
+        plan |= {"attention.wq_b": ColwiseParallel()} if spec.q_lora_rank else {"attention.wq": ColwiseParallel()}
+    else:
+        plan |= {f"attention.{w}": ColwiseParallel() for w in ("wq", "wk", "wv")}
+    plan |= {"feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel(output_layouts=seq)}
+    if spec.hidden_act.gated:
+        plan["feed_forward.w3"] = ColwiseParallel()
+    if sp:
+        # the RoPE table stays a plain tensor (None): a Replicate() DTensor breaks x * cos
+        plan |= {"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
+                 "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
+                                                 desired_input_layouts=(Replicate(), None)),
+                 "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))}
+    return plan
+
+
+def apply_tp(model: Transformer, *, tp_mesh: DeviceMesh, sequence_parallel: bool, spec: ModelSpec) -> None:
+    seq = Shard(1) if sequence_parallel else Replicate()
+    top: dict[str, object] = {}
+    if model.tok_embeddings is not None:
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+    if model.output is not None:
+        top["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate(), use_local_output=True)
+        if sequence_parallel:
+            top["norm"] = SequenceParallel()
+    parallelize_module(model, tp_mesh, top)
+    if sequence_parallel:
+        # Transformer.forward sizes the RoPE table from its (now sequence-sharded) hidden states.
+        model.rope = partial(_full_sequence_rope, model.rope, tp=tp_mesh.size())
+    for block in model.layers.values():
+        parallelize_module(block, tp_mesh, _tp_block_plan(spec, sp=sequence_parallel))
+
+
+def _full_sequence_rope(rope, seq_len: int, *, tp: int) -> torch.Tensor | None:
+    return rope(seq_len * tp)
+
+
+def apply_cp(model: Transformer, *, meshes: Meshes, seq_len: int) -> None:
+    """Ring attention in every block; positions (RoPE rows or learned ids) follow the zigzag layout."""
+    cp, rank = meshes.size(Axis.CP), meshes.local_rank(Axis.CP)
+    positions = zigzag_positions(seq_len, rank=rank, cp=cp)
+    for block in model.layers.values():
+        block.attention.core = RingAttention(meshes.group(Axis.CP))
+    if model.spec.position_embedding == PositionEmbedding.ROPE:
+        # Transformer.rope(s) slices freqs[:s]; holding exactly this rank's rows makes that right.
+        model.freqs = model.freqs[positions.to(model.freqs.device)].clone()
+    elif isinstance(model.pos_embeddings, nn.Embedding):
+        model.pos_embeddings.register_forward_pre_hook(lambda m, _a: (positions.to(m.weight.device),))
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def apply_recompute(model: Transformer, *, mode: Recompute) -> None:
+    """FULL recomputes whole blocks; SELECTIVE only the attention core (Korthikanti et al. 2022).
+
+    The forward is wrapped in place (no wrapper module), so parameter FQNs and checkpoints are
+    the same with and without recompute.
+    """
+    for block in model.layers.values():
+        match mode:
+            case Recompute.FULL:
+                block.forward = partial(_checkpointed, block.forward)
+            case Recompute.SELECTIVE:
+                block.attention.core.forward = partial(_checkpointed, block.attention.core.forward)
+            case Recompute.NONE:
+                pass
+
+
+def apply_fsdp(model: Transformer, *, mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+    """FSDP2 per block, then the root (embeddings, norm, head); ZeRO-3 reshards after forward."""
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
+def materialise(model: Transformer, *, device: torch.device, seed: int) -> Transformer:
+    """meta -> real storage -> the deterministic per-FQN init, so every plan starts equal."""
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model
