@@ -121,8 +121,8 @@ def _thread_names(events: list[dict[str, Any]]) -> dict[tuple[Any, Any], str]:
             names[(e.get("pid"), e.get("tid"))] = str(e.get("args", {}).get("name"))
     for e in events:
         key = (e.get("pid"), e.get("tid"))
-        if e.get("ph") == "X" and key not in names:
-            names[key] = f"pid {key[0]} / tid {key[1]}"
+        if e.get("ph") == "X" and key not in names:  # the simulator's layout: pid 0, tid = stage
+            names[key] = f"stage {key[1]}" if key[0] in (0, None) else f"pid {key[0]} / tid {key[1]}"
     return names
 
 

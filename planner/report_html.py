@@ -22,7 +22,7 @@ import plotly.offline
 from planner import report_figures as figs
 from planner.devicemap import group_summary, plan_groups
 from planner.models import count_params
-from planner.plan import Plan
+from planner.plan import Axis, Plan
 from planner.report import GIB, PLAN_COLUMNS
 from planner.report_moe import moe_section
 from planner.scenario import Scenario
@@ -77,7 +77,8 @@ def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace: dict[str, 
     _breakdown_charts(result, charts)
     trace_info = _timeline_chart(trace, charts, notes)
     devices = _device_map(best, scenario, charts) if best else None
-    moe = moe_section(result, scenario, best, charts) if best and scenario.model.is_moe else None
+    routing = (measurement or {}).get("routing")
+    moe = moe_section(result, scenario, best, charts, routing=routing) if best and scenario.model.is_moe else None
     measured = _measured(measurement, result, charts, notes) if measurement else None
     return {
         "title": f"planner report: {scenario.name}",
@@ -216,6 +217,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _error_row(term: str, predicted: float, measured: float) -> dict[str, Any]:
+    measured = float(measured)
+    return {"term": term, "predicted": predicted, "measured": measured,
+            "error": (predicted - measured) / measured if measured else None}
+
+
+def _memory_rows(plan: Plan, est: dict[str, Any], measured_gib: list[float]) -> list[dict[str, Any]]:
+    """Measured memory of each rank (up to 16) against the predicted total of that rank's stage."""
+    stages = est.get("stage_memory") or []
+    if not stages or len(measured_gib) != plan.parallel_dims.world_size:
+        return []
+    pp = next(g for g in plan_groups(plan) if g.axis == Axis.PP)
+    stage_of = {int(r): s for row in pp.members for s, r in enumerate(row)}
+    return [_error_row(f"memory_gib rank {r} (stage {stage_of[r]})", sum(stages[stage_of[r]].values()) / GIB, gib)
+            for r, gib in enumerate(measured_gib[:16])]
+
+
 def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[str, go.Figure],
               notes: dict[str, str]) -> dict[str, Any] | None:
     """Predicted vs measured for the measured plan (or the best plan when it is not a candidate)."""
@@ -231,11 +249,10 @@ def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[
     est = match["estimate"]
     predicted = {"step_time_s": est["step_time_s"], "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"],
                  "peak_memory_gib": est["peak_memory_bytes"] / GIB}
-    rows = [{"term": k, "predicted": v, "measured": float(measurement[k]),
-             "error": (v - float(measurement[k])) / float(measurement[k]) if measurement[k] else None}
-            for k, v in predicted.items() if measurement.get(k) is not None]
+    rows = [_error_row(k, v, measurement.get(k)) for k, v in predicted.items() if measurement.get(k) is not None]
     if rows:
         charts["measured"] = figs.predicted_vs_measured(rows)
+    rows += _memory_rows(Plan.model_validate(match["plan"]), est, measurement.get("memory_gib") or [])
     return {"rows": rows, "plan": Plan.model_validate(match["plan"]).describe(),
             "device": measurement.get("device"), "backend": measurement.get("backend"),
             "world_size": measurement.get("world_size")}

@@ -47,17 +47,21 @@ def expert_tokens_of(moe: dict[str, Any] | None, *, num_layers: int) -> np.ndarr
     return tokens
 
 
-def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any],
-                charts: dict[str, go.Figure]) -> dict[str, Any] | None:
+def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any], charts: dict[str, go.Figure],
+                *, routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Placement heat map and dispatch load per rank; loads come from the search result's `moe`
+    entry, else from the executor's measured routing trace (measurement.json `routing`)."""
     model = scenario.model
     plan = Plan.model_validate(best["plan"])
+    out: dict[str, Any] = {"ep": plan.dims.ep, "num_experts": model.num_local_experts,
+                           "custom": plan.expert_placement is not None, "loads": None}
+    if plan.dims.ep == 1:
+        return out
     layer_ids = [i for i in range(model.num_hidden_layers) if model.is_moe_layer(i)]
     placement = placement_matrix(plan, num_experts=model.num_local_experts, num_layers=len(layer_ids))
     charts["experts"] = figs.expert_placement(placement.tolist(), layer_ids=layer_ids)
-    out: dict[str, Any] = {"ep": plan.dims.ep, "num_experts": model.num_local_experts,
-                           "custom": plan.expert_placement is not None, "loads": None}
-    tokens = expert_tokens_of(result.get("moe"), num_layers=len(layer_ids))
-    if tokens is None or plan.dims.ep == 1:
+    tokens = expert_tokens_of(result.get("moe") or routing, num_layers=len(layer_ids))
+    if tokens is None:
         return out
     rr = np.tile(np.arange(model.num_local_experts) % plan.dims.ep, (len(layer_ids), 1))
     planned, robin = rank_loads(placement, tokens, ep=plan.dims.ep), rank_loads(rr, tokens, ep=plan.dims.ep)

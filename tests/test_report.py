@@ -246,18 +246,48 @@ def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: p
 def test_rewrite_keeps_measurement(tmp_path: Path) -> None:
     result, sc = search_result("tiny-dense_cpu4", limit=40)
     out = tmp_path / "out"
-    write_search_outputs(result, sc, out, measurement=_measurement(result))
+    write_search_outputs(result, sc, out, measurement=_measurement(result, sc))
     write_search_outputs(result, sc, out)
     assert json.loads((out / "measurement.json").read_text())["step_time_s"] > 0
-    assert "Predicted vs measured" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Predicted vs measured" in html and "memory_gib rank 3 (stage" in html
 
 
-def _measurement(result: Any) -> dict[str, Any]:
-    est = result.best.estimate
-    return {"step_time_s": est.step_time_s * 1.1, "step_times_s": [est.step_time_s * 1.1] * 3,
-            "tokens_per_s_per_gpu": est.tokens_per_s_per_gpu / 1.1, "peak_memory_gib": est.peak_memory_bytes / GIB * 0.95,
-            "memory_gib": [est.peak_memory_bytes / GIB * 0.95] * 4, "losses": [10.4, 10.1, 9.9], "world_size": 4,
-            "plan": json.loads(result.best.plan.to_json()), "backend": "gloo", "device": "cpu"}
+def _measurement(result: Any, sc: Scenario) -> dict[str, Any]:
+    """The executor's Measurement (executor/train.py) of the best plan, 10% slower than predicted."""
+    from executor.train import Measurement
+
+    est, world = result.best.estimate, sc.cluster.world_size
+    routing = None
+    if sc.model.is_moe:
+        skew = [[1000 // (e + 1) for e in range(sc.model.num_local_experts)]]
+        routing = {"num_experts": sc.model.num_local_experts, "layers": [{"layer": 0, "expert_tokens": skew[0]}],
+                   "affinity": []}
+    return Measurement(
+        scenario=sc.name, model=sc.model.name, plan=json.loads(result.best.plan.to_json()), world_size=world,
+        backend="gloo", device="cpu", steps=3, step_time_s=est.step_time_s * 1.1, step_times_s=[est.step_time_s * 1.1] * 3,
+        tokens_per_s_per_gpu=est.tokens_per_s_per_gpu / 1.1, peak_memory_gib=est.peak_memory_bytes / GIB * 0.95,
+        memory_gib=[est.peak_memory_bytes / GIB * 0.95] * world, losses=[10.4, 10.1, 9.9], routing=routing,
+    ).model_dump(mode="json")
+
+
+def test_moe_loads_against_round_robin() -> None:
+    """Contiguous placement of a skewed trace overloads rank 0; round-robin spreads the hot experts."""
+    import plotly.graph_objects as go
+
+    from planner.report_moe import moe_section
+
+    sc = load_scenario(REPO / "scenarios" / "mixtral-8x7b_h100x64.toml")
+    plan = Plan.model_validate({"dims": {"dp": 16, "tp": 4, "ep": 4}})
+    tokens = [800, 400, 200, 100, 100, 100, 100, 100]  # experts 0-1 on rank 0 when contiguous
+    charts: dict[str, go.Figure] = {}
+    out = moe_section({"moe": None}, sc, {"plan": plan.model_dump(mode="json")}, charts,
+                      routing={"num_experts": 8, "layers": [{"layer": 0, "expert_tokens": tokens}]})
+    layers = sc.model.num_moe_layers
+    assert out["loads"]["bottleneck_tokens"] == 1200 * layers  # rank 0 hosts experts 0 and 1
+    assert out["loads"]["round_robin_bottleneck_tokens"] == 900 * layers  # rank 0 hosts experts 0 and 4
+    assert out["loads"]["saving"] < 0  # the report shows contiguous is worse than round-robin here
+    assert set(charts) == {"experts", "a2a"} and len(charts["experts"].data[0].z) == layers
 
 
 def test_device_map_matches_executor_mesh() -> None:
@@ -339,14 +369,16 @@ def open_report(driver: Any, html: Path, screenshot: Path) -> dict[str, Any]:
 def test_report_renders_offline_in_chromium(browser: Any, tmp_path: Path, scenario: str) -> None:
     result, sc = search_result(scenario)
     out = tmp_path / scenario
-    write_search_outputs(result, sc, out, measurement=_measurement(result))
+    write_search_outputs(result, sc, out, measurement=_measurement(result, sc))
     state = open_report(browser, out / "report.html", tmp_path / "report.png")
     assert state["ready"] == "true", state
     assert not state["console"], state["console"]
     assert all(url.startswith(("file:", "data:", "blob:")) for url in state["requests"]), state["requests"]
     ids = {c["id"] for c in state["charts"]}
     expected = {"chart-pareto", "chart-time", "chart-memory", "chart-timeline", "chart-devicemap", "chart-measured"}
-    assert expected | ({"chart-experts"} if sc.model.is_moe else set()) <= ids
+    if sc.model.is_moe and result.best.plan.dims.ep > 1:
+        expected |= {"chart-experts", "chart-a2a"}
+    assert expected <= ids
     for chart in state["charts"]:
         assert chart["traces"] > 0 and chart["points"] > 0 and chart["svg"] > 0, chart
     assert state["rows"] > 10
