@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import networkx as nx
+import torch
+
+from planner.scenario import ModelSpec
 
 
 class OpKind(StrEnum):
@@ -46,6 +49,7 @@ class OpNode:
     param_bytes: float
     saved_bytes: float  # activation bytes kept for backward (eager attention accounting)
     estimated: bool = False  # True when the op was not understood and costed from shapes
+    bwd_weight_flops: float = 0.0  # the weight-gradient share of bwd_flops
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +115,7 @@ class ModelGraph:
     num_key_value_heads: int
     vocab_size: int
     name: str = "model"
+    warnings: list[str] = field(default_factory=list)  # ops estimated from shapes, one line each
 
     @property
     def blocks(self) -> list[Layer]:
@@ -131,3 +136,66 @@ class ModelGraph:
     @property
     def bwd_flops(self) -> float:
         return sum(layer.bwd_flops for layer in self.layers)
+
+
+def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> ModelGraph:
+    """The canonical Transformer's graph, tracing one block per distinct block kind (APEX-style).
+
+    Blocks of one kind are structurally identical, so their ops, FLOPs and saved bytes are too;
+    tests/test_graph.py checks the replicated graph against a whole-model trace.
+    """
+    from planner import graph_build as gb
+    from planner.graph_trace import trace_fn
+    from planner.transformer import MoE, Transformer, loss_fn
+
+    if seq_len < 1 or batch < 1:
+        raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
+    with torch.device("meta"):
+        model = Transformer(spec).to(dtype)
+    freqs = model.rope(seq_len)
+    tokens = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    hidden = torch.empty(batch, seq_len, spec.hidden_size, dtype=dtype, device="meta", requires_grad=True)
+    width = gb.dtype_bytes(model)
+    hidden_bytes = float(hidden.numel() * width)
+
+    def piece(fn, meta: gb.LayerMeta, entry_key: int | None, moe_paths=frozenset()):
+        trace = trace_fn(model, fn)
+        recs = list(range(len(trace.records)))
+        layer, nodes = gb.summarize(trace, recs, trace.saved, meta, moe_paths=moe_paths)
+        entries = sorted({c for c in trace.consumers.get(entry_key, ())}) if entry_key is not None else []
+        exit_pos = trace.producer.get(trace.output_keys[0]) if trace.output_keys else None
+        return layer, nodes, gb.local_edges(trace, recs), entries, exit_pos, trace.warnings
+
+    emb_params = gb.param_count([model.tok_embeddings, model.pos_embeddings])
+    pieces = [piece(lambda: model.embed(tokens), gb.LayerMeta(
+        index=0, name="embedding", kind=LayerKind.EMBEDDING, block_kind="embedding", num_params=emb_params,
+        num_active_params=emb_params, param_bytes=emb_params * width, input_bytes=float(tokens.numel() * 8)), None)]
+    templates: dict[bool, tuple] = {}
+    hidden_key = hidden.untyped_storage()._cdata
+    for i in range(spec.num_hidden_layers):
+        is_moe = spec.is_moe_layer(i)
+        if is_moe not in templates:
+            block = model.layers[str(i)]
+            moe = gb.moe_stats(block.moe, top_k=spec.num_experts_per_tok, num_experts=spec.num_local_experts,
+                               hidden_size=spec.hidden_size, dtype_bytes=width,
+                               capacity_factor=spec.capacity_factor) if is_moe else None
+            total = gb.param_count([block])
+            meta = gb.LayerMeta(index=i + 1, name=f"layers.{i}", kind=LayerKind.BLOCK,
+                                block_kind="moe" if is_moe else "dense", num_params=total,
+                                num_active_params=gb.active_params(total, moe), param_bytes=total * width,
+                                input_bytes=hidden_bytes, moe=moe)
+            paths = frozenset(f"layers.{i}.moe" for m in [block.mlp] if isinstance(m, MoE))
+            templates[is_moe] = piece(lambda block=block: block(hidden, freqs), meta, hidden_key, paths)
+        layer, nodes, *rest = templates[is_moe]
+        pieces.append((*gb.relabel(layer, nodes, index=i + 1, name=f"layers.{i}"), *rest))
+    head_params = gb.param_count([model.norm, model.output])
+    labels = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    pieces.append(piece(lambda: loss_fn(model.head(hidden), labels), gb.LayerMeta(
+        index=spec.num_hidden_layers + 1, name="head", kind=LayerKind.HEAD, block_kind="head",
+        num_params=head_params, num_active_params=head_params, param_bytes=head_params * width,
+        input_bytes=hidden_bytes), hidden_key))
+    warned = [w for p in pieces for w in p[5]]
+    return gb.assemble([p[:5] for p in pieces], graph_fields=dict(
+        seq_len=seq_len, sample_batch=batch, dtype_bytes=width, hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,
+        vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(warned))))
