@@ -176,8 +176,9 @@ def _set_recording(rank: Rank, *, on: bool) -> None:
 
 
 def _resume(rank: Rank, options: RunOptions) -> tuple[int, list[float]]:
-    source = options.resume_from or options.checkpoint_dir
-    path = checkpoint.latest(source) if source is not None and source.exists() else None
+    """Own checkpoints first (a torchrun restart), else --resume-from (possibly another plan's run)."""
+    sources = [p for p in (options.checkpoint_dir, options.resume_from) if p is not None and p.exists()]
+    path = next((found for found in map(checkpoint.latest, sources) if found is not None), None)
     if path is None:
         return 0, []
     if rank.optimizer.inner is not None:

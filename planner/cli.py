@@ -114,6 +114,42 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 
 
 @app.command()
+def run(
+    plan: Annotated[Path, typer.Argument(help="plan JSON (from `planner search --out`)")],
+    scenario: Annotated[Path | None, typer.Option(help="scenario TOML (default: the embedded one)")] = None,
+    nproc: Annotated[int | None, typer.Option(help="processes per node (default: plan ranks / nnodes)")] = None,
+    nnodes: Annotated[int, typer.Option(min=1)] = 1,
+    node_rank: Annotated[int, typer.Option(min=0)] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of node 0 (multi-node)")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 10,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: the plan's directory)")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="save a DCP checkpoint every K steps")] = 0,
+    resume_from: Annotated[Path | None, typer.Option(help="checkpoint dir of an earlier run (any plan)")] = None,
+    max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failed rank")] = 0,
+    data: Annotated[Path | None, typer.Option(help="plain text file instead of synthetic tokens")] = None,
+) -> None:
+    """Train the plan with torchrun (gloo on CPU, NCCL on CUDA) and write measurement.json."""
+    from executor import Launch, RunOptions, run_plan
+    from planner.plan import Plan
+
+    out_dir = out or plan.parent
+    with user_errors():
+        options = RunOptions(steps=steps, checkpoint_every=checkpoint_every, resume_from=resume_from, data_path=data,
+                             checkpoint_dir=out_dir / "checkpoints" if checkpoint_every else None)
+        launch = Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                        max_restarts=max_restarts)
+        try:
+            m = run_plan(Plan.load(plan), scenario_or_default(scenario), out_dir=out_dir, options=options, launch=launch)
+        except RuntimeError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+    table = Table("step time s", "tokens/s/GPU", "peak GiB", "first loss", "last loss", title=f"{out_dir}/measurement.json")
+    table.add_row(f"{m.step_time_s:.4f}", f"{m.tokens_per_s_per_gpu:,.0f}", f"{m.peak_memory_gib:.2f}",
+                  f"{m.losses[0]:.4f}", f"{m.losses[-1]:.4f}")
+    console.print(table)
+
+
+@app.command()
 def profile(
     out: Annotated[Path, typer.Option("--out", help="profile JSON to write, e.g. profiles/this-machine.json")],
     nproc: Annotated[int, typer.Option(help="local ranks for the link sweep (1 = kernels only)")] = 2,

@@ -1,0 +1,59 @@
+"""torchrun entry point: `torchrun --nproc-per-node N -m executor --plan P.json --scenario-json S.json --out DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from executor.launch import MEASUREMENT
+from executor.train import RunOptions, train
+from planner.plan import Plan
+from planner.scenario import Scenario
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m executor")
+    p.add_argument("--plan", type=Path, required=True)
+    p.add_argument("--scenario-json", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--resume-from", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--kill-at-step", type=int, default=None, help="fault injection (restart tests)")
+    return p.parse_args()
+
+
+def _init() -> None:
+    """NCCL on CUDA, gloo on CPU; torchrun's environment gives rank and world size."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def main() -> None:
+    a = _args()
+    _init()
+    options = RunOptions(steps=a.steps, seed=a.seed, checkpoint_every=a.checkpoint_every,
+                         checkpoint_dir=a.checkpoint_dir or (a.out / "checkpoints" if a.checkpoint_every else None),
+                         resume_from=a.resume_from, data_path=a.data, kill_at_step=a.kill_at_step)
+    measurement = train(Plan.load(a.plan), Scenario.model_validate_json(a.scenario_json.read_text()),
+                        options=options)
+    if dist.get_rank() == 0:
+        tmp = a.out / (MEASUREMENT + ".tmp")
+        tmp.write_text(measurement.model_dump_json(indent=2))
+        tmp.replace(a.out / MEASUREMENT)
+    dist.barrier()  # before teardown: FSDP2 on gloo can abort without it (PLATFORM.md)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
