@@ -282,11 +282,12 @@ def _pair_in_some_group(cluster: ClusterSpec, nodes: tuple[int, int], *, num_ran
 def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: float, *, span: GroupSpan) -> float:
     """Time of a collective on a group that may straddle NVLink domains.
 
-    Inside one domain: the intra fit. Across domains, ring collectives are bounded by the NIC
-    hops; each of the `ranks_per_domain` members drives its own NIC, so NCCL's rings cross the
-    fabric in parallel and the bus bandwidth is min(intra, inter * ranks_per_domain)
-    (nccl-tests on DGX A100: ~190 GB/s busbw for 8x HDR NICs per node). All-to-all sends
-    (n - k)/n of the buffer off-domain, where only the group's own NIC helps.
+    Inside one domain: the intra fit. Across domains, ring collectives run at one NIC's bus
+    bandwidth per GPU: the hierarchical ideal (k members of a node pooling k NICs) is not what
+    training jobs see, because the node's other GPUs drive their own groups' traffic on those
+    NICs at the same time and NCCL crosses nodes with one NIC per ring channel. Calibrated on
+    the Megatron-Core DP=48 H100 rows and the llm-foundry FSDP A100 rows (SOURCES.md #3, #11).
+    All-to-all sends (n - k)/n of the buffer off-domain over the GPU's own NIC.
     """
     n = span.num_ranks
     if n <= 1 or size_bytes <= 0:
@@ -305,7 +306,7 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
         case Collective.SEND_RECV:
             return inter.latency_us * _US + size_bytes / (inter.bandwidth_gbs * nic_scale * _GB)
         case _:
-            bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale * k)
+            bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale)
             steps = collective.traffic_factor(n) * size_bytes
             return inter.latency_us * _US * math.log2(n) + steps / (bus_gbs * _GB)
 
@@ -327,7 +328,7 @@ def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:
 # 8192^3 reaches ~250-270 of 312 TFLOP/s; H100 SXM ~700-750 of 989), AMD MI300X hipBLASLt
 # results (~650-750 of 1307 TFLOP/s, Chips and Cheese / SemiAnalysis 2024), B200 ~1500-1650
 # of 2250 (MLPerf-era reports).
-GEMM_CEILING = {"a100": 0.82, "h100": 0.74, "h800": 0.74, "h200": 0.76, "b200": 0.72, "gb200": 0.72,
+GEMM_CEILING = {"a100": 0.76, "h100": 0.74, "h800": 0.74, "h200": 0.76, "b200": 0.72, "gb200": 0.72,
                 "mi250x": 0.55, "mi300x": 0.55, "cpu": 0.9}
 GEMM_FIXED_COST_S = 6e-6  # per-kernel overhead (launch ~3 us + partial last wave), Nsight traces of GEMMs
 # Flash attention (FA2 paper, Dao 2023: fwd+bwd 50-73% of A100 peak at head dim 128; on H100 FA2

@@ -99,9 +99,13 @@ class _Context:
 
 
 def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
-             timeline: bool = False) -> Estimate:
-    """Predict one training step of `plan` (Megatron-style execution) on `cluster` with profile `hw`."""
-    ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job)
+             timeline: bool = False, flash_attention: bool = True) -> Estimate:
+    """Predict one training step of `plan` (Megatron-style execution) on `cluster` with profile `hw`.
+
+    `flash_attention=False` prices the eager softmax attention of pre-2023 stacks (materialised
+    scores, s^2 activations).
+    """
+    ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash_attention)
     m = plan.num_micro_batches(job.global_batch)
     chunks = chunk_layers(graph, plan)
     costs = [_chunk_cost(ctx, layers) for layers in chunks]
@@ -112,17 +116,18 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     tail_s, dp_cost, opt_s = _step_tail(ctx, chunks=chunks, costs=costs)
     step_s = pipe.makespan_s + tail_s
     memory = [stage_memory(plan, graph=graph, job=job, split=ctx.split, chunks=chunks, stage=s,
-                           num_micro_batches=m) for s in range(plan.dims.pp)]
+                           num_micro_batches=m, flash=flash_attention) for s in range(plan.dims.pp)]
     return _assemble(ctx, cluster=cluster, costs=costs, pipe=pipe, step_s=step_s, m=m, p2p_s=p2p,
                      dp=dp_cost, opt_s=opt_s, memory=memory)
 
 
-def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec) -> _Context:
+def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
+             flash: bool) -> _Context:
     if graph.seq_len != job.seq_len:
         raise ValueError(f"graph: traced at seq_len={graph.seq_len} but job.seq_len={job.seq_len}; re-extract it")
     if plan.dims.tp * plan.dims.pp * plan.dims.dp * plan.dims.cp != cluster.world_size:
         raise ValueError(f"dims: product {plan.parallel_dims.world_size} != cluster world size {cluster.world_size}")
-    split = split_for(plan, graph=graph, precision=job.precision)
+    split = split_for(plan, graph=graph, precision=job.precision, flash=flash)
     spans = plan_spans(plan, cluster)
     kinds = block_kind_times(graph, split=split, hw=hw)
     comms = {k: block_comm(plan, graph=graph, job=job, moe_block=(k == "moe"), spans=spans, hw=hw)

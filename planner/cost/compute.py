@@ -23,6 +23,13 @@ FLASH_BWD_FLOPS_FACTOR = 1.25
 # A memory-bound op's backward reads the saved input and the output gradient and writes the
 # input gradient: about twice the forward's traffic.
 MEMORY_BOUND_BWD_BYTES_FACTOR = 2.0
+# Eager (pre-FlashAttention) attention materialises the b*a*s^2 score matrix: bytes moved per
+# score element. Forward: QK^T writes fp16 scores (2), fused scale-mask-softmax reads and writes
+# (4), dropout reads, writes its output and a 1-byte mask (5), AV reads (2) = 13. Backward: the
+# mirror image with gradients plus the saved softmax/mask re-read = 21 (Megatron-LM 2021-22 kernels,
+# Korthikanti et al. 2022 Sec. 4.1 lists the same tensors).
+EAGER_SCORE_BYTES_FWD = 13.0
+EAGER_SCORE_BYTES_BWD = 21.0
 # Dropless MoE: the busiest expert rank gets ~10% more tokens than the mean with an auxiliary
 # balance loss (Switch Transformer, Fedus et al. 2021, Fig. 9; DeepSeek-V3 report Sec. 2.1.2).
 DROPLESS_IMBALANCE = 1.10
@@ -182,6 +189,8 @@ class Split:
     imbalance: float
     precision: Precision
     recompute: Recompute
+    flash: bool  # fused attention; False = eager softmax over materialised scores
+    score_elements: float  # attention scores per layer per micro-batch on one GPU (eager only)
 
     def work_share(self, region: Region) -> float:
         """Fraction of the traced op's work (scaled to the micro-batch) one GPU does."""
@@ -200,15 +209,17 @@ class Split:
         return float(self.cp) if op.kind == OpKind.ATTENTION else 1.0
 
 
-def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision) -> Split:
+def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: bool = True) -> Split:
     d = plan.dims
+    heads = graph.num_attention_heads / d.tp
+    scores = plan.micro_batch_size * heads * graph.seq_len * graph.seq_len / d.cp
     moe = next((layer.moe for layer in graph.layers if layer.moe is not None), None)
     imbalance = DROPLESS_IMBALANCE
     if moe is not None and moe.capacity_factor is not None:
         imbalance = min(moe.capacity_factor, DROPLESS_IMBALANCE)
     return Split(batch_scale=plan.micro_batch_size / graph.sample_batch, tp=d.tp, cp=d.cp, ep=d.ep, etp=d.etp,
                  sp=plan.sequence_parallel, num_experts=moe.num_experts if moe else 1, imbalance=imbalance,
-                 precision=precision, recompute=plan.recompute)
+                 precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores)
 
 
 def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
@@ -223,16 +234,29 @@ def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops / rate
             weight_share = 0.5 if op.has_weight else 0.0  # dgrad and wgrad are equal-size GEMMs
             return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s * (1 - weight_share), bwd_weight_s=bwd_s * weight_share)
-        case OpKind.ATTENTION:
+        case OpKind.ATTENTION if split.flash:
             per_call = fwd_flops / split.calls(op)
             if per_call <= 0:
                 return PassTimes()
             rate = per_call / hw.attention_s(per_call, precision=split.precision)
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops * FLASH_BWD_FLOPS_FACTOR / rate
             return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
+        case OpKind.ATTENTION:
+            return _eager_attention(fwd_flops, bwd_flops, split=split, hw=hw)
         case _:
             fwd_s = hw.memory_bound_s(op.bytes_moved * share)
             return PassTimes(fwd_s=fwd_s, bwd_input_s=fwd_s * MEMORY_BOUND_BWD_BYTES_FACTOR)
+
+
+def _eager_attention(fwd_flops: float, bwd_flops: float, *, split: Split, hw: HardwareProfile) -> PassTimes:
+    """Two batched GEMMs (QK^T, AV) plus memory-bound passes over the score matrix."""
+    if fwd_flops <= 0:
+        return PassTimes()
+    gemm = fwd_flops / 2
+    rate = gemm / hw.matmul_s(gemm, precision=split.precision)
+    fwd_s = fwd_flops / rate + hw.memory_bound_s(EAGER_SCORE_BYTES_FWD * split.score_elements)
+    bwd_s = bwd_flops / rate + hw.memory_bound_s(EAGER_SCORE_BYTES_BWD * split.score_elements)
+    return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
 
 
 def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, recomputed: bool) -> PassTimes:
