@@ -22,7 +22,7 @@ from planner.cost import estimate
 from planner.cost.memory import GIB, activation_bytes, layer_activation
 from planner.cost.compute import split_for
 from planner.cost.schedule import chunk_layers
-from planner.cost.memory import stage_memory
+from planner.cost.memory import in_flight, stage_memory
 from planner.hardware import datasheet_profile
 from planner.plan import Plan, Recompute
 from planner.scenario import JobSpec, ModelSpec, Precision
@@ -220,20 +220,23 @@ KORTHIKANTI_MEMORY = [(24, 45.5625, 9.5625, 59.25), (26, 45.5625, 12.3515625, 66
 
 @pytest.mark.parametrize(("row_id", "states_gib", "sel_gib", "none_gib"), KORTHIKANTI_MEMORY)
 def test_memory_matches_korthikanti_components(row_id: int, states_gib: float, sel_gib: float, none_gib: float) -> None:
-    """The paper's figure sums 34sbh/t (selective+SP) or sbh(10+24/t+5as/ht) over the L/p layers of
-    p in-flight micro-batches: the first stage of 1F1B, eager attention (pre-FlashAttention)."""
+    """The paper's figure sums 34sbh/t (selective+SP) or sbh(10+24/t+5as/ht) (nothing) over the
+    layers of the micro-batches the first stage keeps in flight (p for 1F1B, times
+    1 + (p-1)/(pv) interleaved: Korthikanti Sec. 4.2.3), with eager (pre-FlashAttention) attention."""
     case = next(c for c in build_cases()[0] if c.row_id == row_id)
     graph = _graph(case.spec, case.job.seq_len)
-    plan = case.plan.model_copy(update={"virtual_stages": 1, "schedule": "1f1b"})
+    plan = case.plan
     m = plan.num_micro_batches(case.job.global_batch)
-    terms = stage_memory(plan, graph=graph, job=case.job, split=split_for(plan, graph=graph, precision=case.job.precision),
-                         chunks=chunk_layers(graph, plan), stage=0, num_micro_batches=m, flash=False)
+    split = split_for(plan, graph=graph, precision=case.job.precision, flash=False)
+    terms = stage_memory(plan, graph=graph, job=case.job, split=split, chunks=chunk_layers(graph, plan), stage=0,
+                         num_micro_batches=m, flash=False)
     states = (terms["weights"] + terms["gradients"] + terms["optimizer"]) / GIB
     assert states == pytest.approx(states_gib, rel=0.10)
     assert terms["activations"] / GIB == pytest.approx(sel_gib, rel=0.10)
     plain = plan.model_copy(update={"recompute": "none", "sequence_parallel": False})
-    split = split_for(plain, graph=graph, precision=case.job.precision)
+    split = split_for(plain, graph=graph, precision=case.job.precision, flash=False)
     per_layer = activation_bytes(layer_activation(graph, graph.blocks[0]), split=split, flash=False,
                                  recompute=Recompute.NONE)
-    total = per_layer * case.spec.num_hidden_layers / GIB  # p micro-batches x L/p layers
+    layers_per_stage = case.spec.num_hidden_layers / plan.dims.pp
+    total = per_layer * layers_per_stage * in_flight(plan, stage=0, num_micro_batches=m) / GIB
     assert total == pytest.approx(none_gib, rel=0.10)
