@@ -31,7 +31,7 @@ DETAILED_PARETO = 40
 # Step-time terms copied into plans.csv as time_<term>_s (Estimate.time_breakdown_s keys, fixed
 # by CONTRACTS.md). Terms the cost model adds later stay in result.json only, so the CSV header
 # never changes under its readers.
-TIME_TERMS = ("compute", "tp", "cp", "ep", "pp", "dp", "exposed_comm", "bubble", "optimizer")
+TIME_TERMS = ("compute", "recompute", "tp", "cp", "ep", "pp", "dp", "exposed_comm", "bubble", "optimizer")
 
 PLAN_COLUMNS: tuple[str, ...] = (
     "candidate", "rank", "status", "fits", "pareto", "reason", "plan",

@@ -6,6 +6,7 @@ of the page by report_html instead of drawing a blank chart.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from planner.devicemap import AxisGroups
 
 GIB = 2**30
 FITS_COLOUR, OOM_COLOUR, BEST_COLOUR, FRONT_COLOUR = "#2a9d8f", "#e76f51", "#f4a261", "#264653"
-STEP_TERMS = ("compute", "exposed_comm", "bubble", "optimizer")  # add up to the step time
+STEP_TERMS = ("compute", "recompute", "exposed_comm", "bubble", "optimizer")  # add up to the step time
 COMM_AXES = ("tp", "cp", "ep", "pp", "dp")  # communication time per axis, before overlap
 
 
@@ -48,11 +49,13 @@ def pareto(points: pd.DataFrame, *, capacity_gib: float | None) -> go.Figure:
     fig.add_scatter(x=best["peak_memory_gib"], y=best["tokens_per_s_per_gpu"], mode="markers", name="best",
                     marker={"color": BEST_COLOUR, "size": 16, "symbol": "star", "line": {"width": 1}},
                     text=_hover(best), hoverinfo="text")
-    if capacity_gib:
-        fig.add_vline(x=capacity_gib, line_dash="dash", annotation_text="GPU memory")
     memory = points["peak_memory_gib"]
-    if len(memory) and memory.min() > 0 and memory.max() / memory.min() > 20:
+    log_x = bool(len(memory) and memory.min() > 0 and memory.max() / memory.min() > 20)
+    if log_x:
         fig.update_xaxes(type="log")
+    if capacity_gib:  # shapes on a log axis take log10 coordinates
+        fig.add_vline(x=math.log10(capacity_gib) if log_x else capacity_gib, line_dash="dash",
+                      annotation_text="GPU memory")
     return _layout(fig, title="Throughput vs peak memory (every costed plan)", x="peak memory per GPU (GiB)",
                    y="tokens/s per GPU")
 

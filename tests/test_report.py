@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import itertools
 import json
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +20,28 @@ from typer.testing import CliRunner
 import planner.report_html
 from conftest import REPO
 from planner.cli import app
+from planner.cost import Estimate, estimate, memory_lower_bound_bytes
 from planner.devicemap import attention_grid, expert_grid, plan_groups
+from planner.graph import extract_graph
+from planner.hardware import datasheet_profile
 from planner.plan import Plan
 from planner.report import PLAN_COLUMNS, render_report, write_search_outputs
+from planner.report_figures import STEP_TERMS
 from planner.scenario import Scenario, load_scenario
 
 GIB = 2**30
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-# ---- results shaped as CONTRACTS.md's Estimate / Candidate / SearchResult -------------------
-
-
-@dataclass(frozen=True)
-class ContractEstimate:
-    step_time_s: float
-    tokens_per_s_per_gpu: float
-    mfu: float
-    hfu: float
-    peak_memory_bytes: float
-    fits: bool
-    memory_capacity_bytes: float
-    stage_memory: list[dict[str, float]]
-    time_breakdown_s: dict[str, float]
-    bubble_fraction: float
-    num_micro_batches: int
-    timeline: list[dict[str, Any]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"peak_memory_gib": self.peak_memory_bytes / GIB}
+# ---- search results: real graph, hardware profile and cost-model Estimates ----------------------
+# Candidate / SearchResult follow CONTRACTS.md (plan, estimate, fits, reason, rank; candidates,
+# best, pareto, stats).
 
 
 @dataclass
 class ContractCandidate:
     plan: Plan
-    estimate: ContractEstimate | None
+    estimate: Estimate | None
     fits: bool
     reason: str | None
     rank: int | None
@@ -67,59 +55,15 @@ class ContractResult:
     stats: dict[str, float]
 
 
-def _estimate(plan: Plan, sc: Scenario, *, timeline: bool) -> ContractEstimate:
-    """A roofline-flavoured estimate: 6N FLOPs at 45% of peak, 1F1B bubble, ZeRO-sharded state."""
-    from planner.models import count_params
-
-    d, job, gpu = plan.dims, sc.job, sc.cluster.gpu
-    params, _ = count_params(sc.model)
-    m = plan.num_micro_batches(job.global_batch)
-    compute_s = 6 * params * job.tokens_per_step / sc.cluster.world_size / (0.45 * gpu.peak_tflops["bf16"] * 1e12)
-    compute_s *= 1 + 0.03 * d.tp + (0.33 if plan.recompute.value == "full" else 0)
-    bubble = (d.pp - 1) / (m + d.pp - 1)
-    comm = {"tp": 0.04 * compute_s * (d.tp > 1), "cp": 0.02 * compute_s * (d.cp > 1), "ep": 0.05 * compute_s * (d.ep > 1),
-            "pp": 0.01 * compute_s * (d.pp > 1), "dp": 0.08 * compute_s * (d.dp > 1)}
-    terms = comm | {"compute": compute_s, "exposed_comm": 0.3 * sum(comm.values()), "bubble": compute_s * bubble,
-                    "optimizer": 0.01 * compute_s}
-    step_s = terms["compute"] + terms["exposed_comm"] + terms["bubble"] + terms["optimizer"]
-    shard = d.tp * d.pp
-    stages = [{"weights": 2 * params / shard, "gradients": 4 * params / shard / (d.dp if plan.zero_stage >= 2 else 1),
-               "optimizer": 12 * params / shard / (d.dp if plan.zero_stage >= 1 else 1),
-               "activations": 2e9 * plan.micro_batch_size * (d.pp - s) * job.seq_len / 4096 / d.tp / d.cp,
-               "comm_buffers": 0.5e9, "allocator_margin": 1e9} for s in range(d.pp)]
-    peak = max(sum(s.values()) for s in stages)
-    capacity = gpu.memory_gib * GIB
-    events = _timeline(d.pp, min(m, 16)) if timeline else None
-    tokens = job.tokens_per_step / step_s / sc.cluster.world_size
-    return ContractEstimate(step_s, tokens, 0.45 * compute_s / step_s, 0.5 * compute_s / step_s, peak, peak <= capacity,
-                            capacity, stages, terms, bubble, m, events)
-
-
-def _timeline(pp: int, m: int) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = [{"ph": "M", "name": "thread_name", "pid": 0, "tid": s, "args": {"name": f"stage {s}"}}
-                                    for s in range(pp)]
-    for s in range(pp):
-        for mb in range(m):
-            events.append({"ph": "X", "name": f"F{mb}", "cat": "forward", "pid": 0, "tid": s, "ts": 1000.0 * (s + mb), "dur": 900.0})
-            events.append({"ph": "X", "name": f"B{mb}", "cat": "backward", "pid": 0, "tid": s,
-                           "ts": 1000.0 * (m + pp + 2 * mb), "dur": 1900.0})
-    return events
-
-
 def _plans(sc: Scenario, *, limit: int) -> list[Plan]:
-    world, moe = sc.cluster.world_size, sc.model.is_moe
+    world = sc.cluster.world_size
+    eps = (1, 2, 4, 8) if sc.model.is_moe else (1,)
     out = []
-    for tp in (1, 2, 4, 8):
-        for pp in (1, 2, 4, 8, 16, 32):
-            for cp in (1, 2, 4):
-                for ep in ((1, 2, 4, 8) if moe else (1,)):
-                    if world % (tp * pp * cp):
-                        continue
-                    for zero in (0, 1, 3):
-                        for mbs in (1, 2, 4):
-                            for rc in ("none", "selective", "full"):
-                                out += _valid(sc, {"dims": {"dp": world // (tp * pp * cp), "tp": tp, "pp": pp, "cp": cp, "ep": ep},
-                                                   "zero_stage": zero, "micro_batch_size": mbs, "recompute": rc})
+    for tp, pp, cp, ep, zero, mbs, rc in itertools.product((1, 2, 4, 8), (1, 2, 4, 8, 16, 32), (1, 2, 4), eps,
+                                                           (0, 1, 3), (1, 2, 4), ("none", "selective", "full")):
+        if world % (tp * pp * cp) == 0:
+            out += _valid(sc, {"dims": {"dp": world // (tp * pp * cp), "tp": tp, "pp": pp, "cp": cp, "ep": ep},
+                               "zero_stage": zero, "micro_batch_size": mbs, "recompute": rc})
     return out[:limit]
 
 
@@ -133,27 +77,32 @@ def _valid(sc: Scenario, raw: dict[str, Any]) -> list[Plan]:
 
 
 def contract_result(sc: Scenario, *, limit: int = 400) -> ContractResult:
+    """Cost a grid of plans with the real cost model, pruning by its memory lower bound."""
+    graph = extract_graph(sc.model, seq_len=sc.job.seq_len)
+    hw = datasheet_profile(sc.cluster)
     cands = []
-    for i, plan in enumerate(_plans(sc, limit=limit)):
-        if i % 5 == 4:
-            cands.append(ContractCandidate(plan, None, False, "memory lower bound exceeds capacity on stage 0", None))
+    for plan in _plans(sc, limit=limit):
+        bound = memory_lower_bound_bytes(graph, plan, sc.job, sc.cluster)
+        if bound > sc.cluster.gpu.memory_gib * GIB:
+            reason = f"memory lower bound {bound / GIB:.1f} GiB > {sc.cluster.gpu.memory_gib:g} GiB"
+            cands.append(ContractCandidate(plan, None, False, reason, None))
             continue
-        est = _estimate(plan, sc, timeline=False)
-        reason = None if est.fits else f"OOM by {(est.peak_memory_bytes - est.memory_capacity_bytes) / GIB:.1f} GiB on stage 0"
+        est = estimate(graph, plan, hw=hw, cluster=sc.cluster, job=sc.job)
+        reason = None if est.fits else f"OOM by {(est.peak_memory_bytes - est.memory_capacity_bytes) / GIB:.1f} GiB"
         cands.append(ContractCandidate(plan, est, est.fits, reason, None))
     fitting = sorted((c for c in cands if c.fits), key=lambda c: -c.estimate.tokens_per_s_per_gpu)
     for rank, c in enumerate(fitting, start=1):
         c.rank = rank
     best = fitting[0] if fitting else None
     if best is not None:
-        best.estimate = _estimate(best.plan, sc, timeline=True)
+        best.estimate = estimate(graph, best.plan, hw=hw, cluster=sc.cluster, job=sc.job, timeline=True)
     front, fastest = [], -1.0
     for c in sorted((c for c in cands if c.estimate), key=lambda c: c.estimate.peak_memory_bytes):
         if c.estimate.tokens_per_s_per_gpu > fastest:
             front.append(c)
             fastest = c.estimate.tokens_per_s_per_gpu
-    stats = {"enumerated": len(cands), "pruned": sum(c.estimate is None for c in cands), "costed": len(cands), "seconds": 0.5}
-    return ContractResult(cands, best, front, stats)
+    costed = sum(c.estimate is not None for c in cands)
+    return ContractResult(cands, best, front, {"enumerated": len(cands), "pruned": len(cands) - costed, "costed": costed})
 
 
 def search_result(name: str, *, limit: int = 400) -> tuple[Any, Scenario]:
@@ -190,6 +139,8 @@ def test_csv_has_documented_columns_and_every_candidate(written: tuple[Path, Any
     assert pruned and all(r["reason"] and r["step_time_s"] == "" for r in pruned)
     oom = [r for r in rows if r["status"] == "oom"]
     assert oom and all(r["fits"] == "False" and "OOM" in r["reason"] for r in oom)
+    terms = [sum(float(best_row[f"time_{t}_s"]) for t in STEP_TERMS) for best_row in rows[:1]]
+    assert terms[0] == pytest.approx(best.step_time_s, rel=1e-4)  # the step-time terms add up
     fits = [float(r["tokens_per_s_per_gpu"]) for r in rows if r["status"] in ("best", "fits")]
     assert fits == sorted(fits, reverse=True)
     assert any(r["pareto"] == "True" for r in rows)
