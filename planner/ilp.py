@@ -128,6 +128,7 @@ class StagePartitionProblem:
     num_micro_batches: int = 1
     rank_inflight: tuple[float, ...]
     memory_limit_bytes: float
+    window: int | None = None  # if set, a layer stays within +-window chunks of the even split
 
     def __post_init__(self) -> None:
         n = len(self.layer_time_s)
@@ -181,7 +182,7 @@ def partition_stages(problem: StagePartitionProblem, *, time_limit_s: float = 10
         return None
     n, last = len(problem.layer_time_s), problem.num_chunks - 1
     # layers in chunks <= c = sum_i y[i][c]; the last column is all ones.
-    at_most = [sum(round(y[i][c].varValue) for i in range(n)) for c in range(last)] + [n]
+    at_most = [sum(round(pulp.value(y[i][c])) for i in range(n)) for c in range(last)] + [n]
     counts = [at_most[0]] + [at_most[c] - at_most[c - 1] for c in range(1, last + 1)]
     step, slowest, memory = problem.evaluate(counts)
     return StagePartition(layers_per_chunk=counts, step_time_s=step, slowest_rank_s=slowest,
@@ -194,8 +195,9 @@ def _partition_model(p: StagePartitionProblem) -> tuple[pulp.LpProblem, list[lis
     # -- variables --
     # y[i][c] = 1 iff layer i sits in a chunk <= c (cumulative form: contiguity becomes two
     # monotonicity conditions, no big-M). x[i][c] = y[i][c] - y[i][c-1]; y[i][last] = 1.
-    y = [[prob.add_variable(f"y_{i}_{c}", cat=pulp.LpBinary) for c in range(chunks - 1)] + [1]
-         for i in range(n)]
+    lo, hi = _chunk_window(p)
+    y = [[0 if c < lo[i] else 1 if c >= hi[i] else prob.add_variable(f"y_{i}_{c}", cat=pulp.LpBinary)
+          for c in range(chunks - 1)] + [1] for i in range(n)]
     # Valid lower bounds: T_chunk >= the min-max chunk time with each chunk fitting alone (DP),
     # T_rank >= max(total / pp, T_chunk bound when vp = 1).
     chunk_lb = _min_max_contiguous(p)[0]
@@ -211,12 +213,13 @@ def _partition_model(p: StagePartitionProblem) -> tuple[pulp.LpProblem, list[lis
     prob += p.num_micro_batches * t_rank + (p.num_ranks - 1) * t_chunk
     # -- constraints --
     for i, c in itertools.product(range(n), range(chunks - 1)):
-        if c + 1 < chunks - 1:
+        if c + 1 < chunks - 1 and _free(y[i][c], y[i][c + 1]):
             prob += y[i][c] <= y[i][c + 1], f"cumulative_{i}_{c}"  # y nondecreasing in c
-        if i + 1 < n:
+        if i + 1 < n and _free(y[i + 1][c], y[i][c]):
             prob += y[i + 1][c] <= y[i][c], f"contiguous_{i}_{c}"  # later layers never earlier
-    if chunks > 1:
+    if chunks > 1 and _free(y[0][0]):
         prob += y[0][0] == 1, "embedding_on_first_chunk"
+    if chunks > 1 and _free(y[n - 1][chunks - 2]):
         prob += y[n - 1][chunks - 2] == 0, "head_on_last_chunk"
     for c in range(chunks):
         # every chunk holds >= 1 layer; its time sum_i t_i x[i][c] <= T_chunk
@@ -233,6 +236,19 @@ def _partition_model(p: StagePartitionProblem) -> tuple[pulp.LpProblem, list[lis
     return prob, y, t_rank, t_chunk
 
 
+def _free(*terms: object) -> bool:
+    return any(isinstance(t, pulp.LpVariable) for t in terms)
+
+
+def _chunk_window(p: StagePartitionProblem) -> tuple[list[int], list[int]]:
+    """Chunks layer i may use: all, or +-window around its chunk in the even split."""
+    n, chunks = len(p.layer_time_s), p.num_chunks
+    if p.window is None:
+        return [0] * n, [chunks - 1] * n
+    home = np.repeat(np.arange(chunks), [n // chunks + (c < n % chunks) for c in range(chunks)])
+    return (np.maximum(home - p.window, 0).tolist(), np.minimum(home + p.window, chunks - 1).tolist())
+
+
 def _partition_warm_start(p: StagePartitionProblem, y: list[list], t_rank: pulp.LpVariable,
                           t_chunk: pulp.LpVariable) -> None:
     """Seed the solver with the min-max chunk split (DP) when its ranks fit in memory."""
@@ -243,9 +259,14 @@ def _partition_warm_start(p: StagePartitionProblem, y: list[list], t_rank: pulp.
     if max(memory) > p.memory_limit_bytes:
         return
     cumulative = np.cumsum(counts)
+    lo, hi = _chunk_window(p)
+    chunk_of = np.searchsorted(cumulative, np.arange(len(y)), side="right")
+    if np.any(chunk_of < lo) or np.any(chunk_of > hi):
+        return  # the DP split leaves the window
     for i, row in enumerate(y):
         for c, var in enumerate(row[:-1]):
-            var.setInitialValue(1 if i < cumulative[c] else 0)
+            if isinstance(var, pulp.LpVariable):
+                var.setInitialValue(1 if i < cumulative[c] else 0)
     bounds = np.cumsum([0, *counts])
     t_chunk.setInitialValue(max(sum(p.layer_time_s[bounds[c]:bounds[c + 1]]) for c in range(p.num_chunks)))
     t_rank.setInitialValue(slowest_rank)

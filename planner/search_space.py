@@ -1,0 +1,160 @@
+"""The search space: every valid layout (dp x tp x pp x cp x ep x etp) of a world size and the
+knob grid of each (micro-batch, schedule / virtual stages, ZeRO stage, recompute, sequence
+parallel). Pure functions over the scenario; invalid layouts come back with their reason.
+
+Validity (Megatron-LM rules): tp divides the attention heads, and tp and the kv heads divide one
+another; pp <= layers; 2*cp divides seq_len (load-balanced causal chunks); dp divides the global
+batch; ep divides the experts and ep*etp divides dp*cp*tp (MoE parallel folding, Liu et al. 2025);
+etp divides tp (expert tensor parallelism never exceeds attention tensor parallelism).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
+from planner.scenario import Scenario
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    ep: int = 1
+    etp: int = 1
+
+    def dims(self) -> dict[str, int]:
+        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "cp": self.cp, "ep": self.ep, "etp": self.etp}
+
+    def describe(self) -> str:
+        return "x".join(f"{k}{v}" for k, v in self.dims().items() if v > 1) or "single GPU"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Knobs:
+    micro_batch_size: int
+    schedule: Schedule
+    virtual_stages: int
+    zero_stage: ZeroStage
+    recompute: Recompute
+    sequence_parallel: bool
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _allowed(scenario: Scenario, axis: Axis, limit: int | None) -> list[int] | None:
+    """Degrees an axis may take by the [search] table (None = any)."""
+    space = scenario.search
+    if axis in space.fixed:
+        return [space.fixed[axis]]
+    if axis not in space.axes:
+        return [1]
+    return None if limit is None else list(range(1, limit + 1))
+
+
+def layouts(scenario: Scenario) -> Iterator[tuple[Layout, str | None]]:
+    """Every factorisation of the world size, with None or the reason it is invalid."""
+    world, space = scenario.cluster.world_size, scenario.search
+    limits = {Axis.TP: space.max_tp, Axis.PP: space.max_pp, Axis.CP: space.max_cp}
+    allowed = {axis: _allowed(scenario, axis, limit) for axis, limit in limits.items()}
+    for tp in divisors(world):
+        for pp in divisors(world // tp):
+            for cp in divisors(world // (tp * pp)):
+                dp = world // (tp * pp * cp)
+                if any(v is not None and d not in v for d, v in ((tp, allowed[Axis.TP]), (pp, allowed[Axis.PP]),
+                                                                (cp, allowed[Axis.CP]))):
+                    continue
+                if not _dp_allowed(scenario, dp):
+                    continue
+                yield from _expert_layouts(scenario, Layout(dp=dp, tp=tp, pp=pp, cp=cp))
+
+
+def _dp_allowed(scenario: Scenario, dp: int) -> bool:
+    fixed = scenario.search.fixed.get(Axis.DP)
+    return (fixed is None or fixed == dp) and (Axis.DP in scenario.search.axes or dp == 1)
+
+
+def _expert_layouts(scenario: Scenario, base: Layout) -> Iterator[tuple[Layout, str | None]]:
+    model, space = scenario.model, scenario.search
+    reason = dense_reason(scenario, base)
+    if not model.is_moe or reason is not None:
+        yield base, reason
+        return
+    ep_allowed, etp_allowed = _allowed(scenario, Axis.EP, space.max_ep), _allowed(scenario, Axis.ETP, None)
+    slice_ = base.dp * base.cp * base.tp
+    for ep in divisors(model.num_local_experts):
+        for etp in divisors(base.tp):
+            if slice_ % (ep * etp) or (ep_allowed and ep not in ep_allowed) or (etp_allowed and etp not in etp_allowed):
+                continue
+            yield Layout(dp=base.dp, tp=base.tp, pp=base.pp, cp=base.cp, ep=ep, etp=etp), None
+
+
+def dense_reason(scenario: Scenario, lay: Layout) -> str | None:
+    """Why a layout cannot run this model, in one line; None when it can."""
+    model, job = scenario.model, scenario.job
+    if model.num_attention_heads % lay.tp:
+        return f"invalid: tp={lay.tp} does not divide num_attention_heads={model.num_attention_heads}"
+    if model.kv_heads % lay.tp and lay.tp % model.kv_heads:
+        return f"invalid: tp={lay.tp} and num_key_value_heads={model.kv_heads} do not divide one another"
+    if lay.pp > model.num_hidden_layers:
+        return f"invalid: pp={lay.pp} exceeds num_hidden_layers={model.num_hidden_layers}"
+    if lay.cp > 1 and job.seq_len % (2 * lay.cp):
+        return f"invalid: 2*cp={2 * lay.cp} does not divide seq_len={job.seq_len}"
+    if job.global_batch % lay.dp:
+        return f"invalid: dp={lay.dp} does not divide global_batch={job.global_batch}"
+    return None
+
+
+def micro_batch_sizes(scenario: Scenario, lay: Layout) -> list[int]:
+    per_replica = scenario.job.global_batch // lay.dp
+    return [b for b in scenario.search.micro_batch_sizes if per_replica % b == 0]
+
+
+def schedules(scenario: Scenario, lay: Layout, mbs: int) -> list[tuple[Schedule, int]]:
+    """(schedule, virtual stages) pairs; one entry when pp = 1 (the schedule does not matter)."""
+    if lay.pp == 1:
+        return [(Schedule.ONE_F_ONE_B, 1)]
+    m = scenario.job.global_batch // (lay.dp * mbs)
+    out = []
+    for schedule in scenario.search.schedules:
+        if schedule != Schedule.INTERLEAVED_1F1B:
+            out.append((schedule, 1))
+            continue
+        if m % lay.pp:
+            continue
+        out += [(schedule, vp) for vp in range(2, scenario.search.max_vp + 1)
+                if lay.pp * vp <= scenario.model.num_hidden_layers]
+    return out
+
+
+def zero_stages(scenario: Scenario, lay: Layout) -> list[ZeroStage]:
+    """ZeRO shards over dp*cp; without either every stage equals ZeRO-0."""
+    stages = sorted(scenario.search.zero_stages)
+    if lay.dp * lay.cp == 1:
+        return stages[:1]
+    return stages
+
+
+def sequence_parallel(scenario: Scenario, lay: Layout) -> bool:
+    """Sequence parallelism moves the same bytes as the TP all-reduce (reduce-scatter +
+    all-gather) and divides the norm/dropout activations by tp (Korthikanti et al. 2022), so
+    it dominates plain TP whenever the search allows it."""
+    return lay.tp > 1 and True in scenario.search.sequence_parallel
+
+
+def knob_grid_size(scenario: Scenario, lay: Layout) -> int:
+    """How many knob combinations the full grid has (for the enumeration count)."""
+    sp = len(scenario.search.sequence_parallel) if lay.tp > 1 else 1
+    per_mbs = sum(len(schedules(scenario, lay, b)) for b in micro_batch_sizes(scenario, lay))
+    return per_mbs * len(scenario.search.zero_stages) * len(scenario.search.recompute) * sp
+
+
+def make_plan(lay: Layout, knobs: Knobs) -> Plan:
+    return Plan(dims=lay.dims(), micro_batch_size=knobs.micro_batch_size, schedule=knobs.schedule,
+                virtual_stages=knobs.virtual_stages, zero_stage=knobs.zero_stage, recompute=knobs.recompute,
+                sequence_parallel=knobs.sequence_parallel)
