@@ -114,6 +114,35 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 
 
 @app.command()
+def graph(
+    scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (or use --model)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="preset, HF config.json or pkg.module:factory")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="tokens per sequence to trace")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Trace the model on the meta device and print its layers: params, FLOPs and activations per token."""
+    import json
+
+    from planner.graph_load import graph_for, graph_summary
+
+    with user_errors():
+        summary = graph_summary(graph_for(scenario, model=model, seq_len=seq_len))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table("layer", "kind", "params", "fwd FLOP/tok", "bwd FLOP/tok", "act B/tok", "act B/tok flash",
+                  title=f"{summary['name']} (seq {summary['seq_len']}, {summary['num_ops']} ops)")
+    for r in summary["layers"]:
+        table.add_row(r["name"], r["block_kind"], _human(r["params"]), _human(r["fwd_flops_per_token"]),
+                      _human(r["bwd_flops_per_token"]), _human(r["saved_bytes_per_token"]),
+                      _human(r["saved_bytes_flash_per_token"]))
+    table.add_row("total", "", _human(summary["params"]), _human(summary["fwd_flops_per_token"]),
+                  _human(summary["train_flops_per_token"] - summary["fwd_flops_per_token"]),
+                  _human(summary["saved_bytes_per_token"]), "", style="bold")
+    console.print(table)
+
+
+@app.command()
 def run(
     plan: Annotated[Path, typer.Argument(help="plan JSON (from `planner search --out`)")],
     scenario: Annotated[Path | None, typer.Option(help="scenario TOML (default: the embedded one)")] = None,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from enum import StrEnum
 
 import networkx as nx
 import torch
+from torch import nn
 
 from planner.scenario import ModelSpec
 
@@ -199,3 +202,11 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
         seq_len=seq_len, sample_batch=batch, dtype_bytes=width, hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,
         vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(warned))))
+
+
+def trace_module(module: nn.Module, example_inputs: Any, *, name: str,
+                 loss: Callable[[Any], torch.Tensor] | None = None) -> ModelGraph:
+    """Any nn.Module, traced whole on the meta device (see planner.graph_foreign)."""
+    from planner.graph_foreign import trace_module as trace
+
+    return trace(module, example_inputs, name=name, loss=loss)

@@ -37,7 +37,7 @@ _NO_FLOP = {
     "topk", "sort", "argsort", "bincount", "histc", "one_hot", "nonzero", "masked_select", "lift_fresh",
     "_local_scalar_dense", "bernoulli_", "uniform_", "normal_", "random_", "tril", "triu", "where",
     "_unsafe_index", "index_copy", "masked_scatter", "flip", "roll", "contiguous", "_index_put_impl_",
-    "argmax", "max", "min", "floor_divide", "remainder", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "bitwise_not",
+    "argmax", "max", "min", "all", "any", "floor_divide", "remainder", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "bitwise_not",
 }
 _COMPUTE = {
     "softmax", "_softmax", "_safe_softmax", "_log_softmax", "log_softmax", "native_layer_norm",
@@ -135,10 +135,15 @@ class _Recorder(TorchDispatchMode):
     def _estimate(self, func, args, err: Exception) -> Any:
         """An op the meta device cannot run: guess the output from the first input's shape."""
         first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+        if func.overloadpacket.__name__ == "_local_scalar_dense":  # .item() / bool(): no data on meta
+            self._warn(f"{func}: a data-dependent branch read a meta tensor; assumed 1 / True")
+            return True if first.dtype == torch.bool else 1
         returns = func._schema.returns
         if first is None or len(returns) != 1 or str(returns[0].type) != "Tensor":
             raise ValueError(f"cannot trace {func} on the meta device ({str(err).splitlines()[0]})") from None
         self._warn(f"{func}: no meta kernel ({str(err).splitlines()[0][:80]}); output estimated as the input shape")
+        if "grouped_mm" in func.overloadpacket.__name__:  # x [S, K] by weights [G, K, N] -> [S, N]
+            return torch.empty(first.shape[0], args[1].shape[-1], dtype=first.dtype, device="meta")
         if func.overloadpacket.__name__ == "nonzero":
             return torch.empty(first.numel(), first.dim(), dtype=torch.long, device="meta")
         return torch.empty_like(first)
