@@ -88,7 +88,7 @@ class _Owners:
         slot = self._block(module)
         if slot is not None:
             return slot
-        return self.EMBED if position < self.first_block else self.HEAD
+        return self.EMBED if position <= self.first_block else self.HEAD  # saves land one past their op
 
 
 def _graph(module: nn.Module, trace: Trace, owner: _Owners, *, name: str, inputs: Any) -> ModelGraph:
@@ -105,9 +105,11 @@ def _graph(module: nn.Module, trace: Trace, owner: _Owners, *, name: str, inputs
     dag = nx.DiGraph()
     layers = []
     names: dict[int, str] = {}
+    raw_bytes = float(sum(t.numel() * t.element_size() for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)))
     for index, slot in enumerate(s for s in slots if recs[s]):
+        input_bytes = raw_bytes if slot == _Owners.EMBED else float(batch * seq * hidden * width)
         meta = _meta(module, owner, slot, index, params.get(slot, 0), width=width, hidden=hidden,
-                     input_bytes=float(batch * seq * hidden * width))
+                     input_bytes=input_bytes)
         layer, nodes = gb.summarize(trace, recs[slot], saved.get(slot, ()), meta,
                                     moe_paths=frozenset([_moe_path(module, owner, slot) or ""]) - {""})
         layers.append(layer)
