@@ -114,6 +114,24 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 
 
 @app.command()
+def search(
+    scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (default: the embedded one)")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="plans to show")] = 10,
+    out: Annotated[Path | None, typer.Option("--out", help="output dir (default reports/<scenario>)")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="hardware profile JSON (default: datasheet)")] = None,
+    routing: Annotated[Path | None, typer.Option("--routing", help="routing trace JSON for expert placement")] = None,
+) -> None:
+    """Search every valid parallel layout; print the best plans and write plans.csv, plan.json, report.html."""
+    from planner.search_cli import run_search
+
+    with user_errors():
+        result = run_search(scenario_or_default(scenario), top=top, out=out, profile=profile, routing_trace=routing,
+                            console=console)
+    if result.best is None:
+        _fail(result.nothing_fits or "nothing fits")
+
+
+@app.command()
 def graph(
     scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (or use --model)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="preset, HF config.json or pkg.module:factory")] = None,

@@ -86,6 +86,7 @@ class _Run:
     candidates: list[Candidate] = field(default_factory=list)
     stats: SearchStats = field(default_factory=SearchStats)
     cache: dict = field(default_factory=dict)
+    closest_bound: tuple[float, Plan] | None = None  # smallest model-state shortfall (bytes, plan)
     tick: Callable[[], None] = lambda: None
 
     def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
@@ -158,6 +159,8 @@ def _enumerate_and_prune(run: _Run) -> list[Layout]:
         lower = run.est.memory_lower_bound_bytes(run.graph, frugal, run.scenario.job, run.scenario.cluster)
         limit = _capacity_bytes(run)
         if lower > limit:
+            if run.closest_bound is None or lower - limit < run.closest_bound[0]:
+                run.closest_bound = (lower - limit, frugal)
             run.stats.pruned += grid
             run.reject(frugal, f"OOM: model states alone need {lower / GIB:.1f} GiB > {limit / GIB:.1f} GiB "
                                f"even with ZeRO-{int(frugal.zero_stage)} and {frugal.recompute.value} recompute "
@@ -316,13 +319,15 @@ def _staircase(run: _Run, lay: Layout, base: Knobs) -> None:
 
 
 def _result(run: _Run, *, top_k: int, extras: dict) -> SearchResult:
-    fitting = sorted((c for c in run.candidates if c.fits), key=lambda c: c.estimate.step_time_s)
+    # ties go to the ILP-tuned plan (placement / uneven stages) the post-pass derived
+    fitting = sorted((c for c in run.candidates if c.fits),
+                     key=lambda c: (c.estimate.step_time_s, c.plan.expert_placement is None, c.plan.blocks_per_stage is None))
     ranks = {id(c): i + 1 for i, c in enumerate(fitting)}
     candidates = [replace(c, rank=ranks.get(id(c))) for c in run.candidates]
     ranked = sorted((c for c in candidates if c.rank is not None), key=lambda c: c.rank)
     run.stats.fitting = len(ranked)
     pareto = pareto_front(ranked)
-    nothing = None if ranked else nothing_fits_line(run.scenario, candidates)
+    nothing = None if ranked else nothing_fits_line(run.scenario, candidates, closest_bound=run.closest_bound)
     return SearchResult(candidates=candidates, best=ranked[0] if ranked else None, pareto=pareto,
                         stats=run.stats, nothing_fits=nothing, top=ranked[:top_k], **extras)
 
@@ -337,18 +342,23 @@ def pareto_front(fitting: list[Candidate]) -> list[Candidate]:
     return front
 
 
-def nothing_fits_line(scenario: Scenario, candidates: list[Candidate]) -> str:
+def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
+                      closest_bound: tuple[float, Plan] | None = None) -> str:
     """One line: the smallest shortfall and what would make it fit."""
     costed = [c for c in candidates if c.estimate is not None]
-    if not costed:
+    if costed:
+        closest = min(costed, key=lambda c: c.estimate.peak_memory_bytes - c.estimate.memory_capacity_bytes)
+        e, plan = closest.estimate, closest.plan
+        over = (e.peak_memory_bytes - e.memory_capacity_bytes * scenario.search.memory_fraction) / GIB
+        what = "is"
+    elif closest_bound is not None:
+        over, plan, what = closest_bound[0] / GIB, closest_bound[1], "needs for model states alone at least"
+    else:
         return "nothing fits: no valid layout; check heads/layers/global_batch against the GPU count"
-    closest = min(costed, key=lambda c: c.estimate.peak_memory_bytes - c.estimate.memory_capacity_bytes)
-    e, plan = closest.estimate, closest.plan
-    over = (e.peak_memory_bytes - e.memory_capacity_bytes * scenario.search.memory_fraction) / GIB
     hints = ["more GPUs"]
     if Recompute.FULL not in scenario.search.recompute:
         hints.append("allow full recompute")
     if ZeroStage.PARAMETERS not in scenario.search.zero_stages:
         hints.append("allow ZeRO-3")
     hints.append(f"a shorter sequence than {scenario.job.seq_len}")
-    return f"nothing fits: the closest plan ({plan.describe()}) is {over:.1f} GiB over; try {', '.join(hints)}"
+    return f"nothing fits: the closest plan ({plan.describe()}) {what} {over:.1f} GiB over; try {', '.join(hints)}"
