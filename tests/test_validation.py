@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cost_graphs import build_graph
 from planner.clusters import cluster_preset
+from planner.graph import extract_graph
 from planner.cost import estimate
 from planner.cost.memory import GIB, activation_bytes, layer_activation
 from planner.cost.compute import split_for
@@ -74,14 +74,18 @@ def model_spec(row: pd.Series) -> ModelSpec:
               "num_attention_heads": heads, "num_key_value_heads": int(_num(row, "kv_heads", heads)),
               "vocab_size": int(row["vocab"]), "max_position_embeddings": int(row["seq_len"])}
     if pd.isna(row["moe_experts"]):  # GPT/MPT: LayerNorm, GELU 4h MLP, tied embeddings
+        # Megatron GPT runs keep GPT-3's dropout 0.1 (Megatron-LM defaults); MPT trains without dropout
+        dropout = 0.0 if "mosaicml" in _text(row, "source") else 0.1
         return ModelSpec(**common, intermediate_size=int(row["ffn_hidden"]), hidden_act="gelu", norm="layernorm",
-                         position_embedding="learned", tie_word_embeddings=True)
+                         position_embedding="learned", tie_word_embeddings=True, attention_dropout=dropout,
+                         hidden_dropout=dropout)
     top_k = int(_num(row, "moe_topk", 2))  # Llama3-8x70B upcycling: top-2 as in Mixtral (not stated)
-    shared = "shared expert" in _text(row, "arch_source")
-    ffn = 20480 if shared else int(_num(row, "ffn_hidden", row["moe_ffn_hidden"]))
-    return ModelSpec(**common, intermediate_size=ffn, num_local_experts=int(row["moe_experts"]),
-                     num_experts_per_tok=top_k, moe_intermediate_size=int(row["moe_ffn_hidden"]),
-                     n_shared_experts=1 if shared else 0, capacity_factor=1.0)
+    expert_ffn = int(row["moe_ffn_hidden"])
+    # Qwen2-57B-A14B's one shared expert of 20480 = 8 expert-sized shared experts (DeepSeek naming)
+    shared = 20480 // expert_ffn if "shared expert" in _text(row, "arch_source") else 0
+    return ModelSpec(**common, intermediate_size=int(_num(row, "ffn_hidden", expert_ffn)),
+                     num_local_experts=int(row["moe_experts"]), num_experts_per_tok=top_k,
+                     moe_intermediate_size=expert_ffn, n_shared_experts=shared, capacity_factor=1.0)
 
 
 def _recompute(row: pd.Series) -> Recompute:
@@ -125,7 +129,7 @@ def _model_flops_per_token(spec: ModelSpec, seq: int) -> float:
     mats = 3 if spec.hidden_act == "silu" else 2
     if spec.is_moe:
         mlp = spec.num_experts_per_tok * mats * h * spec.expert_intermediate_size + h * spec.num_local_experts
-        mlp += mats * h * spec.intermediate_size * spec.n_shared_experts
+        mlp += mats * h * spec.expert_intermediate_size * spec.n_shared_experts
     else:
         mlp = mats * h * spec.intermediate_size
     per_layer = 6 * (attn + mlp) + 12 * seq * q
@@ -184,7 +188,7 @@ def build_cases() -> tuple[list[Case], list[tuple[int, str]]]:
 
 @lru_cache(maxsize=64)
 def _graph(spec: ModelSpec, seq_len: int):
-    return build_graph(spec, seq_len=seq_len)
+    return extract_graph(spec, seq_len=seq_len)
 
 
 def predict(case: Case) -> float:

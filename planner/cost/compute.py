@@ -9,10 +9,9 @@ at achieved memory bandwidth.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
-from functools import lru_cache
 
-from planner.graph import Layer, LayerKind, ModelGraph, OpKind, OpNode
+from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
+from planner.graph import ModelGraph, OpKind
 from planner.hardware import HardwareProfile
 from planner.plan import Plan, Recompute
 from planner.scenario import Precision
@@ -33,32 +32,6 @@ EAGER_SCORE_BYTES_BWD = 21.0
 # Dropless MoE: the busiest expert rank gets ~10% more tokens than the mean with an auxiliary
 # balance loss (Switch Transformer, Fedus et al. 2021, Fig. 9; DeepSeek-V3 report Sec. 2.1.2).
 DROPLESS_IMBALANCE = 1.10
-# Modules that stay replicated across tensor-parallel ranks (MLA low-rank down projections).
-_REPLICATED_GEMMS = ("wq_a", "wkv_a")
-_ROW_PARALLEL = ("wo", "w2")
-_TP_REGIONS = (".attention.", ".feed_forward.", ".moe.")
-
-
-class Region(StrEnum):
-    """How an operator's work divides across the tensor-parallel group."""
-
-    TP = "tp"  # head/column/row split: always / tp
-    SP = "sp"  # replicated unless sequence parallel is on (norms, residual adds, dropout)
-    EXPERT = "expert"  # routed experts: / (ep * etp) of the stage's tokens, with imbalance
-
-
-@dataclass(frozen=True, slots=True)
-class OpCost:
-    """One traced operator reduced to what timing needs (traced-sample units)."""
-
-    kind: OpKind
-    region: Region
-    fwd_flops: float
-    bwd_flops: float
-    bytes_moved: float
-    saved_bytes: float
-    has_weight: bool
-    saved_region: Region  # where the saved tensor lives: a column-parallel GEMM keeps its full input
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,94 +58,6 @@ class PassTimes:
     @property
     def bwd_s(self) -> float:
         return self.bwd_input_s + self.bwd_weight_s + self.recompute_s
-
-
-class GraphKey:
-    """Identity-hashed handle so lru_cache can hold per-graph summaries (graphs are mutable)."""
-
-    __slots__ = ("graph",)
-
-    def __init__(self, graph: ModelGraph) -> None:
-        self.graph = graph
-
-    def __hash__(self) -> int:
-        return id(self.graph)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GraphKey) and other.graph is self.graph
-
-
-@lru_cache(maxsize=32)
-def layer_ops(key: GraphKey) -> dict[str, tuple[OpCost, ...]]:
-    """Operators of one representative layer per block kind, from the DAG (or the kind totals)."""
-    graph = key.graph
-    by_layer: dict[int, list[OpCost]] = {}
-    for _, data in graph.dag.nodes(data=True):
-        op = data.get("op")
-        layer = _owner(op.module, graph) if op is not None else None
-        if layer is not None:
-            by_layer.setdefault(layer.index, []).append(_op_cost(op))
-    ops: dict[str, tuple[OpCost, ...]] = {}
-    for layer in graph.layers:
-        if layer.block_kind not in ops and layer.index in by_layer:
-            ops[layer.block_kind] = tuple(by_layer[layer.index])
-    for layer in graph.layers:
-        ops.setdefault(layer.block_kind, _ops_from_totals(layer))
-    return ops
-
-
-def _owner(module: str, graph: ModelGraph) -> Layer | None:
-    """The Layer an operator belongs to, by torchtitan FQN: layers.<i>.*, tok/pos embeddings, else head."""
-    parts = module.split(".")
-    wanted = LayerKind.HEAD
-    if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
-        blocks = graph.blocks
-        return blocks[int(parts[1])] if int(parts[1]) < len(blocks) else None
-    if parts[0] in ("tok_embeddings", "pos_embeddings"):
-        wanted = LayerKind.EMBEDDING
-    return next((layer for layer in graph.layers if layer.kind == wanted), None)
-
-
-def _op_cost(op: OpNode) -> OpCost:
-    region = _region(op.kind, op.module)
-    return OpCost(kind=op.kind, region=region, fwd_flops=op.fwd_flops, bwd_flops=op.bwd_flops,
-                  bytes_moved=op.bytes_read + op.bytes_written, saved_bytes=op.saved_bytes,
-                  has_weight=op.param_bytes > 0, saved_region=_saved_region(op.kind, op.module, region))
-
-
-def _saved_region(kind: OpKind, module: str, region: Region) -> Region:
-    """Column-parallel GEMMs save their replicated input (Korthikanti's 10sbh term); SP shards it."""
-    if kind in (OpKind.MATMUL, OpKind.ROUTER) and not module.endswith(_ROW_PARALLEL):
-        return Region.SP
-    return region
-
-
-def _region(kind: OpKind, module: str) -> Region:
-    match kind:
-        case OpKind.EXPERT_MATMUL:
-            return Region.EXPERT
-        case OpKind.MATMUL:
-            return Region.SP if module.endswith(_REPLICATED_GEMMS) else Region.TP
-        case OpKind.ATTENTION | OpKind.LOSS:
-            return Region.TP
-        case OpKind.ELEMENTWISE:
-            inside = any(r in f".{module}." for r in _TP_REGIONS) and "norm" not in module.rsplit(".", 1)[-1]
-            return Region.TP if inside else Region.SP
-        case _:
-            return Region.SP
-
-
-def _ops_from_totals(layer: Layer) -> tuple[OpCost, ...]:
-    """Fallback when the DAG holds no operators for a layer: one op per kind from its totals."""
-    out = []
-    for kind, t in layer.by_kind.items():
-        module = "head.output" if layer.kind == LayerKind.HEAD else ".attention."
-        region = _region(kind, module)
-        out.append(OpCost(kind=kind, region=region, fwd_flops=t.fwd_flops, bwd_flops=t.bwd_flops,
-                          bytes_moved=t.bytes_moved, saved_bytes=t.saved_bytes,
-                          has_weight=kind in (OpKind.MATMUL, OpKind.EXPERT_MATMUL, OpKind.ROUTER),
-                          saved_region=region))
-    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,9 +88,14 @@ class Split:
                 return self.batch_scale * self.imbalance / (self.tp * self.cp)
 
     def calls(self, op: OpCost) -> float:
-        """How many kernel launches the GPU's share is cut into (per-expert GEMMs, CP ring steps)."""
+        """Kernel launches the GPU's share of `op` is cut into.
+
+        A traced op is one expert's GEMM; the GPU runs it for the tokens its whole EP group routes
+        to that expert, i.e. ep times the op's share in one call (fraction 1/ep). Ring attention
+        runs cp blocks.
+        """
         if op.region == Region.EXPERT:
-            return max(1.0, self.num_experts / self.ep)
+            return 1.0 / self.ep
         return float(self.cp) if op.kind == OpKind.ATTENTION else 1.0
 
 
@@ -232,7 +122,7 @@ def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
                 return PassTimes()
             rate = per_call / hw.matmul_s(per_call, precision=split.precision)
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops / rate
-            weight_share = 0.5 if op.has_weight else 0.0  # dgrad and wgrad are equal-size GEMMs
+            weight_share = op.bwd_weight_flops / op.bwd_flops if op.bwd_flops else 0.0
             return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s * (1 - weight_share), bwd_weight_s=bwd_s * weight_share)
         case OpKind.ATTENTION if split.flash:
             per_call = fwd_flops / split.calls(op)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.compute import GraphKey, Region, Split, layer_ops
+from planner.cost.compute import Split
+from planner.cost.ops import GraphKey, Region, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph
 from planner.plan import Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import JobSpec
