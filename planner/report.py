@@ -270,6 +270,9 @@ def result_dict(result: Any, scenario: Scenario, candidates: list[Any]) -> dict[
         "baselines": baselines,
         "detailed": detailed,
         "moe": to_jsonable(getattr(result, "moe", None)),
+        "partition": to_jsonable(getattr(result, "partition", None)),
+        "device_mapping": to_jsonable(getattr(result, "device_mapping", None)),
+        "nothing_fits": getattr(result, "nothing_fits", None),
     }
 
 

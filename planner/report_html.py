@@ -76,7 +76,7 @@ def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace: dict[str, 
     _pareto_chart(df, charts, notes)
     _breakdown_charts(result, charts)
     trace_info = _timeline_chart(trace, charts, notes)
-    devices = _device_map(best, scenario, charts) if best else None
+    devices = _device_map(best, scenario, charts) | {"mapping": result.get("device_mapping")} if best else None
     routing = (measurement or {}).get("routing")
     moe = moe_section(result, scenario, best, charts, routing=routing) if best and scenario.model.is_moe else None
     measured = _measured(measurement, result, charts, notes) if measurement else None
@@ -105,6 +105,8 @@ def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | 
         "job": f"seq_len {job.seq_len}, global batch {job.global_batch}, {job.precision.value}",
         "counts": {s: int((df["status"] == s).sum()) for s in ("best", "fits", "oom", "pruned")},
         "stats": result.get("stats") or {},
+        "nothing_fits": result.get("nothing_fits"),
+        "partition": result.get("partition"),
         "best": None,
     }
     if best is not None:

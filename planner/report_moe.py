@@ -54,7 +54,7 @@ def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any]
     model = scenario.model
     plan = Plan.model_validate(best["plan"])
     out: dict[str, Any] = {"ep": plan.dims.ep, "num_experts": model.num_local_experts,
-                           "custom": plan.expert_placement is not None, "loads": None}
+                           "custom": plan.expert_placement is not None, "loads": None, "ilp": _ilp_summary(result)}
     if plan.dims.ep == 1:
         return out
     layer_ids = [i for i in range(model.num_hidden_layers) if model.is_moe_layer(i)]
@@ -72,3 +72,12 @@ def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any]
     out["loads"] = {"bottleneck_tokens": float(bottleneck), "round_robin_bottleneck_tokens": float(rr_bottleneck),
                     "saving": 1 - bottleneck / rr_bottleneck if rr_bottleneck else 0.0}
     return out
+
+
+def _ilp_summary(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The search's expert-placement solve (ilp.place_experts), when it ran."""
+    moe = result.get("moe") or {}
+    if "round_robin_s" not in moe:
+        return None
+    keys = ("method", "status", "gap", "solve_s", "cost_s", "round_robin_s", "all_to_all_saved_s", "synthetic_trace")
+    return {k: moe.get(k) for k in keys}
