@@ -223,6 +223,37 @@ def profile(
 
 
 @app.command()
+def estimate(
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML")],
+    plan: Annotated[Path | None, typer.Option("--plan", help="plan JSON (else build one from the flags)")] = None,
+    tp: int = 1, pp: int = 1, cp: int = 1, ep: int = 1, etp: int = 1,
+    dp: Annotated[int | None, typer.Option(help="default: world / (tp*pp*cp)")] = None,
+    vp: Annotated[int, typer.Option(help="virtual stages per pipeline rank (interleaved 1F1B)")] = 1,
+    mbs: Annotated[int, typer.Option(help="micro-batch size")] = 1,
+    zero: Annotated[int, typer.Option(help="ZeRO stage 0-3 (3 = FSDP)")] = 0,
+    recompute: Annotated[str, typer.Option(help="none | selective | full")] = "none",
+    schedule: Annotated[str | None, typer.Option(help="gpipe | 1f1b | interleaved-1f1b | zero-bubble")] = None,
+    sp: Annotated[bool | None, typer.Option("--sp/--no-sp", help="sequence parallel (default: on when tp > 1)")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="hardware profile JSON (default: datasheet)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    trace: Annotated[Path | None, typer.Option("--trace", help="write a Chrome-trace timeline here")] = None,
+) -> None:
+    """Predict step time, MFU and per-stage memory of one plan (cost model, no GPU needed)."""
+    from planner import estimate_cli as ec
+    from planner.plan import Plan
+
+    with user_errors():
+        sc = load_scenario(scenario)
+        flags = ec.PlanFlags(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vp=vp, mbs=mbs, zero=zero,
+                             recompute=recompute, schedule=schedule, sp=sp)
+        the_plan = Plan.load(plan) if plan is not None else ec.plan_from_flags(flags, sc)
+        est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None)
+        if trace is not None:
+            ec.write_trace(est, trace)
+    typer.echo(ec.estimate_json(est, the_plan)) if as_json else ec.print_estimate(est, the_plan, console=console)
+
+
+@app.command()
 def report(out_dir: Annotated[Path, typer.Argument(help="directory a `planner search --out` wrote")]) -> None:
     """Re-render DIR/report.html from DIR's saved results (plans.csv, result.json); no search."""
     from planner.report import render_report
