@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from enum import StrEnum
+from typing import Any
 
 import networkx as nx
 import torch
@@ -146,62 +146,11 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
 
     Blocks of one kind are structurally identical, so their ops, FLOPs and saved bytes are too;
     tests/test_graph.py checks the replicated graph against a whole-model trace.
+    Numbers are for `batch` sequences of `seq_len` tokens in `dtype` (see planner.graph_canonical).
     """
-    from planner import graph_build as gb
-    from planner.graph_trace import trace_fn
-    from planner.transformer import MoE, Transformer, loss_fn
+    from planner.graph_canonical import extract
 
-    if seq_len < 1 or batch < 1:
-        raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
-    with torch.device("meta"):
-        model = Transformer(spec).to(dtype)
-    freqs = model.rope(seq_len)
-    tokens = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    hidden = torch.empty(batch, seq_len, spec.hidden_size, dtype=dtype, device="meta", requires_grad=True)
-    width = gb.dtype_bytes(model)
-    hidden_bytes = float(hidden.numel() * width)
-
-    def piece(fn, meta: gb.LayerMeta, entry_key: int | None, moe_paths=frozenset()):
-        trace = trace_fn(model, fn)
-        recs = list(range(len(trace.records)))
-        layer, nodes = gb.summarize(trace, recs, trace.saved, meta, moe_paths=moe_paths)
-        entries = sorted({c for c in trace.consumers.get(entry_key, ())}) if entry_key is not None else []
-        exit_pos = trace.producer.get(trace.output_keys[0]) if trace.output_keys else None
-        return layer, nodes, gb.local_edges(trace, recs), entries, exit_pos, trace.warnings
-
-    emb_params = gb.param_count([model.tok_embeddings, model.pos_embeddings])
-    pieces = [piece(lambda: model.embed(tokens), gb.LayerMeta(
-        index=0, name="embedding", kind=LayerKind.EMBEDDING, block_kind="embedding", num_params=emb_params,
-        num_active_params=emb_params, param_bytes=emb_params * width, input_bytes=float(tokens.numel() * 8)), None)]
-    templates: dict[bool, tuple] = {}
-    hidden_key = hidden.untyped_storage()._cdata
-    for i in range(spec.num_hidden_layers):
-        is_moe = spec.is_moe_layer(i)
-        if is_moe not in templates:
-            block = model.layers[str(i)]
-            moe = gb.moe_stats(block.moe, top_k=spec.num_experts_per_tok, num_experts=spec.num_local_experts,
-                               hidden_size=spec.hidden_size, dtype_bytes=width,
-                               capacity_factor=spec.capacity_factor) if is_moe else None
-            total = gb.param_count([block])
-            meta = gb.LayerMeta(index=i + 1, name=f"layers.{i}", kind=LayerKind.BLOCK,
-                                block_kind="moe" if is_moe else "dense", num_params=total,
-                                num_active_params=gb.active_params(total, moe), param_bytes=total * width,
-                                input_bytes=hidden_bytes, moe=moe)
-            paths = frozenset(f"layers.{i}.moe" for m in [block.mlp] if isinstance(m, MoE))
-            templates[is_moe] = piece(lambda block=block: block(hidden, freqs), meta, hidden_key, paths)
-        layer, nodes, *rest = templates[is_moe]
-        pieces.append((*gb.relabel(layer, nodes, index=i + 1, name=f"layers.{i}"), *rest))
-    head_params = gb.param_count([model.norm, model.output])
-    labels = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    pieces.append(piece(lambda: loss_fn(model.head(hidden), labels), gb.LayerMeta(
-        index=spec.num_hidden_layers + 1, name="head", kind=LayerKind.HEAD, block_kind="head",
-        num_params=head_params, num_active_params=head_params, param_bytes=head_params * width,
-        input_bytes=hidden_bytes), hidden_key))
-    warned = [w for p in pieces for w in p[5]]
-    return gb.assemble([p[:5] for p in pieces], graph_fields=dict(
-        seq_len=seq_len, sample_batch=batch, dtype_bytes=width, hidden_size=spec.hidden_size,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,
-        vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(warned))))
+    return extract(spec, seq_len=seq_len, batch=batch, dtype=dtype)
 
 
 def trace_module(module: nn.Module, example_inputs: Any, *, name: str,

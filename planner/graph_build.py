@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from planner.graph import KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
-from planner.graph_trace import OpRecord, Trace, storage_key
+from planner.graph_trace import OpRecord, Trace, is_matmul, storage_key
 
 _NORM_OPS = {"native_layer_norm", "_fused_rms_norm", "rms_norm", "layer_norm", "group_norm", "native_group_norm"}
 _LOSS_OPS = {"_log_softmax", "log_softmax", "nll_loss_forward", "nll_loss2d_forward", "cross_entropy_loss"}
@@ -28,10 +28,8 @@ _ROUTER_NAMES = {"router", "gate"}
 
 def classify(rec: OpRecord, *, moe_paths: frozenset[str]) -> OpKind:
     """The cost-model kind of one op, from where it ran and what it computed."""
-    from planner.graph_trace import _is_matmul
-
     parts = rec.module.split(".")
-    matmul = _is_matmul(rec.op)
+    matmul = is_matmul(rec.op)
     if rec.in_attention:
         return OpKind.ATTENTION
     if rec.op == "embedding":
@@ -163,13 +161,6 @@ def _swap_prefix(module: str, old: str, new: str) -> str:
     return module
 
 
-def add_to_dag(dag: nx.DiGraph, nodes: list[OpNode], edges: list[tuple[int, int]], offset_names: list[str]) -> None:
-    """Adds nodes (each under "op") and edges given as positions into `nodes`."""
-    for n in nodes:
-        dag.add_node(n.name, op=n)
-    dag.add_edges_from((offset_names[a], offset_names[b]) for a, b in edges)
-
-
 def local_edges(trace: Trace, recs: list[int]) -> list[tuple[int, int]]:
     """Producer -> consumer edges among `recs`, as positions into that list."""
     pos = {r: k for k, r in enumerate(recs)}
@@ -202,7 +193,8 @@ def assemble(pieces: list[tuple[Layer, list[OpNode], list[tuple[int, int]], list
     prev_exit: str | None = None
     for layer, nodes, edges, entries, exit_pos in pieces:
         names = [n.name for n in nodes]
-        add_to_dag(dag, nodes, edges, names)
+        dag.add_nodes_from((n.name, {"op": n}) for n in nodes)
+        dag.add_edges_from((names[a], names[b]) for a, b in edges)
         if prev_exit is not None:
             dag.add_edges_from((prev_exit, names[e]) for e in entries)
         if exit_pos is not None:

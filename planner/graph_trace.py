@@ -97,7 +97,7 @@ def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-def _is_matmul(op: str) -> bool:
+def is_matmul(op: str) -> bool:
     return op in MATMUL_OPS or "grouped_mm" in op and "backward" not in op
 
 
@@ -160,7 +160,7 @@ class _Recorder(TorchDispatchMode):
         grads = [t.requires_grad for t in inputs]
         fwd, bwd, bwd_w = self._flops(func, op, call, inputs, outputs, grads)
         params = [t for t in inputs if storage_key(t) in self.param_keys]
-        known = _is_matmul(op) or op in _NO_FLOP or op in _COMPUTE or torch.Tag.pointwise in func.tags
+        known = is_matmul(op) or op in _NO_FLOP or op in _COMPUTE or torch.Tag.pointwise in func.tags
         if not known:
             self._warn(f"{func} is not in the op tables; FLOPs estimated as one per output element")
         rec = OpRecord(
@@ -192,7 +192,7 @@ class _Recorder(TorchDispatchMode):
 
     def _flops(self, func, op: str, call: tuple, inputs, outputs, grads: list[bool]) -> tuple[float, float, float]:
         """(forward, backward, backward-weight) FLOPs; GEMMs exact, others one per element."""
-        if _is_matmul(op):
+        if is_matmul(op):
             fwd = _gemm_flops(func, call, inputs, outputs)
             operands = inputs[-2:] if op in ("addmm", "baddbmm") else inputs[:2]
             bwd = bwd_w = 0.0
