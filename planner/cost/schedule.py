@@ -72,9 +72,8 @@ def stage_tasks(plan: Plan, *, stage: int, num_micro_batches: int) -> list[Task]
         case Schedule.ONE_F_ONE_B | Schedule.INTERLEAVED_1F1B:
             warmup = min(len(fwd), (p - stage - 1) * 2 + (v - 1) * p if v > 1 else p - stage - 1)
             return _one_f_one_b(fwd, bwd, warmup)
-        case Schedule.ZERO_BUBBLE:
-            tasks = _one_f_one_b(fwd, bwd, min(m, p - stage - 1))
-            return _defer_weight_grads(tasks, deferred=p - stage - 1)
+        case Schedule.ZERO_BUBBLE:  # W tasks are issued dynamically by the simulator
+            return _one_f_one_b(fwd, bwd, min(m, p - stage - 1))
 
 
 def _chunk_order(m: int, p: int, v: int, *, reverse: bool) -> list[tuple[int, int]]:
@@ -92,17 +91,6 @@ def _one_f_one_b(fwd: list[Task], bwd: list[Task], warmup: int) -> list[Task]:
     for i, f in enumerate(fwd[warmup:]):
         tasks += [f, bwd[i]]
     return tasks + bwd[len(fwd) - warmup:]
-
-
-def _defer_weight_grads(tasks: list[Task], *, deferred: int) -> list[Task]:
-    """Each B is followed by its W, except the first `deferred` Ws, which fill the cool-down."""
-    out, held = [], []
-    for task in tasks:
-        out.append(task)
-        if task.kind == Pass.B:
-            w = Task(Pass.W, task.micro_batch, task.chunk)
-            (held if len(held) < deferred else out).append(w)
-    return out + held
 
 
 def _duration(task: Task, times: list[ChunkTimes], *, split_weight: bool) -> float:
@@ -131,40 +119,60 @@ def _producer(task: Task, num_chunks: int) -> Task | None:
 
 def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_batches: int,
              timeline: bool = False) -> PipelineResult:
-    """Run every stage's task list; a heap of (finish time, stage) events drives the loop."""
+    """Run every stage's task list; a heap of (finish time, stage) events drives the loop.
+
+    Zero-bubble (after Qi et al. 2023): a B's weight-gradient W waits in a per-stage pool and
+    runs whenever the next F/B is still waiting on another stage, or once the pool exceeds
+    p - stage - 1 (which bounds the extra activation memory like ZB-H1).
+    """
     p = plan.dims.pp
     split_weight = plan.schedule == Schedule.ZERO_BUBBLE
     queues = [stage_tasks(plan, stage=s, num_micro_batches=num_micro_batches) for s in range(p)]
+    pools: list[list[Task]] = [[] for _ in range(p)]
     done: dict[Task, float] = {}
-    cursor, free_at, events = [0] * p, [0.0] * p, []
+    cursor, free_at, busy, events = [0] * p, [0.0] * p, [0.0] * p, []
     trace: list[dict] = []
 
-    def try_start(s: int) -> None:
-        if cursor[s] >= len(queues[s]) or free_at[s] < 0:
-            return
-        task = queues[s][cursor[s]]
+    def ready_at(task: Task, s: int) -> float | None:
         dep = _producer(task, len(times))
-        if dep is not None and dep not in done:
+        if dep is None:
+            return 0.0
+        if dep not in done:
+            return None
+        return done[dep] + (p2p_s if dep.chunk % p != s else 0.0)
+
+    def try_start(s: int) -> None:
+        if free_at[s] < 0:
             return
-        ready = 0.0 if dep is None else done[dep] + (p2p_s if dep.chunk % p != s else 0.0)
+        head = queues[s][cursor[s]] if cursor[s] < len(queues[s]) else None
+        ready = ready_at(head, s) if head is not None else None
+        flush = pools[s] and (ready is None or len(pools[s]) > p - s - 1)
+        if flush:
+            task, ready = pools[s].pop(0), free_at[s]
+        elif ready is None:
+            return
+        else:
+            task, cursor[s] = head, cursor[s] + 1
         start = max(free_at[s], ready)
         end = start + _duration(task, times, split_weight=split_weight)
-        free_at[s] = -1.0  # busy until the event pops
-        heapq.heappush(events, (end, s, cursor[s]))
+        busy[s] += end - start
+        free_at[s] = -1.0  # busy until its event pops
+        heapq.heappush(events, (end, s, task.kind.value, task.micro_batch, task.chunk))
         if timeline:
             trace.append(_trace_event(task, stage=s, start_s=start, end_s=end))
 
     for s in range(p):
         try_start(s)
     while events:
-        end, s, index = heapq.heappop(events)
-        done[queues[s][index]] = end
-        cursor[s], free_at[s] = index + 1, end
+        end, s, kind, mb, chunk = heapq.heappop(events)
+        task = Task(Pass(kind), mb, chunk)
+        done[task], free_at[s] = end, end
+        if split_weight and task.kind == Pass.B:
+            pools[s].append(Task(Pass.W, mb, chunk))
         for other in range(p):
             try_start(other)
-    assert all(c == len(q) for c, q in zip(cursor, queues, strict=True)), "pipeline schedule deadlocked"
-    busy = max(sum(_duration(t, times, split_weight=split_weight) for t in q) for q in queues)
-    return PipelineResult(makespan_s=max(free_at), busy_s=busy, timeline=trace if timeline else None)
+    assert all(c == len(q) and not w for c, q, w in zip(cursor, queues, pools, strict=True)), "schedule deadlocked"
+    return PipelineResult(makespan_s=max(free_at), busy_s=max(busy), timeline=trace if timeline else None)
 
 
 def _trace_event(task: Task, *, stage: int, start_s: float, end_s: float) -> dict:
@@ -179,7 +187,8 @@ def closed_form(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_
 
     1F1B: (m - 1) * max_i(f_i + b_i) + sum_i(f_i + b_i) + 2(p - 1) * p2p (Narayanan Sec. 2.2.1);
     interleaved: the same with chunk times and m*v units; GPipe: forwards then backwards;
-    ZB-H1: the cool-down bubble shrinks by the deferred weight-gradient work (Qi et al. 2023).
+    zero-bubble: weight gradients fill the cool-down, leaving a (p - 1)(F + B) bubble (our greedy
+    W placement; Qi et al. 2023's hand-built ZB-H1 order reaches (p - 1)(F + B - W)).
     """
     p, v, m = plan.dims.pp, plan.virtual_stages, num_micro_batches
     stage_f = [sum(times[c].fwd_s for c in range(s, len(times), p)) for s in range(p)]
@@ -194,6 +203,6 @@ def closed_form(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_
             unit = [(f + b) / v for f, b in zip(stage_f, stage_b, strict=True)]
             span = (m * v - 1) * max(unit) + sum(unit) + hop * (1 if v == 1 else v)
         case Schedule.ZERO_BUBBLE:
-            fill = [f + b - 2 * w for f, b, w in zip(stage_f, stage_b, stage_w, strict=True)]
+            fill = [f + b - w for f, b, w in zip(stage_f, stage_b, stage_w, strict=True)]
             span = m * busy + max(0.0, sum(fill) - max(fill)) + hop
     return PipelineResult(makespan_s=max(span, m * busy), busy_s=m * busy)
