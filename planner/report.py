@@ -81,8 +81,13 @@ def estimate_dict(estimate: Any) -> dict[str, Any] | None:
     return {k: to_jsonable(v) for k, v in raw.items() if k != "timeline"}
 
 
+def same_candidate(a: Any, b: Any) -> bool:
+    """Identity, or the same plan: a caller may swap in a re-priced copy (e.g. with a timeline)."""
+    return a is b or (a is not None and b is not None and a.plan == b.plan)
+
+
 def status_of(candidate: Any, best: Any) -> Status:
-    if best is not None and candidate is best:
+    if same_candidate(candidate, best):
         return Status.BEST
     if candidate.fits:
         return Status.FITS
@@ -238,8 +243,8 @@ def render_report(out_dir: Path) -> Path:
 def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dict[str, Any] | None) -> None:
     candidates = list(result.candidates)
     best = result.best
-    pareto_ids = {id(c) for c in (result.pareto or [])}
-    rows = [csv_row(i, c, status=status_of(c, best), pareto=id(c) in pareto_ids,
+    pareto_ids = {_index_of(candidates, c) for c in (result.pareto or [])}
+    rows = [csv_row(i, c, status=status_of(c, best), pareto=i in pareto_ids,
                     global_batch=scenario.job.global_batch) for i, c in enumerate(candidates)]
     write_plans_csv(tmp / "plans.csv", sorted(rows, key=sort_key))
     if best is not None:
@@ -253,12 +258,12 @@ def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dic
 def result_dict(result: Any, scenario: Scenario, candidates: list[Any]) -> dict[str, Any]:
     """result.json: the scenario, search stats and full estimates of the plans the report draws."""
     index = {id(c): i for i, c in enumerate(candidates)}
-    best_id = index.get(id(result.best)) if result.best is not None else None
+    best_id = _index_of(candidates, result.best) if result.best is not None else None
     baselines = pick_baselines(candidates, gpus_per_node=scenario.cluster.gpus_per_node)
     ranked = sorted((c for c in candidates if c.fits and c.estimate is not None),
                     key=lambda c: -c.estimate.tokens_per_s_per_gpu)[:DETAILED_TOP]
     keep = {best_id, *baselines.values(), *(index[id(c)] for c in ranked),
-            *(index[id(c)] for c in (result.pareto or [])[:DETAILED_PARETO])} - {None}
+            *(_index_of(candidates, c) for c in (result.pareto or [])[:DETAILED_PARETO])} - {None}
     detailed = {str(i): _candidate_dict(candidates[i]) for i in sorted(keep)}
     return {
         "format_version": RESULT_FORMAT_VERSION,
@@ -274,6 +279,14 @@ def result_dict(result: Any, scenario: Scenario, candidates: list[Any]) -> dict[
         "device_mapping": to_jsonable(getattr(result, "device_mapping", None)),
         "nothing_fits": getattr(result, "nothing_fits", None),
     }
+
+
+def _index_of(candidates: list[Any], wanted: Any) -> int | None:
+    """Position of `wanted` in candidates: by identity, else by plan (see same_candidate)."""
+    by_identity = next((i for i, c in enumerate(candidates) if c is wanted), None)
+    if by_identity is not None or wanted is None:
+        return by_identity
+    return next((i for i, c in enumerate(candidates) if same_candidate(c, wanted)), None)
 
 
 def _candidate_dict(candidate: Any) -> dict[str, Any]:
