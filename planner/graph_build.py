@@ -188,12 +188,15 @@ def active_params(total: int, moe: MoEStats | None) -> int:
 
 def assemble(pieces: list[tuple[Layer, list[OpNode], list[tuple[int, int]], list[int], int | None]], *,
              graph_fields: dict) -> ModelGraph:
-    """Chain layer pieces (layer, nodes, local edges, entry positions, exit position) into one DAG."""
+    """Chain layer pieces (layer, nodes, local edges, entry positions, exit position) into one DAG.
+
+    Each node carries its OpNode under "op" and its Layer.index under "layer".
+    """
     dag = nx.DiGraph()
     prev_exit: str | None = None
     for layer, nodes, edges, entries, exit_pos in pieces:
         names = [n.name for n in nodes]
-        dag.add_nodes_from((n.name, {"op": n}) for n in nodes)
+        dag.add_nodes_from((n.name, {"op": n, "layer": layer.index}) for n in nodes)
         dag.add_edges_from((names[a], names[b]) for a, b in edges)
         if prev_exit is not None:
             dag.add_edges_from((prev_exit, names[e]) for e in entries)

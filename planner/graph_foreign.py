@@ -8,6 +8,7 @@ parameter belongs to the layer that first reads it (so a tied LM head is not cou
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,12 +27,17 @@ def trace_module(module: nn.Module, example_inputs: Any, *, name: str,
     """Trace `module(*example_inputs)` (a tuple, or a dict of keyword arguments) on meta.
 
     `loss`, when given, maps the module's output to a scalar and is traced as part of the head.
+    A module with real weights is copied to meta first; the caller's module is left untouched.
     """
-    module = module.to("meta").train()
+    if any(not p.is_meta for p in module.parameters()):
+        module = copy.deepcopy(module).to("meta")
+    was_training = module.training
+    module.train()
     inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, example_inputs)
     call = (lambda: module(**inputs)) if isinstance(inputs, dict) else (lambda: module(*inputs))
     with _training_settings(module):
         trace = trace_fn(module, (lambda: loss(call())) if loss is not None else call)
+    module.train(was_training)
     blocks = _find_blocks(module)
     owner = _Owners(trace, blocks)
     return _graph(module, trace, owner, name=name, inputs=inputs)
@@ -115,7 +121,7 @@ def _graph(module: nn.Module, trace: Trace, owner: _Owners, *, name: str, inputs
         layers.append(layer)
         for rec_index, node in zip(recs[slot], nodes, strict=True):
             names[rec_index] = node.name
-            dag.add_node(node.name, op=node)
+            dag.add_node(node.name, op=node, layer=layer.index)
     dag.add_edges_from((names[p], names[i]) for i, r in enumerate(trace.records) for p in r.preds)
     config = getattr(module, "config", None)
     heads = getattr(config, "num_attention_heads", 0) or 0

@@ -102,6 +102,7 @@ def test_dag_nodes_hold_op_nodes_and_chain_embedding_to_loss() -> None:
     g = extract_graph(PRESETS["tiny-dense"], seq_len=32)
     assert nx.is_directed_acyclic_graph(g.dag) and nx.is_weakly_connected(g.dag)
     ops = [d["op"] for _, d in g.dag.nodes(data=True)]
+    assert all(g.layers[d["layer"]].name == n.split("/")[0] for n, d in g.dag.nodes(data=True))
     assert {op.kind for op in ops} >= {OpKind.EMBEDDING, OpKind.MATMUL, OpKind.ATTENTION, OpKind.NORM,
                                       OpKind.ELEMENTWISE, OpKind.LOSS}
     wq = next(op for op in ops if op.module == "layers.2.attention.wq")
