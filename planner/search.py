@@ -30,8 +30,8 @@ from planner.scenario import ClusterSpec, JobSpec, Scenario
 from planner.search_space import Knobs, Layout
 
 GIB = 2**30
-_REFINE_MIN, _REFINE_MAX, _REFINE_WITHIN = 6, 16, 1.3  # layouts refined: top N, all within 30%
-_EXPERT_ATTENTION_LAYOUTS = 12  # attention layouts whose ep x etp variants are probed
+_REFINE_MIN, _REFINE_MAX, _REFINE_WITHIN = 6, 12, 1.3  # layouts refined: top N, all within 30%
+_EXPERT_ATTENTION_LAYOUTS = 6  # attention layouts whose ep x etp variants are probed
 
 
 class Estimator(Protocol):
@@ -87,11 +87,12 @@ class _Run:
     stats: SearchStats = field(default_factory=SearchStats)
     cache: dict = field(default_factory=dict)
     closest_bound: tuple[float, Plan] | None = None  # smallest model-state shortfall (bytes, plan)
+    grids: dict = field(default_factory=dict)  # Layout -> size of its knob grid
     tick: Callable[[], None] = lambda: None
 
     def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
         """Price a plan once (cached by its JSON); OOM candidates carry how much and where."""
-        key = plan.model_dump_json()
+        key = _plan_key(plan)
         if key in self.cache:
             return self.cache[key]
         e = self.est.estimate(self.graph, plan, hw=self.hw, cluster=self.scenario.cluster, job=self.scenario.job)
@@ -107,8 +108,21 @@ class _Run:
     def capacity(self, e: object) -> float:
         return e.memory_capacity_bytes * self.scenario.search.memory_fraction
 
+    def grid(self, lay: Layout) -> int:
+        if lay not in self.grids:
+            self.grids[lay] = ss.knob_grid_size(self.scenario, lay)
+        return self.grids[lay]
+
     def reject(self, plan: Plan, reason: str) -> None:
         self.candidates.append(Candidate(plan=plan, estimate=None, fits=False, reason=reason))
+
+
+def _plan_key(plan: Plan) -> tuple:
+    """A cheap identity for the costing cache (model_dump_json was 10% of a DeepSeek search)."""
+    placement = None if plan.expert_placement is None else tuple(map(tuple, plan.expert_placement))
+    blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
+    return (tuple(plan.dims.model_dump().values()), plan.micro_batch_size, plan.virtual_stages, plan.schedule,
+            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement)
 
 
 def oom_reason(e: object, *, capacity: float) -> str:
@@ -149,7 +163,7 @@ def _enumerate_and_prune(run: _Run) -> list[Layout]:
     survivors = []
     for lay, reason in ss.layouts(run.scenario):
         run.stats.layouts += 1
-        grid = ss.knob_grid_size(run.scenario, lay) if reason is None else 1
+        grid = run.grid(lay) if reason is None else 1
         run.stats.enumerated += grid
         if reason is not None:
             run.stats.invalid += 1
@@ -228,17 +242,14 @@ def _probe(run: _Run, layouts: list[Layout]) -> dict[Layout, float]:
 
 
 def _expert_representatives(scenario: Scenario, group: list[Layout]) -> list[Layout]:
-    """Dense: the layout itself. MoE: etp=1 with the largest ep inside the NVLink domain and the
-    largest ep overall (the two ends of the memory/traffic trade-off)."""
+    """Dense: the layout itself. MoE: etp=1 with the largest ep inside the NVLink domain (the
+    usual sweet spot: expert memory sharded, all-to-all on the fast tier); the other foldings of
+    the best attention layouts are probed afterwards."""
     if len(group) == 1:
         return group
     plain = [lay for lay in group if lay.etp == 1] or group
-    domain = scenario.cluster.nvlink_domain
-    inside = [lay for lay in plain if lay.ep <= domain]
-    picks = {max(plain, key=lambda lay: lay.ep)}
-    if inside:
-        picks.add(max(inside, key=lambda lay: lay.ep))
-    return sorted(picks, key=lambda lay: lay.ep)
+    inside = [lay for lay in plain if lay.ep <= scenario.cluster.nvlink_domain] or plain
+    return [max(inside, key=lambda lay: lay.ep)]
 
 
 def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
@@ -253,7 +264,7 @@ def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
 
 
 def _reject_layout(run: _Run, lay: Layout, reason: str) -> None:
-    grid = ss.knob_grid_size(run.scenario, lay)
+    grid = run.grid(lay)
     run.stats.pruned += grid
     run.reject(ss.make_plan(lay, _frugal(run.scenario, lay)), f"{reason} ({grid} knob settings)")
 
@@ -268,21 +279,12 @@ def _to_refine(probes: dict[Layout, float]) -> list[Layout]:
 
 
 def _mark_unrefined(run: _Run, probes: dict[Layout, float]) -> None:
+    """Count the knob settings of layouts only probed; a fitting probe of such a layout stays a
+    ranked candidate, a non-fitting one already carries its OOM reason."""
     refined = set(_to_refine(probes))
-    best = min(probes.values(), default=float("inf"))
     for lay, t in probes.items():
         if lay not in refined and t < float("inf"):
-            grid = ss.knob_grid_size(run.scenario, lay)
-            run.stats.pruned += max(grid - 1, 0)
-            # the probe itself is a costed candidate; its other knob settings are not priced
-            note = f"probe {t:.3g} s vs best probe {best:.3g} s: not refined ({grid - 1} knob settings skipped)"
-            _annotate(run, lay, note)
-
-
-def _annotate(run: _Run, lay: Layout, note: str) -> None:
-    for i, cand in enumerate(run.candidates):
-        if cand.estimate is not None and cand.plan.dims.model_dump() == lay.dims() and cand.reason is None:
-            run.candidates[i] = replace(cand, reason=note if not cand.fits else None)
+            run.stats.pruned += max(run.grid(lay) - 1, 0)
 
 
 def _refine(run: _Run, lay: Layout) -> None:
