@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cost_graphs import build_graph
 from typer.testing import CliRunner
 
 from planner import search_space as ss
 from planner.cli import app
 from planner.clusters import cluster_preset
+from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.models import model_preset
 from planner.plan import Plan, Recompute, Schedule, ZeroStage
@@ -21,6 +21,10 @@ from planner.search import pareto_front, search
 
 GIB = 2**30
 VALIDATION = Path("/work/shared/validation/published_runs.csv")
+
+
+def build_graph(spec: ModelSpec, *, seq_len: int):
+    return extract_graph(spec, seq_len=seq_len)
 
 
 def _scenario(model: str | ModelSpec, *, cluster: str, nodes: int, seq: int, gbs: int, **space) -> Scenario:
