@@ -9,6 +9,7 @@ source leaves empty are fixed here for all rows alike (micro-batch 1, no interle
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from planner.cost import estimate
 from planner.cost.memory import GIB, activation_bytes, layer_activation
 from planner.cost.compute import split_for
 from planner.cost.schedule import chunk_layers
-from planner.cost.memory import in_flight, stage_memory
+from planner.cost.memory import in_flight, plan_memory
 from planner.hardware import datasheet_profile
 from planner.plan import Plan, Recompute
 from planner.scenario import JobSpec, ModelSpec, Precision
@@ -232,8 +233,9 @@ def test_memory_matches_korthikanti_components(row_id: int, states_gib: float, s
     plan = case.plan
     m = plan.num_micro_batches(case.job.global_batch)
     split = split_for(plan, graph=graph, precision=case.job.precision, flash=False)
-    terms = stage_memory(plan, graph=graph, job=case.job, split=split, chunks=chunk_layers(graph, plan), stage=0,
-                         num_micro_batches=m, flash=False)
+    counts = [Counter(layer.block_kind for layer in chunk) for chunk in chunk_layers(graph, plan)]
+    terms = plan_memory(graph, plan, job=case.job, split=split, chunk_counts=counts, num_micro_batches=m,
+                        flash=False)[0]
     states = (terms["weights"] + terms["gradients"] + terms["optimizer"]) / GIB
     assert states == pytest.approx(states_gib, rel=0.10)
     assert terms["activations"] / GIB == pytest.approx(sel_gib, rel=0.10)

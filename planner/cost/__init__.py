@@ -6,6 +6,7 @@ traffic on the tier its group spans, schedule.py the pipeline, memory.py the byt
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from planner.cost.comm import (
@@ -17,10 +18,18 @@ from planner.cost.comm import (
     pp_p2p_s,
     zero3_layer_s,
 )
-from planner.cost.compute import PassTimes, Split, block_kind_times, optimizer_s, split_for
-from planner.cost.memory import RESERVED_BYTES, model_state_lower_bound, stage_memory, stage_params
+from planner.cost.compute import PassTimes, block_kind_times, optimizer_s, split_for
+from planner.cost.memory import (
+    RESERVED_BYTES,
+    KindMemory,
+    kind_memory,
+    model_state_lower_bound,
+    stage_counts,
+    stage_memory,
+    stage_params,
+)
 from planner.cost.schedule import ChunkTimes, PipelineResult, chunk_layers, closed_form, simulate
-from planner.graph import Layer, LayerKind, ModelGraph, OpKind
+from planner.graph import ModelGraph, OpKind
 from planner.hardware import HardwareProfile
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
@@ -29,6 +38,7 @@ __all__ = ["Cost", "Estimate", "estimate", "memory_lower_bound_bytes"]
 
 GIB = 2**30
 _AXES = ("tp", "cp", "ep", "dp")
+_NON_BLOCK_KINDS = ("embedding", "head")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +97,23 @@ class Estimate:
 
 
 @dataclass(frozen=True, slots=True)
+class _KindCost:
+    """One layer of a block kind for one micro-batch: forward and backward Cost, weight-grad seconds."""
+
+    fwd: Cost
+    bwd: Cost
+    weight_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Context:
     graph: ModelGraph
     plan: Plan
     hw: HardwareProfile
     job: JobSpec
-    split: Split
     spans: Spans
-    kinds: dict[str, PassTimes]
-    comms: dict[str, LayerComm]
+    memory: dict[str, KindMemory]
+    costs: dict[str, _KindCost]
 
 
 def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
@@ -103,110 +121,123 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     """Predict one training step of `plan` (Megatron-style execution) on `cluster` with profile `hw`.
 
     `flash_attention=False` prices the eager softmax attention of pre-2023 stacks (materialised
-    scores, s^2 activations).
+    scores, s^2 activations). Layers of one block kind cost the same, so chunks are priced as
+    counts of kinds and no work scales with the number of layers.
     """
     ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash_attention)
     m = plan.num_micro_batches(job.global_batch)
-    chunks = chunk_layers(graph, plan)
-    costs = [_chunk_cost(ctx, layers) for layers in chunks]
-    times = [ChunkTimes(fwd_s=f.total_s, bwd_s=b.total_s, weight_s=w) for f, b, w in costs]
+    chunk_counts = [Counter(layer.block_kind for layer in chunk) for chunk in chunk_layers(graph, plan)]
+    chunk_costs = [_chunk_cost(ctx, counts) for counts in chunk_counts]
+    times = [ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s) for c in chunk_costs]
     p2p = pp_p2p_s(plan, graph=graph, job=job, spans=ctx.spans, hw=hw)
-    run = simulate if timeline else closed_form
-    pipe = run(plan, times=times, p2p_s=p2p, num_micro_batches=m, **({"timeline": True} if timeline else {}))
-    tail_s, dp_cost, opt_s = _step_tail(ctx, chunks=chunks, costs=costs)
-    step_s = pipe.makespan_s + tail_s
-    memory = [stage_memory(plan, graph=graph, job=job, split=ctx.split, chunks=chunks, stage=s,
-                           num_micro_batches=m, flash=flash_attention) for s in range(plan.dims.pp)]
-    return _assemble(ctx, cluster=cluster, costs=costs, pipe=pipe, step_s=step_s, m=m, p2p_s=p2p,
-                     dp=dp_cost, opt_s=opt_s, memory=memory)
+    if timeline:
+        pipe = simulate(plan, times=times, p2p_s=p2p, num_micro_batches=m, timeline=True)
+    else:
+        pipe = closed_form(plan, times=times, p2p_s=p2p, num_micro_batches=m)
+    stages = stage_counts(chunk_counts, pp=plan.dims.pp)
+    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs)
+    memory = [stage_memory(plan, kinds=ctx.memory, counts=counts, hidden_size=graph.hidden_size, job=job, stage=s,
+                           num_micro_batches=m) for s, counts in enumerate(stages)]
+    return _assemble(ctx, cluster=cluster, chunk_costs=chunk_costs, pipe=pipe, tail=tail, m=m, p2p_s=p2p,
+                     memory=memory)
 
 
 def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
              flash: bool) -> _Context:
     if graph.seq_len != job.seq_len:
         raise ValueError(f"graph: traced at seq_len={graph.seq_len} but job.seq_len={job.seq_len}; re-extract it")
-    if plan.dims.tp * plan.dims.pp * plan.dims.dp * plan.dims.cp != cluster.world_size:
+    if plan.parallel_dims.world_size != cluster.world_size:
         raise ValueError(f"dims: product {plan.parallel_dims.world_size} != cluster world size {cluster.world_size}")
     split = split_for(plan, graph=graph, precision=job.precision, flash=flash)
     spans = plan_spans(plan, cluster)
-    kinds = block_kind_times(graph, split=split, hw=hw)
-    comms = {k: block_comm(plan, graph=graph, job=job, moe_block=(k == "moe"), spans=spans, hw=hw)
-             for k in kinds if k not in ("embedding", "head")}
-    return _Context(graph, plan, hw, job, split, spans, kinds, comms)
+    memory = kind_memory(graph, plan, split=split, flash=flash)
+    costs = {}
+    for kind, t in block_kind_times(graph, split=split, hw=hw).items():
+        fwd = Cost(compute_s=t.fwd_s)
+        bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
+        if kind not in _NON_BLOCK_KINDS:
+            comm = block_comm(plan, graph=graph, job=job, moe_block=kind == "moe", spans=spans, hw=hw)
+            cf, cb = _block_comm_costs(plan, comm, t)
+            fwd, bwd = fwd + cf, bwd + cb
+            if plan.zero_stage == ZeroStage.PARAMETERS:
+                zf, zb = _zero3_costs(memory[kind], t, job=job, spans=spans, hw=hw)
+                fwd, bwd = fwd + zf, bwd + zb
+        costs[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
+    return _Context(graph, plan, hw, job, spans, memory, costs)
 
 
-def _chunk_cost(ctx: _Context, layers: list[Layer]) -> tuple[Cost, Cost, float]:
-    """(forward, backward) Cost of one micro-batch through a chunk, and its weight-gradient seconds."""
+def _chunk_cost(ctx: _Context, counts: Counter[str]) -> _KindCost:
     fwd, bwd, weight_s = Cost(), Cost(), 0.0
-    for layer in layers:
-        t = ctx.kinds[layer.block_kind]
-        f = Cost(compute_s=t.fwd_s)
-        b = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
-        if layer.kind == LayerKind.BLOCK:
-            cf, cb = _block_comm_costs(ctx, layer, t)
-            f, b = f + cf, b + cb
-        fwd, bwd, weight_s = fwd + f, bwd + b, weight_s + t.bwd_weight_s
-    return fwd, bwd, weight_s
+    for kind, n in counts.items():
+        c = ctx.costs[kind]
+        fwd, bwd, weight_s = fwd + c.fwd * n, bwd + c.bwd * n, weight_s + c.weight_s * n
+    return _KindCost(fwd, bwd, weight_s)
 
 
-def _block_comm_costs(ctx: _Context, layer: Layer, t: PassTimes) -> tuple[Cost, Cost]:
+def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes) -> tuple[Cost, Cost]:
     """TP and EP collectives are exposed (blocking in Megatron); CP ring traffic hides behind attention."""
-    c = ctx.comms[layer.block_kind]
-    cp = ctx.plan.dims.cp
+    cp = plan.dims.cp
     hidden_f = t.attention_fwd_s * (cp - 1) / cp
     hidden_b = t.attention_bwd_s * (cp - 1) / cp
     exp_f = c.tp_fwd_s + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
     exp_b = c.tp_bwd_s + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
     comm_f = {"tp": c.tp_fwd_s, "cp": c.cp_fwd_s, "ep": c.ep_fwd_s}
     comm_b = {"tp": c.tp_bwd_s, "cp": c.cp_bwd_s, "ep": c.ep_bwd_s}
-    f, b = Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
-    if ctx.plan.zero_stage == ZeroStage.PARAMETERS:
-        zf, zb = _zero3_costs(ctx, layer, t)
-        f, b = f + zf, b + zb
-    return f, b
+    return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
 
 
-def _zero3_costs(ctx: _Context, layer: Layer, t: PassTimes) -> tuple[Cost, Cost]:
+def _zero3_costs(mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans, hw: HardwareProfile) -> tuple[Cost, Cost]:
     """Per-layer parameter gathers prefetched behind the previous layer's compute (FSDP)."""
-    params = stage_params(ctx.plan, [layer])
-    gather_f, gather_b = zero3_layer_s(params.dense + params.expert, job=ctx.job, span=ctx.spans.dp, hw=ctx.hw)
+    gather_f, gather_b = zero3_layer_s(mem.dense_params + mem.expert_params, job=job, span=spans.dp, hw=hw)
     exposed_f = max(0.0, gather_f - t.fwd_s)
     exposed_b = max(0.0, gather_b - (t.bwd_input_s + t.bwd_weight_s + t.recompute_s))
     return (Cost(comm_s={"dp": gather_f}, exposed_comm_s=exposed_f),
             Cost(comm_s={"dp": gather_b}, exposed_comm_s=exposed_b))
 
 
-def _step_tail(ctx: _Context, *, chunks: list[list[Layer]], costs: list[tuple[Cost, Cost, float]]) -> tuple[float, float, float]:
-    """After the pipeline drains: exposed gradient sync + optimizer step of the slowest stage."""
-    p, plan, job = ctx.plan.dims.pp, ctx.plan, ctx.job
-    worst, worst_dp, worst_opt = 0.0, 0.0, 0.0
-    for stage in range(p):
-        idx = range(stage, len(chunks), p)
-        params = stage_params(plan, [layer for c in idx for layer in chunks[c]])
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """After the pipeline drains, on the slowest stage: exposed gradient sync and optimizer step."""
+
+    exposed_s: float
+    dp_total_s: float
+    optimizer_s: float
+
+
+def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost]) -> _Tail:
+    plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
+    d = plan.parallel_dims
+    worst, seen = _Tail(0.0, 0.0, 0.0), {}
+    for stage, counts in enumerate(stages):
+        params = stage_params(ctx.memory, counts)
+        idx = range(stage, len(chunk_costs), p)
+        key = (params.dense, params.expert, sum(chunk_costs[c].bwd.total_s for c in idx),
+               sum(chunk_costs[c].fwd.total_s for c in idx))
+        if key in seen:
+            continue
         dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=ctx.spans,
-                          hw=ctx.hw, bwd_window_s=sum(costs[c][1].total_s for c in idx),
-                          fwd_window_s=sum(costs[c][0].total_s for c in idx))
-        d = plan.parallel_dims
-        shard = (params.dense / (d.dp * d.cp) + params.expert / d.edp) if plan.zero_stage else (
-            params.dense + params.expert)
-        opt = optimizer_s(shard, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
+                          hw=ctx.hw, bwd_window_s=key[2], fwd_window_s=key[3])
+        local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
+        opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
                           param_bytes=job.precision.bytes, hw=ctx.hw)
-        if dp.exposed_s + opt > worst:
-            worst, worst_dp, worst_opt = dp.exposed_s + opt, dp.total_s, opt
-    return worst, worst_dp, worst_opt
+        seen[key] = _Tail(dp.exposed_s + opt, dp.total_s, opt)
+        worst = max(worst, seen[key], key=lambda t: t.exposed_s)
+    return worst
 
 
-def _assemble(ctx: _Context, *, cluster: ClusterSpec, costs: list[tuple[Cost, Cost, float]], pipe: PipelineResult,
-              step_s: float, m: int, p2p_s: float, dp: float, opt_s: float, memory: list[dict[str, float]]) -> Estimate:
+def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCost], pipe: PipelineResult,
+              tail: _Tail, m: int, p2p_s: float, memory: list[dict[str, float]]) -> Estimate:
     p, job, graph = ctx.plan.dims.pp, ctx.job, ctx.graph
-    stage_cost = [sum((costs[c][0] + costs[c][1] for c in range(s, len(costs), p)), Cost()) for s in range(p)]
+    stage_cost = [sum((chunk_costs[c].fwd + chunk_costs[c].bwd for c in range(s, len(chunk_costs), p)), Cost())
+                  for s in range(p)]
     critical = max(stage_cost, key=lambda c: c.total_s) * m
-    tail_exposed = step_s - pipe.makespan_s - opt_s
+    step_s = pipe.makespan_s + tail.exposed_s
     breakdown = {"compute": critical.compute_s, "recompute": critical.recompute_s}
     breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
-    breakdown["dp"] += dp
-    breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0, "exposed_comm": critical.exposed_comm_s + tail_exposed,
-                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": opt_s}
+    breakdown["dp"] += tail.dp_total_s
+    breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0,
+                  "exposed_comm": critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
+                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s}
     scale = job.global_batch / graph.sample_batch
     model_flops = (graph.fwd_flops + graph.bwd_flops) * scale
     peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s
@@ -234,6 +265,11 @@ def _recompute_flops(ctx: _Context) -> float:
 
 
 def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluster: ClusterSpec) -> float:
-    """Weights + gradients + optimizer states of the heaviest stage: no plan fits below this."""
-    del cluster  # the bound depends on the plan's sharding only
-    return model_state_lower_bound(plan, chunks=chunk_layers(graph, plan), job=job)
+    """Weights + gradients + optimizer states of the heaviest stage: no plan fits below this.
+
+    Needs no hardware profile or timing; `cluster` is accepted for the search's uniform call.
+    """
+    assert plan.parallel_dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
+    counts = [Counter(layer.block_kind for layer in chunk) for chunk in chunk_layers(graph, plan)]
+    kinds = kind_memory(graph, plan, split=split_for(plan, graph=graph, precision=job.precision), flash=True)
+    return model_state_lower_bound(plan, kinds=kinds, chunk_counts=counts, job=job)

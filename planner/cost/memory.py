@@ -9,6 +9,7 @@ traced graph and multiplied by the micro-batches the schedule keeps in flight.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from planner.cost.compute import Split
@@ -37,6 +38,7 @@ class LayerActivation:
 
 
 def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
+    """Saved bytes of `layer` split by region, from its block kind's reduced operators."""
     totals = {Region.TP: 0.0, Region.SP: 0.0, Region.EXPERT: 0.0}
     for op in layer_ops(GraphKey(graph))[layer.block_kind]:
         totals[op.saved_region] += op.saved_bytes
@@ -73,6 +75,34 @@ def in_flight(plan: Plan, *, stage: int, num_micro_batches: int) -> float:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KindMemory:
+    """Per-GPU memory inputs of one layer of a block kind (layers of one kind are identical)."""
+
+    dense_params: float  # after the TP split
+    expert_params: float  # after the EP x ETP split
+    act_bytes: float  # kept per micro-batch under the plan's recompute
+    act_full_bytes: float  # kept per micro-batch with nothing recomputed (recompute working set)
+    recomputed: bool
+
+
+def kind_memory(graph: ModelGraph, plan: Plan, *, split: Split, flash: bool) -> dict[str, KindMemory]:
+    d = plan.dims
+    out = {}
+    for layer in graph.layers:
+        if layer.block_kind in out:
+            continue
+        expert = layer.moe.num_experts * layer.moe.expert_params if layer.moe else 0.0
+        act = layer_activation(graph, layer)
+        block = layer.kind == LayerKind.BLOCK
+        full = activation_bytes(act, split=split, flash=flash, recompute=Recompute.NONE)
+        kept = activation_bytes(act, split=split, flash=flash, recompute=plan.recompute) if block else full
+        out[layer.block_kind] = KindMemory(dense_params=(layer.num_params - expert) / d.tp,
+                                           expert_params=expert / (d.ep * d.etp), act_bytes=kept,
+                                           act_full_bytes=full, recomputed=block and plan.recompute == Recompute.FULL)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StageParams:
     """Parameters one GPU of a stage holds before ZeRO sharding (after TP/EP splits)."""
 
@@ -81,17 +111,19 @@ class StageParams:
     largest_layer: float
 
 
-def stage_params(plan: Plan, layers: list[Layer]) -> StageParams:
-    d = plan.dims
-    dense = expert = largest = 0.0
-    for layer in layers:
-        layer_expert = layer.moe.num_experts * layer.moe.expert_params if layer.moe else 0.0
-        layer_dense = (layer.num_params - layer_expert) / d.tp
-        layer_expert /= d.ep * d.etp
-        dense += layer_dense
-        expert += layer_expert
-        largest = max(largest, layer_dense + layer_expert)
-    return StageParams(dense=dense, expert=expert, largest_layer=largest)
+def stage_params(kinds: dict[str, KindMemory], counts: Counter[str]) -> StageParams:
+    present = [kinds[k] for k, n in counts.items() if n]
+    return StageParams(dense=sum(kinds[k].dense_params * n for k, n in counts.items()),
+                       expert=sum(kinds[k].expert_params * n for k, n in counts.items()),
+                       largest_layer=max((m.dense_params + m.expert_params for m in present), default=0.0))
+
+
+def stage_counts(chunk_counts: list[Counter[str]], *, pp: int) -> list[Counter[str]]:
+    """Block kinds on each pipeline rank (chunk c runs on rank c % pp)."""
+    stages = [Counter() for _ in range(pp)]
+    for c, counts in enumerate(chunk_counts):
+        stages[c % pp].update(counts)
+    return stages
 
 
 def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[str, float]:
@@ -107,9 +139,9 @@ def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[
     }
 
 
-def comm_buffer_bytes(plan: Plan, params: StageParams, *, graph: ModelGraph, job: JobSpec) -> float:
+def comm_buffer_bytes(plan: Plan, params: StageParams, *, hidden_size: int, job: JobSpec) -> float:
     """Buffers that live beside activations: ZeRO-3 prefetched layers, SP gathers, pipeline p2p."""
-    hidden = plan.micro_batch_size * job.seq_len / plan.dims.cp * graph.hidden_size * job.precision.bytes
+    hidden = plan.micro_batch_size * job.seq_len / plan.dims.cp * hidden_size * job.precision.bytes
     total = 0.0
     if plan.zero_stage == ZeroStage.PARAMETERS:
         total += 2 * params.largest_layer * job.precision.bytes  # current + prefetched layer
@@ -120,33 +152,32 @@ def comm_buffer_bytes(plan: Plan, params: StageParams, *, graph: ModelGraph, job
     return total
 
 
-def stage_memory(plan: Plan, *, graph: ModelGraph, job: JobSpec, split: Split, chunks: list[list[Layer]],
-                 stage: int, num_micro_batches: int, flash: bool = True) -> dict[str, float]:
+def stage_memory(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str], hidden_size: int, job: JobSpec,
+                 stage: int, num_micro_batches: int) -> dict[str, float]:
     """Named memory terms (bytes) of one GPU of pipeline stage `stage`."""
-    p = plan.dims.pp
-    layers = [layer for c in range(stage, len(chunks), p) for layer in chunks[c]]
-    params = stage_params(plan, layers)
+    params = stage_params(kinds, counts)
     terms = model_state_terms(plan, params, job=job)
-    recomputable = [layer for layer in layers if layer.kind == LayerKind.BLOCK]
-    per_mb = sum(activation_bytes(layer_activation(graph, layer), split=split, flash=flash,
-                                  recompute=plan.recompute) for layer in recomputable)
-    per_mb += sum(activation_bytes(layer_activation(graph, layer), split=split, flash=flash,
-                                   recompute=Recompute.NONE) for layer in layers if layer.kind != LayerKind.BLOCK)
+    per_mb = sum(kinds[k].act_bytes * n for k, n in counts.items())
     acts = per_mb * in_flight(plan, stage=stage, num_micro_batches=num_micro_batches)
-    if plan.recompute == Recompute.FULL and recomputable:
-        acts += max(activation_bytes(layer_activation(graph, layer), split=split, flash=flash,
-                                     recompute=Recompute.NONE) for layer in recomputable)
+    replayed = [kinds[k].act_full_bytes for k, n in counts.items() if n and kinds[k].recomputed]
+    acts += max(replayed, default=0.0)  # the layer being recomputed holds its full activations
     terms["activations"] = acts
-    terms["comm_buffers"] = comm_buffer_bytes(plan, params, graph=graph, job=job)
+    terms["comm_buffers"] = comm_buffer_bytes(plan, params, hidden_size=hidden_size, job=job)
     terms["allocator_margin"] = ALLOCATOR_FRAGMENTATION * (acts + terms["comm_buffers"])
     return terms
 
 
-def model_state_lower_bound(plan: Plan, *, chunks: list[list[Layer]], job: JobSpec) -> float:
+def plan_memory(graph: ModelGraph, plan: Plan, *, job: JobSpec, split: Split, chunk_counts: list[Counter[str]],
+                num_micro_batches: int, flash: bool = True) -> list[dict[str, float]]:
+    """stage_memory of every pipeline stage."""
+    kinds = kind_memory(graph, plan, split=split, flash=flash)
+    return [stage_memory(plan, kinds=kinds, counts=counts, hidden_size=graph.hidden_size, job=job, stage=s,
+                         num_micro_batches=num_micro_batches)
+            for s, counts in enumerate(stage_counts(chunk_counts, pp=plan.dims.pp))]
+
+
+def model_state_lower_bound(plan: Plan, *, kinds: dict[str, KindMemory], chunk_counts: list[Counter[str]],
+                            job: JobSpec) -> float:
     """Largest stage's weights + gradients + optimizer: a floor on peak memory for pruning."""
-    p = plan.dims.pp
-    best = 0.0
-    for stage in range(p):
-        layers = [layer for c in range(stage, len(chunks), p) for layer in chunks[c]]
-        best = max(best, sum(model_state_terms(plan, stage_params(plan, layers), job=job).values()))
-    return best
+    return max(sum(model_state_terms(plan, stage_params(kinds, counts), job=job).values())
+               for counts in stage_counts(chunk_counts, pp=plan.dims.pp))
