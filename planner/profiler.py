@@ -44,6 +44,7 @@ from planner.scenario import GpuSpec, Precision, Scenario
 
 _MIN_EFFICIENCY = 1e-4
 _CURVE_BUCKET = 1.1  # samples whose FLOPs lie within 10% share one curve point (median efficiency)
+_MEMORY_BUCKET = 2.0  # memory ops of one tensor size (2- and 3-pass ops) share one point
 Tick = Callable[[str], None]
 
 
@@ -232,6 +233,7 @@ def build_profile(report: RankReport, config: ProfileConfig) -> HardwareProfile:
         matmul_efficiency=_curves(report.kernels, pk.KernelOp.MATMUL, peaks),
         attention_efficiency=_curves(report.kernels, pk.KernelOp.ATTENTION, peaks),
         memory_bound_efficiency=mem_eff,
+        memory_bound_curve=_memory_curve(report.kernels, bandwidth_gbs),
         kernel_samples=[_sample(r) for r in report.kernels],
         collectives=collective_fits(report.links),
     )
@@ -256,18 +258,22 @@ def _curves(kernels: list[pk.KernelResult], op: pk.KernelOp, peaks: dict[Precisi
     curves = {}
     for prec, peak in peaks.items():
         pts = sorted((r.flops, _achieved_tflops(r) / peak) for r in kernels if r.op == op and r.dtype == prec)
-        if not pts:
-            continue
-        merged, bucket = [], [pts[0]]
-        for x, y in pts[1:]:
-            if x <= bucket[0][0] * _CURVE_BUCKET:
-                bucket.append((x, y))
-            else:
-                merged.append(_bucket_point(bucket))
-                bucket = [(x, y)]
-        merged.append(_bucket_point(bucket))
-        curves[prec] = Curve(points=merged)
+        if pts:
+            curves[prec] = Curve(points=_merge_points(pts, bucket=_CURVE_BUCKET))
     return curves
+
+
+def _merge_points(pts: list[tuple[float, float]], *, bucket: float) -> list[tuple[float, float]]:
+    """Sorted (x, y) samples -> one point per run of x within a factor `bucket` (geometric-mean x, median y)."""
+    merged, run = [], [pts[0]]
+    for x, y in pts[1:]:
+        if x < run[0][0] * bucket:
+            run.append((x, y))
+        else:
+            merged.append(_bucket_point(run))
+            run = [(x, y)]
+    merged.append(_bucket_point(run))
+    return merged
 
 
 def _bucket_point(bucket: list[tuple[float, float]]) -> tuple[float, float]:
@@ -276,14 +282,20 @@ def _bucket_point(bucket: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def _memory_bandwidth(kernels: list[pk.KernelResult], datasheet: GpuSpec | None) -> tuple[float, float]:
-    """(bandwidth GB/s, efficiency) from the memory-bound ops at the largest size (out of cache):
-    datasheet bandwidth for a known GPU, else the best op; efficiency = median op / bandwidth."""
+    """(bandwidth GB/s, efficiency): datasheet bandwidth for a known GPU, else the best rate any
+    memory-bound op reached; efficiency = the median op and size over it. The sizes span in-cache
+    to out-of-cache tensors on a CPU, so the one number is a typical op, not a STREAM peak."""
     mem = [r for r in kernels if r.op.memory_bound]
     assert mem, "the sweep always times memory-bound ops"
-    largest = max(r.bytes for r in mem)
-    rates = [r.bytes / r.timing.median_us / 1e3 for r in mem if r.bytes >= largest / 4]
+    rates = [r.bytes / r.timing.median_us / 1e3 for r in mem]
     bandwidth = datasheet.memory_bandwidth_gbs if datasheet else max(rates)
     return bandwidth, float(np.clip(np.median(rates) / bandwidth, _MIN_EFFICIENCY, 1.0))
+
+
+def _memory_curve(kernels: list[pk.KernelResult], bandwidth_gbs: float) -> Curve:
+    """Efficiency vs bytes per call of the memory-bound ops (median op at each tensor size)."""
+    pts = [(r.bytes, r.bytes / r.timing.median_us / 1e3 / bandwidth_gbs) for r in kernels if r.op.memory_bound]
+    return Curve(points=_merge_points(sorted(pts), bucket=_MEMORY_BUCKET))
 
 
 def collective_fits(links: list[pl.LinkResult]) -> list[CollectiveFit]:

@@ -102,17 +102,17 @@ def default_sweep(*, cuda: bool, quick: bool) -> KernelSweep:
             widths=((4096, 4096),) if quick else ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)),
             seq_lens=(1024, 4096) if quick else (512, 1024, 2048, 4096, 8192, 16384, 32768),
             attn_heads=32, attn_head_dim=128,
-            mem_numels=(1 << 24,) if quick else (1 << 22, 1 << 24, 1 << 26, 1 << 28),
+            mem_numels=(1 << 24,) if quick else (1 << 24, 1 << 26, 1 << 28),
             max_flops=1e13 if quick else 5e14, warmup=3, repeats=5 if quick else 10, min_sample_s=1e-3,
         )
     return KernelSweep(
         dtypes=(Precision.FP32, Precision.BF16), mem_dtype=Precision.FP32,
-        squares=(64, 256) if quick else (64, 128, 256, 512, 1024, 2048),
+        squares=(32, 256) if quick else (16, 32, 64, 128, 256, 512, 1024, 2048),
         tokens=(256,) if quick else (256, 1024, 4096),
-        widths=((128, 352),) if quick else ((128, 352), (352, 128), (1024, 4096), (4096, 1024)),
+        widths=((128, 352),) if quick else ((128, 352), (352, 128), (512, 1408), (1408, 512)),
         seq_lens=(128, 256) if quick else (128, 256, 512, 1024, 2048),
         attn_heads=4, attn_head_dim=32 if quick else 64,
-        mem_numels=(1 << 16, 1 << 18) if quick else (1 << 18, 1 << 20, 1 << 22, 1 << 24),
+        mem_numels=(1 << 16, 1 << 18) if quick else (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24),
         max_flops=2e8 if quick else 2e10, warmup=1, repeats=5 if quick else 9,
         min_sample_s=5e-4 if quick else 2e-3,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from planner import profiler_kernels as pk
 from planner.cli import app
-from planner.hardware import Collective, DeviceKind, HardwareProfile, Tier, load_profile
+from planner.hardware import Collective, DeviceKind, HardwareProfile, ProfileRangeWarning, Tier, load_profile
 from planner.models import PRESETS
 from planner.profiler import ProfileConfig, build_profile, collective_fits, profile_machine, write_profile
 from planner.profiler_links import LinkResult, fit_alpha_beta, tier_groups
@@ -160,3 +161,13 @@ def test_two_rank_profile_measures_every_collective(tmp_path: Path) -> None:
     for fit in hw.collectives:
         assert fit.latency_us >= 0 and fit.bandwidth_gbs > 0 and len(fit.samples) >= 5
     assert json.loads((tmp_path / "two.json").read_text())["source"] == "measured"
+
+
+def test_queries_outside_the_measured_range_warn(quick_cpu_profile: HardwareProfile) -> None:
+    curve = quick_cpu_profile.matmul_efficiency[Precision.FP32]
+    lo, hi = curve.points[0][0], curve.points[-1][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quick_cpu_profile.matmul_s((lo * hi) ** 0.5, precision=Precision.FP32)  # inside: silent
+    with pytest.warns(ProfileRangeWarning, match="outside the measured range"):
+        quick_cpu_profile.matmul_s(hi * 100, precision=Precision.FP32)
