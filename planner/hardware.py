@@ -157,6 +157,9 @@ class HardwareProfile(BaseModel):
     matmul_efficiency: dict[Precision, Curve]
     attention_efficiency: dict[Precision, Curve]
     memory_bound_efficiency: float = Field(gt=0, le=1)
+    # Measured profiles: efficiency of memory-bound ops vs bytes moved per call (small tensors stay
+    # in cache or pay a fixed launch cost); None means the one memory_bound_efficiency for all sizes.
+    memory_bound_curve: Curve | None = None
     kernel_samples: list[KernelSample] = []
     collectives: list[CollectiveFit] = []
 
@@ -188,7 +191,13 @@ class HardwareProfile(BaseModel):
         return curve.at(flops)
 
     def memory_bound_s(self, num_bytes: float) -> float:
-        return num_bytes / (self.memory_bandwidth_gbs * _GB * self.memory_bound_efficiency)
+        curve = self.memory_bound_curve
+        if curve is not None and not curve.covers(num_bytes):
+            warnings.warn(f"profile {self.name}: memory-bound calls outside the measured range [{curve.points[0][0]:.3g}, "
+                          f"{curve.points[-1][0]:.3g}] bytes use the nearest measured efficiency", ProfileRangeWarning,
+                          stacklevel=2)
+        eff = self.memory_bound_efficiency if curve is None else curve.at(num_bytes)
+        return num_bytes / (self.memory_bandwidth_gbs * _GB * eff)
 
     def collective_fit(self, collective: Collective, *, tier: Tier, num_ranks: int) -> CollectiveFit:
         """The fit for this collective and tier measured at the nearest rank count (log distance)."""
