@@ -155,15 +155,19 @@ def sort_key(row: dict[str, Any]) -> tuple[int, float]:
             return order, 0.0
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+def write_json(path: Path, data: Any, *, compact: bool = False) -> None:
+    """Indented JSON for people, compact for big machine files (the C encoder only runs
+    without indent: a 12 MB trace takes ~1 s instead of ~5 s)."""
+    text = json.dumps(data, allow_nan=False, default=to_jsonable,
+                      **({"separators": (",", ":")} if compact else {"indent": 1}))
+    path.write_text(text + "\n")
 
 
 def chrome_trace(best: Any, scenario: Scenario) -> dict[str, Any]:
     """The best plan's simulated timeline as a Chrome trace (open in chrome://tracing or Perfetto)."""
     events = []
     if best is not None and best.estimate is not None:
-        events = to_jsonable(getattr(best.estimate, "timeline", None) or [])
+        events = getattr(best.estimate, "timeline", None) or []
     meta = {"scenario": scenario.name, "plan": best.plan.describe() if best is not None else None}
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}
 
@@ -250,7 +254,7 @@ def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dic
     if best is not None:
         (tmp / "plan.json").write_text(best.plan.to_json() + "\n")
     write_json(tmp / "result.json", result_dict(result, scenario, candidates))
-    write_json(tmp / "trace.json", chrome_trace(best, scenario))
+    write_json(tmp / "trace.json", chrome_trace(best, scenario), compact=True)
     if measurement is not None:
         write_json(tmp / "measurement.json", to_jsonable(measurement))
 

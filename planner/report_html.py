@@ -54,9 +54,10 @@ def render_html(out_dir: Path) -> str:
     """The whole page as a string (the caller writes it atomically)."""
     result = json.loads((out_dir / "result.json").read_text())
     df = load_plans(out_dir / "plans.csv")
-    trace = _read_json(out_dir / "trace.json") or {"traceEvents": []}
+    trace_path = out_dir / "trace.json"
+    trace_text = trace_path.read_text() if trace_path.is_file() else '{"traceEvents": []}'
     measurement = _read_json(out_dir / "measurement.json")
-    context = build_context(result, df, trace=trace, measurement=measurement)
+    context = build_context(result, df, trace_text=trace_text, measurement=measurement)
     env = jinja2.Environment(loader=jinja2.PackageLoader("planner", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(**context)
@@ -66,7 +67,7 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace: dict[str, Any],
+def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace_text: str,
                   measurement: dict[str, Any] | None) -> dict[str, Any]:
     scenario = Scenario.model_validate(result["scenario"])
     best_id = result["best"]
@@ -75,7 +76,7 @@ def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace: dict[str, 
     notes: dict[str, str] = {}
     _pareto_chart(df, charts, notes)
     _breakdown_charts(result, charts)
-    trace_info = _timeline_chart(trace, charts, notes)
+    trace_info = _timeline_chart(trace_text, charts, notes)
     devices = _device_map(best, scenario, charts) | {"mapping": result.get("device_mapping")} if best else None
     routing = (measurement or {}).get("routing")
     moe = moe_section(result, scenario, best, charts, routing=routing) if best and scenario.model.is_moe else None
@@ -174,12 +175,12 @@ def _breakdown_charts(result: dict[str, Any], charts: dict[str, go.Figure]) -> N
         charts["memory"] = figs.memory_stages(best["estimate"])
 
 
-def _timeline_chart(trace: dict[str, Any], charts: dict[str, go.Figure], notes: dict[str, str]) -> dict[str, Any]:
-    events = trace.get("traceEvents", [])
-    text = json.dumps(trace)
-    info = {"num_events": len(events), "bytes": len(text.encode()), "data_uri": None}
-    if len(text.encode()) <= TRACE_EMBED_BYTES:
-        info["data_uri"] = "data:application/json;base64," + base64.b64encode(text.encode()).decode()
+def _timeline_chart(trace_text: str, charts: dict[str, go.Figure], notes: dict[str, str]) -> dict[str, Any]:
+    events = json.loads(trace_text).get("traceEvents", [])
+    raw = trace_text.encode()
+    info = {"num_events": len(events), "bytes": len(raw), "data_uri": None}
+    if len(raw) <= TRACE_EMBED_BYTES:
+        info["data_uri"] = "data:application/json;base64," + base64.b64encode(raw).decode()
     if any(e.get("ph") == "X" for e in events):
         charts["timeline"], omitted = figs.timeline(events, max_events=MAX_TRACE_EVENTS)
         if omitted:
