@@ -30,13 +30,23 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _store() -> dist.Store:
+    """torchrun's store under a per-attempt prefix: after a restart, sub-groups (DeviceMesh axes)
+    would otherwise find the dead attempt's gloo addresses under the same keys."""
+    env = os.environ
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), is_master=False,
+                          wait_for_workers=False)
+    return dist.PrefixStore(f"executor/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def _init() -> None:
     """NCCL on CUDA, gloo on CPU; torchrun's environment gives rank and world size."""
+    backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+        backend = "nccl"
+    dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def main() -> None:

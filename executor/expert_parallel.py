@@ -68,10 +68,10 @@ def _ep_forward(moe: MoE, x: torch.Tensor, *, send_order: list[int], group: dist
         moe._record(indices, counts)
     token_of_slot = order // moe.top_k
     # slots are grouped by expert id; regroup them by destination (owner rank, row)
-    rank_of = torch.empty(len(send_order), dtype=torch.long)
-    rank_of[torch.tensor(send_order)] = torch.arange(len(send_order))
+    position_of = torch.empty(len(send_order), dtype=torch.long)
+    position_of[torch.tensor(send_order)] = torch.arange(len(send_order))
     expert_of_slot = indices.flatten()[order]
-    to_send = rank_of.to(flat.device)[expert_of_slot].argsort(stable=True)
+    to_send = position_of.to(flat.device)[expert_of_slot].argsort(stable=True)
     send_counts = torch.tensor(counts)[torch.tensor(send_order)].view(ep, -1)
     recv_counts = _exchange_counts(send_counts, group=group)
     in_split, out_split = send_counts.sum(1).tolist(), recv_counts.sum(1).tolist()

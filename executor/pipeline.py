@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
-from planner.plan import Axis, Plan, Schedule
+from planner.plan import Plan, Schedule
 from planner.transformer import Transformer, loss_fn
 
 
@@ -62,7 +62,3 @@ def run_pipeline_step(schedule: _PipelineSchedule, plan: Plan, *, chunks: list[i
     kwargs = {"target": labels, "losses": losses} if last else {}
     schedule.step(*args, **kwargs)
     return float(torch.stack([l.detach() for l in losses]).mean()) if last else None
-
-
-def pp_degree(plan: Plan) -> int:
-    return plan.parallel_dims.degree(Axis.PP)

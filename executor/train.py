@@ -154,7 +154,7 @@ def train(plan: Plan, scenario: Scenario, *, options: RunOptions) -> Measurement
     meshes = build_meshes(plan, device_type=device.type, moe=spec.is_moe)
     rank = build_rank(plan, scenario, meshes=meshes, device=device, seed=options.seed)
     start, losses = _resume(rank, options)
-    _set_recording(rank, on=True)
+    _record_routing(rank)
     times: list[float] = []
     for step in range(start, options.steps):
         _sync(device)
@@ -168,11 +168,12 @@ def train(plan: Plan, scenario: Scenario, *, options: RunOptions) -> Measurement
                     resumed=start if start else None)
 
 
-def _set_recording(rank: Rank, *, on: bool) -> None:
+def _record_routing(rank: Rank) -> None:
+    """Expert loads and last routes feed the routing trace (see executor.routing)."""
     for module in rank.modules:
         for sub in module.modules():
             if hasattr(sub, "record_routing"):
-                sub.record_routing = on
+                sub.record_routing = True
 
 
 def _resume(rank: Rank, options: RunOptions) -> tuple[int, list[float]]:

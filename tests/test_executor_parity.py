@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from executor.data import global_batch
 from executor.data_parallel import make_optimizer
+from executor.ring_attention import RingAttention, zigzag_positions
 from executor.train import RunOptions, train
 from planner.clusters import cluster_preset
 from planner.plan import Plan
@@ -63,7 +65,7 @@ def scenario_for(spec: ModelSpec, job: JobSpec) -> Scenario:
     return Scenario(name="parity", model=spec, cluster=cluster_preset("cpu-local"), job=job)
 
 
-def reference_losses(spec: ModelSpec, job: JobSpec) -> list[float]:
+def reference_losses(spec: ModelSpec, job: JobSpec, *, steps: int = STEPS) -> list[float]:
     """A plain single-process loop: whole global batch, no parallelism."""
     with torch.device("meta"):
         model = Transformer(spec)
@@ -71,7 +73,7 @@ def reference_losses(spec: ModelSpec, job: JobSpec) -> list[float]:
     model.init_weights(0)
     optimizer = make_optimizer(list(model.parameters()), job=job)
     losses = []
-    for step in range(STEPS):
+    for step in range(steps):
         inputs, labels = global_batch(step, job=job, vocab=spec.vocab_size, seed=0)
         loss = loss_fn(model(inputs), labels)
         loss.backward()
@@ -81,11 +83,29 @@ def reference_losses(spec: ModelSpec, job: JobSpec) -> list[float]:
     return losses
 
 
+def ring_attention_error() -> float:
+    """Zigzag ring attention on all ranks vs SDPA on the whole sequence: forward and q/k/v gradients (GQA)."""
+    rank, cp = dist.get_rank(), dist.get_world_size()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 32, 8, generator=gen, requires_grad=True) for h in (4, 2, 2))
+    grad_out = torch.randn(2, 4, 32, 8, generator=gen)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+    ref.backward(grad_out)
+    pos = zigzag_positions(32, rank=rank, cp=cp)
+    local = [t.detach()[:, :, pos].clone().requires_grad_() for t in (q, k, v)]
+    out = RingAttention(dist.group.WORLD)(*local)
+    out.backward(grad_out[:, :, pos])
+    errors = [out - ref[:, :, pos]] + [a.grad - b.grad[:, :, pos] for a, b in zip(local, (q, k, v))]
+    worst = torch.tensor(max(e.abs().max().item() for e in errors))
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()
+
+
 def _worker(rank: int, world: int, port: int, names: list[str], out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     configs = TWO_RANKS | FOUR_RANKS
-    results = {}
+    results = {"ring-attention": [ring_attention_error()]}
     for name in names:
         spec, job, fields = configs[name]
         measurement = train(Plan.model_validate(fields), scenario_for(spec, job), options=RunOptions(steps=STEPS))
@@ -108,6 +128,7 @@ def run_layouts(names: list[str], *, world: int, tmp_path: Path) -> dict[str, li
 
 
 def _check(results: dict[str, list[float]], configs: dict) -> None:
+    assert results["ring-attention"][0] < 1e-5
     refs = {(spec.name, job.optimizer.kind): reference_losses(spec, job) for spec, job, _ in configs.values()}
     for name, (spec, job, _) in configs.items():
         ref = refs[spec.name, job.optimizer.kind]
