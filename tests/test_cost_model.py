@@ -126,3 +126,14 @@ def test_mismatched_graph_or_world_is_a_one_line_value_error(dense) -> None:
         estimate(dense, Plan(dims={"dp": 32}), hw=HW, cluster=CLUSTER, job=JobSpec(seq_len=2048, global_batch=64))
     with pytest.raises(ValueError, match="world size"):
         estimate(dense, Plan(dims={"dp": 16}), hw=HW, cluster=CLUSTER, job=JOB)
+
+
+def test_tied_embeddings_are_copied_to_the_last_stage() -> None:
+    graph = extract_graph(PRESETS["gpt3-1.3b"], seq_len=2048)
+    job = JobSpec(seq_len=2048, global_batch=64)
+    table = PRESETS["gpt3-1.3b"].vocab_size * PRESETS["gpt3-1.3b"].hidden_size * 2  # bf16 bytes
+    one = estimate(graph, Plan(dims={"dp": 32}), hw=HW, cluster=CLUSTER, job=job)
+    two = estimate(graph, Plan(dims={"pp": 2, "dp": 16}), hw=HW, cluster=CLUSTER, job=job)
+    assert two.stage_memory[1]["weights"] > table
+    assert two.stage_memory[0]["weights"] + two.stage_memory[1]["weights"] == pytest.approx(
+        one.stage_memory[0]["weights"] + table, rel=0.01)

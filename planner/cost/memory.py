@@ -92,14 +92,23 @@ def kind_memory(graph: ModelGraph, plan: Plan, *, split: Split, flash: bool) -> 
         if layer.block_kind in out:
             continue
         expert = layer.moe.num_experts * layer.moe.expert_params if layer.moe else 0.0
+        params = layer.num_params + _tied_head_copy(graph, layer, pp=d.pp)
         act = layer_activation(graph, layer)
         block = layer.kind == LayerKind.BLOCK
         full = activation_bytes(act, split=split, flash=flash, recompute=Recompute.NONE)
         kept = activation_bytes(act, split=split, flash=flash, recompute=plan.recompute) if block else full
-        out[layer.block_kind] = KindMemory(dense_params=(layer.num_params - expert) / d.tp,
+        out[layer.block_kind] = KindMemory(dense_params=(params - expert) / d.tp,
                                            expert_params=expert / (d.ep * d.etp), act_bytes=kept,
                                            act_full_bytes=full, recomputed=block and plan.recompute == Recompute.FULL)
     return out
+
+
+def _tied_head_copy(graph: ModelGraph, layer: Layer, *, pp: int) -> float:
+    """With tied embeddings and pp > 1 the last stage keeps its own copy of the embedding matrix
+    for the LM head (Megatron; the two copies' gradients are all-reduced), the graph counts it once."""
+    table = graph.vocab_size * graph.hidden_size
+    tied = layer.kind == LayerKind.HEAD and layer.num_params < table
+    return float(table) if tied and pp > 1 else 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
