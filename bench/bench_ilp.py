@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from planner import experts as ex
-from planner import ilp
+from planner import ilp, ilp_devices
 
 
 def bench_partition() -> None:
@@ -47,11 +47,11 @@ def bench_mapping() -> None:
     rng = np.random.default_rng(0)
     n = 16
     nic = tuple(12.5 if i == 3 else 50.0 for i in range(n))
-    problem = ilp.DeviceMappingProblem(node_bytes=tuple(rng.uniform(1e9, 8e9, n)),
+    problem = ilp_devices.DeviceMappingProblem(node_bytes=tuple(rng.uniform(1e9, 8e9, n)),
                                        edges=tuple((u, u + 1, 4e9) for u in range(n - 1)), nic_gbs=nic,
                                        pair_gbs={(0, 1): 10.0})
     start = time.perf_counter()
-    result = ilp.map_devices(problem)
+    result = ilp_devices.map_devices(problem)
     print(f"device mapping 16 nodes: {time.perf_counter() - start:.2f} s, {result.solve.status.value}; "
           f"slowest link {result.identity_s:.3f} s (identity) -> {result.slowest_link_s:.3f} s")
 

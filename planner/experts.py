@@ -165,11 +165,11 @@ def local_search(routing: RoutingStats, topo: Topology, ranks: np.ndarray, *, ma
         improved = False
         for layer in range(routing.num_layers):
             for _ in range(routing.num_experts // 2):
+                if time.perf_counter() > deadline:
+                    return ranks
                 if not _best_swap(routing, topo, ranks, layer):
                     break
                 improved = True
-            if time.perf_counter() > deadline:
-                return ranks
         if not improved:
             break
     return ranks

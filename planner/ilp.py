@@ -9,10 +9,9 @@ out variables -> objective -> constraints with the math in comments:
 2. `place_experts`: experts -> EP ranks (MoETuner, Go et al. 2025; ExFlow, Yao et al. 2024);
    the pairwise model is hard, so it is solved by layer-pair decomposition around a local-search
    incumbent (planner/experts.py) with a time limit and a reported optimality gap.
-3. `map_devices`: logical nodes of a plan -> physical nodes, slow NICs and slow node pairs
-   carrying the lightest traffic (Holmes, Yang et al. 2023; Pipette, Yim et al. 2024).
+3. `ilp_devices.map_devices` (its own module for size): logical nodes -> physical nodes.
 
-PLATFORM.md pitfall handled in `_solve`: at a time limit pulp's LpStatus still says "Optimal";
+PLATFORM.md pitfall handled in `solve`: at a time limit pulp's LpStatus still says "Optimal";
 the proof status comes from prob.sol_status and HiGHS's mip_dual_bound.
 """
 
@@ -75,7 +74,7 @@ class _WarmHiGHS(pulp.HiGHS):
         lp.solverModel.run()
 
 
-def _solve(prob: pulp.LpProblem, *, time_limit_s: float, gap_rel: float = 1e-6, presolve: bool = True) -> SolveInfo:
+def solve(prob: pulp.LpProblem, *, time_limit_s: float, gap_rel: float = 1e-6, presolve: bool = True) -> SolveInfo:
     """Solve with HiGHS (CBC fallback) and read the proof status and dual bound honestly."""
     start = time.perf_counter()
     if _highs_available():
@@ -177,7 +176,7 @@ def partition_stages(problem: StagePartitionProblem, *, time_limit_s: float = 10
     _partition_warm_start(problem, y, t_rank, t_chunk)
     # HiGHS presolve costs ~1 s on this model and buys nothing: the DP cut and the warm
     # start usually close the gap at the root.
-    info = _solve(prob, time_limit_s=time_limit_s, presolve=False)
+    info = solve(prob, time_limit_s=time_limit_s, presolve=False)
     if info.status == SolveStatus.INFEASIBLE:
         return None
     n, last = len(problem.layer_time_s), problem.num_chunks - 1
@@ -414,7 +413,7 @@ def _exact_placement(p: ExpertPlacementProblem, start_ranks: np.ndarray,
     for l, e in itertools.product(range(num_l), range(num_e)):  # warm start from local search
         for q in range(num_r):
             x[l][e][q].setInitialValue(int(start_ranks[l, e] == q))
-    info = _solve(prob, time_limit_s=max(time_limit_s, 0.5))
+    info = solve(prob, time_limit_s=max(time_limit_s, 0.5))
     if info.status == SolveStatus.INFEASIBLE:
         return start_ranks, 0.0, "local-search", False
     ranks = np.array([[max(range(num_r), key=lambda q: x[l][e][q].varValue) for e in range(num_e)]
@@ -429,11 +428,17 @@ def _layer_ilp_sweep(p: ExpertPlacementProblem, ranks: np.ndarray, deadline: flo
     for layer in range(p.routing.num_layers):
         if time.perf_counter() > deadline - 0.2:
             break
-        trial = ranks.copy()
-        trial[layer] = _layer_ilp(p, ranks, layer, deadline - time.perf_counter())
-        if ex.placement_cost(p.routing, p.topology, trial).total_s < ex.placement_cost(p.routing, p.topology, ranks).total_s:
-            ranks = trial
+        trial = _layer_ilp(p, ranks, layer, deadline - time.perf_counter())
+        if _layer_cost(p, ranks, layer, trial) < _layer_cost(p, ranks, layer, ranks[layer]):
+            ranks[layer] = trial
     return ranks
+
+
+def _layer_cost(p: ExpertPlacementProblem, ranks: np.ndarray, layer: int, own: np.ndarray) -> float:
+    """The part of the objective that one layer's placement changes (neighbours fixed)."""
+    traffic = ex.neighbour_cost(p.routing, p.topology, ranks, layer)[np.arange(own.size), own].sum()
+    load = np.bincount(own, weights=p.routing.expert_tokens[layer], minlength=p.topology.num_ranks).max()
+    return float(traffic + load * p.topology.compute_s_per_token)
 
 
 def _layer_ilp(p: ExpertPlacementProblem, ranks: np.ndarray, layer: int, time_limit_s: float) -> np.ndarray:
@@ -457,100 +462,8 @@ def _layer_ilp(p: ExpertPlacementProblem, ranks: np.ndarray, layer: int, time_li
     for (e, q), v in x.items():
         v.setInitialValue(int(ranks[layer, e] == q))
     busiest.setInitialValue(max(float(np.bincount(ranks[layer], weights=tokens, minlength=num_r).max()), busiest.lowBound))
-    info = _solve(prob, time_limit_s=max(0.05, min(time_limit_s, 1.0)), gap_rel=1e-3, presolve=False)
+    info = solve(prob, time_limit_s=max(0.05, min(time_limit_s, 1.0)), gap_rel=1e-3, presolve=False)
     if info.status == SolveStatus.INFEASIBLE:
         return ranks[layer]
     return np.array([next(q for q in allowed[e] if x[e, q].varValue > 0.5) for e in range(num_e)])
 
-
-# ---------------------------------------------------------------------------------------------
-# 3. Device mapping
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceMappingProblem:
-    """Logical nodes of a plan (rank // gpus_per_node under its rank order) and their traffic.
-
-    node_bytes[u]: bytes logical node u sends over its NICs per step (axes that cross nodes);
-    edges: (u, v, bytes) point-to-point traffic between logical nodes (pipeline neighbours);
-    nic_gbs[i]: NIC bandwidth of physical node i; pair_gbs: slow/fast physical node pairs.
-    """
-
-    node_bytes: tuple[float, ...]
-    edges: tuple[tuple[int, int, float], ...]
-    nic_gbs: tuple[float, ...]
-    pair_gbs: dict[tuple[int, int], float]
-
-    def link_gbs(self, i: int, j: int) -> float:
-        default = min(self.nic_gbs[i], self.nic_gbs[j])
-        return self.pair_gbs.get((i, j), self.pair_gbs.get((j, i), default))
-
-    def evaluate(self, node_of: list[int]) -> float:
-        """Slowest link time (s) of a mapping: the busiest NIC or the slowest pipeline edge."""
-        nic = max(b / (self.nic_gbs[node_of[u]] * 1e9) for u, b in enumerate(self.node_bytes))
-        edge = max((w / (self.link_gbs(node_of[u], node_of[v]) * 1e9) for u, v, w in self.edges), default=0.0)
-        return max(nic, edge)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceMapping:
-    node_of: list[int]  # logical node -> physical node
-    slowest_link_s: float
-    identity_s: float  # the same traffic on the identity mapping
-    solve: SolveInfo
-
-
-def map_devices(problem: DeviceMappingProblem, *, time_limit_s: float = 5.0) -> DeviceMapping:
-    """Logical -> physical nodes minimising the slowest NIC or node-pair link (Holmes/Pipette)."""
-    n = len(problem.node_bytes)
-    prob = pulp.LpProblem("device_mapping", pulp.LpMinimize)
-    # -- variables -- x[u][i] = 1 iff logical node u runs on physical node i; T = slowest link (s);
-    # z[(u,v,i,j)] = x[u][i] * x[v][j] for pipeline edges and physical pairs with an override.
-    x = [[prob.add_variable(f"x_{u}_{i}", cat=pulp.LpBinary) for i in range(n)] for u in range(n)]
-    slowest = prob.add_variable("slowest_link_s", lowBound=0)
-    special = [(i, j) for i in range(n) for j in range(n) if i != j and
-               ((i, j) in problem.pair_gbs or (j, i) in problem.pair_gbs)]
-    z = {(u, v, i, j): prob.add_variable(f"z_{u}_{v}_{i}_{j}", 0, 1)
-         for u, v, _ in problem.edges for i, j in special}
-    # -- objective -- min T
-    prob += slowest
-    # -- constraints --
-    for k in range(n):  # a permutation
-        prob += pulp.lpSum(x[k]) == 1, f"placed_{k}"
-        prob += pulp.lpSum(x[u][k] for u in range(n)) == 1, f"hosts_{k}"
-    for u, b in enumerate(problem.node_bytes):  # NIC: sum_i x[u][i] * bytes_u / nic_i <= T
-        prob += pulp.lpSum(b / (problem.nic_gbs[i] * 1e9) * x[u][i] for i in range(n)) <= slowest, f"nic_{u}"
-    for e, (u, v, w) in enumerate(problem.edges):
-        _edge_constraint(prob, problem, x, z, slowest, e, (u, v, w), special)
-    identity = list(range(n))
-    for u in range(n):
-        for i in range(n):
-            x[u][i].setInitialValue(int(i == u))
-    info = _solve(prob, time_limit_s=time_limit_s)
-    node_of = [next(i for i in range(n) if x[u][i].varValue > 0.5) for u in range(n)]
-    return DeviceMapping(node_of=node_of, slowest_link_s=problem.evaluate(node_of),
-                         identity_s=problem.evaluate(identity), solve=info)
-
-
-def _edge_constraint(prob: pulp.LpProblem, p: DeviceMappingProblem, x: list, z: dict,
-                     slowest: pulp.LpVariable, e: int, edge: tuple[int, int, float],
-                     special: list[tuple[int, int]]) -> None:
-    """Edge time w / link(i, j) with link = min(nic_i, nic_j) unless the pair has an override:
-    T >= sum_i w/nic_i x[u][i] + sum_(i,j) z_uvij (w/pair_ij - w/nic_i)  (sender side) and the
-    same with nic_j for the receiver; max of the two is exactly w / min(nic_i, nic_j), and both
-    become w / pair_ij on an overridden pair. z = x[u][i] x[v][j] is linearised exactly."""
-    u, v, w = edge
-    n = len(p.nic_gbs)
-    sides = {"send": [w / (p.nic_gbs[i] * 1e9) * x[u][i] for i in range(n)],
-             "recv": [w / (p.nic_gbs[j] * 1e9) * x[v][j] for j in range(n)]}
-    for i, j in special:
-        var = z[(u, v, i, j)]
-        prob += var >= x[u][i] + x[v][j] - 1, f"z_lo_{e}_{i}_{j}"
-        prob += var <= x[u][i], f"z_u_{e}_{i}_{j}"
-        prob += var <= x[v][j], f"z_v_{e}_{i}_{j}"
-        pair_s = w / (p.link_gbs(i, j) * 1e9)
-        sides["send"].append((pair_s - w / (p.nic_gbs[i] * 1e9)) * var)
-        sides["recv"].append((pair_s - w / (p.nic_gbs[j] * 1e9)) * var)
-    for side, terms in sides.items():
-        prob += pulp.lpSum(terms) <= slowest, f"edge_{side}_{e}"

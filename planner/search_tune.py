@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from planner import experts as ex
-from planner import ilp
+from planner import ilp, ilp_devices
 from planner.graph import LayerKind
 from planner.plan import Axis, Plan, Recompute
 
@@ -37,7 +37,7 @@ def tune_top(run: _Run, *, top_k: int, routing: ex.RoutingStats | None) -> dict:
         extras["moe"] = _place(run, best, routing)
     problem = mapping_problem(run, best) if best is not None else None
     if problem is not None:
-        mapped = ilp.map_devices(problem)
+        mapped = ilp_devices.map_devices(problem)
         extras["device_mapping"] = {"node_of": mapped.node_of, "slowest_link_s": mapped.slowest_link_s,
                                     "identity_s": mapped.identity_s, "status": mapped.solve.status.value}
     return extras
@@ -150,7 +150,7 @@ def _place(run: _Run, best: Candidate, routing: ex.RoutingStats | None) -> dict:
             "rank_order": [a.value for a in best.plan.rank_order], "expert_axis": Axis.EP.value}
 
 
-def mapping_problem(run: _Run, cand: Candidate) -> ilp.DeviceMappingProblem | None:
+def mapping_problem(run: _Run, cand: Candidate) -> ilp_devices.DeviceMappingProblem | None:
     """Logical nodes of the best plan and their inter-node traffic (stage weights for the data-
     parallel gradient sync, activations between pipeline neighbours)."""
     cluster, plan = run.scenario.cluster, cand.plan
@@ -175,4 +175,4 @@ def mapping_problem(run: _Run, cand: Candidate) -> ilp.DeviceMappingProblem | No
     for o in net.node_overrides:
         nic[o.node] = o.inter_node_gbs
     pairs = {tuple(p.nodes): p.inter_node_gbs for p in net.pair_overrides}
-    return ilp.DeviceMappingProblem(node_bytes=node_bytes, edges=edges, nic_gbs=tuple(nic), pair_gbs=pairs)
+    return ilp_devices.DeviceMappingProblem(node_bytes=node_bytes, edges=edges, nic_gbs=tuple(nic), pair_gbs=pairs)

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 
 from planner import experts as ex
-from planner.ilp import (
-    DeviceMappingProblem,
-    ExpertPlacementProblem,
-    SolveStatus,
-    StagePartitionProblem,
-    map_devices,
-    partition_stages,
-    place_experts,
-)
+from planner.ilp import ExpertPlacementProblem, SolveStatus, StagePartitionProblem, partition_stages, place_experts
+from planner.ilp_devices import DeviceMappingProblem, map_devices
 
 
 def _compositions(n: int, parts: int):
