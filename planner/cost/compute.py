@@ -48,16 +48,9 @@ class PassTimes:
     def __add__(self, other: PassTimes) -> PassTimes:
         return PassTimes(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
 
-    def __mul__(self, k: float) -> PassTimes:
-        return PassTimes(*(a * k for a in self._tuple()))
-
     def _tuple(self) -> tuple[float, ...]:
         return (self.fwd_s, self.bwd_input_s, self.bwd_weight_s, self.recompute_s,
                 self.attention_fwd_s, self.attention_bwd_s)
-
-    @property
-    def bwd_s(self) -> float:
-        return self.bwd_input_s + self.bwd_weight_s + self.recompute_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,9 +61,7 @@ class Split:
     tp: int
     cp: int
     ep: int
-    etp: int
     sp: bool
-    num_experts: int
     imbalance: float
     precision: Precision
     recompute: Recompute
@@ -107,8 +98,8 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     imbalance = DROPLESS_IMBALANCE
     if moe is not None and moe.capacity_factor is not None:
         imbalance = min(moe.capacity_factor, DROPLESS_IMBALANCE)
-    return Split(batch_scale=plan.micro_batch_size / graph.sample_batch, tp=d.tp, cp=d.cp, ep=d.ep, etp=d.etp,
-                 sp=plan.sequence_parallel, num_experts=moe.num_experts if moe else 1, imbalance=imbalance,
+    return Split(batch_scale=plan.micro_batch_size / graph.sample_batch, tp=d.tp, cp=d.cp, ep=d.ep,
+                 sp=plan.sequence_parallel, imbalance=imbalance,
                  precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores)
 
 
