@@ -95,12 +95,20 @@ def memory_stages(estimate: dict[str, Any]) -> go.Figure:
     return _layout(fig, title="Memory per GPU by pipeline stage (best plan)", x="", y="GiB")
 
 
-def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figure, int]:
-    """Gantt chart of Chrome-trace 'X' events, one row per (pid, tid); returns (figure, omitted)."""
+def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figure, str | None]:
+    """Gantt chart of Chrome-trace 'X' events, one row per (pid, tid).
+
+    Over `max_events`, back-to-back events of a row are merged into 'busy' spans so the whole
+    step and its idle gaps (the bubble) stay visible; returns (figure, note on what was merged).
+    """
     names = _thread_names(events)
     spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
-    omitted = max(0, len(spans) - max_events)
-    spans = sorted(spans, key=lambda e: e["ts"])[:max_events]
+    note = None
+    if len(spans) > max_events:
+        merged = coalesce(spans, max_events=max_events)
+        note = (f"{len(spans)} events drawn as {len(merged)}: each stage's first and last events as they are, "
+                "back-to-back work in between merged into steady-state spans (trace.json has every event)")
+        spans = sorted(merged, key=lambda e: e["ts"])[:max_events]
     fig = go.Figure()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for e in spans:
@@ -109,11 +117,45 @@ def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figur
         fig.add_bar(orientation="h", name=kind, base=[e["ts"] / 1e3 for e in group],
                     x=[e["dur"] / 1e3 for e in group],
                     y=[names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}") for e in group],
-                    hovertext=[str(e.get("name", "")) for e in group], hoverinfo="text+x")
+                    hovertext=[str(e.get("name", "")) for e in group], hoverinfo="text+x",
+                    marker={"line": {"width": 0}, **({"color": "#b8c0c8"} if kind == "steady-state" else {})})
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(barmode="overlay")
     return _layout(fig, title="Simulated timeline of one step (best plan)", x="time (ms)", y="",
-                   height=max(300, 30 * len(names) + 150)), omitted
+                   height=max(300, 30 * len(names) + 150)), note
+
+
+def coalesce(spans: list[dict[str, Any]], *, max_events: int) -> list[dict[str, Any]]:
+    """Per row, keep the first and last events (warm-up and cool-down, where the bubble is) and
+    merge the steady state in between: events that touch (gap <= 0.1% of the step) become one
+    'busy' span."""
+    t0 = min(e["ts"] for e in spans)
+    tol = 1e-3 * (max(e["ts"] + e["dur"] for e in spans) - t0)
+    rows: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for e in sorted(spans, key=lambda e: e["ts"]):
+        rows.setdefault((e.get("pid"), e.get("tid")), []).append(e)
+    keep = max(1, max_events // (4 * len(rows)))
+    out = []
+    for row in rows.values():
+        if len(row) <= 2 * keep:
+            out += row
+            continue
+        out += row[:keep] + _merge_touching(row[keep:-keep], tol) + row[-keep:]
+    return out
+
+
+def _merge_touching(row: list[dict[str, Any]], tol: float) -> list[dict[str, Any]]:
+    merged: list[dict[str, Any]] = []
+    for e in row:
+        if merged and e["ts"] - (merged[-1]["ts"] + merged[-1]["dur"]) <= tol:
+            last = merged[-1]
+            last["dur"] = max(last["dur"], e["ts"] + e["dur"] - last["ts"])
+            last["count"] += 1
+            last["name"] = f"steady state: {last['count']} events"
+        else:
+            merged.append({"ph": "X", "pid": e.get("pid"), "tid": e.get("tid"), "ts": e["ts"], "dur": e["dur"],
+                           "cat": "steady-state", "name": str(e.get("name", "")), "count": 1})
+    return merged
 
 
 def _thread_names(events: list[dict[str, Any]]) -> dict[tuple[Any, Any], str]:

@@ -182,9 +182,9 @@ def _timeline_chart(trace_text: str, charts: dict[str, go.Figure], notes: dict[s
     if len(raw) <= TRACE_EMBED_BYTES:
         info["data_uri"] = "data:application/json;base64," + base64.b64encode(raw).decode()
     if any(e.get("ph") == "X" for e in events):
-        charts["timeline"], omitted = figs.timeline(events, max_events=MAX_TRACE_EVENTS)
-        if omitted:
-            notes["timeline"] = f"first {MAX_TRACE_EVENTS} events drawn, {omitted} later ones omitted (trace.json has all)"
+        charts["timeline"], note = figs.timeline(events, max_events=MAX_TRACE_EVENTS)
+        if note:
+            notes["timeline"] = note
     return info
 
 

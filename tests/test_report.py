@@ -24,7 +24,7 @@ from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.plan import Plan
 from planner.report import PLAN_COLUMNS, render_report, write_search_outputs
-from planner.report_figures import STEP_TERMS
+from planner.report_figures import STEP_TERMS, coalesce
 from planner.scenario import Scenario, load_scenario
 from planner.search import search
 from planner.search_cli import with_best_timeline
@@ -161,6 +161,25 @@ def _measurement(result: Any, sc: Scenario) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+def test_timeline_thinning_keeps_ends_and_busy_time(written: tuple[Path, Any, Scenario]) -> None:
+    """Merging the steady state keeps each stage's first/last events, covers every event, and
+    only hides idle gaps shorter than 0.1% of the step."""
+    _, result, _ = written
+    spans = [e for e in result.best.estimate.timeline if e["ph"] == "X"]
+    merged = coalesce([dict(e) for e in spans], max_events=200)
+    assert len(merged) < len(spans) / 4
+    tol = 1e-3 * (max(e["ts"] + e["dur"] for e in spans) - min(e["ts"] for e in spans))
+    for stage in {e["tid"] for e in spans}:
+        before = sorted((e for e in spans if e["tid"] == stage), key=lambda e: e["ts"])
+        after = sorted((e for e in merged if e["tid"] == stage), key=lambda e: e["ts"])
+        assert after[0] == before[0] and after[-1] == before[-1]
+        for e in before:
+            assert any(m["ts"] <= e["ts"] and e["ts"] + e["dur"] <= m["ts"] + m["dur"] + 1e-6 for m in after)
+        gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(before, before[1:])]
+        idle = sum(b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(after, after[1:]))
+        assert sum(g for g in gaps if g > tol) - 1e-6 <= idle <= sum(g for g in gaps if g > 0) + 1e-6
+
+
 def test_moe_loads_against_round_robin() -> None:
     """Contiguous placement of a skewed trace overloads rank 0; round-robin spreads the hot experts."""
     import plotly.graph_objects as go
@@ -199,6 +218,8 @@ def test_405b_report_stays_under_5mb(tmp_path: Path) -> None:
     html = (tmp_path / "r" / "report.html").read_text()
     assert len(html.encode()) < 5_000_000
     assert "plans.csv lists all" in html  # the table says how many rows it left out
+    if len(result.best.estimate.timeline) > planner.report_html.MAX_TRACE_EVENTS:
+        assert "steady-state spans" in html
 
 
 # ---- the page in real headless Chromium ---------------------------------------------------------
