@@ -23,9 +23,9 @@ from planner.devicemap import attention_grid, expert_grid, plan_groups
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.plan import Plan
-from planner.report import PLAN_COLUMNS, render_report, write_search_outputs
+from planner.report import PLAN_COLUMNS, write_search_outputs
 from planner.report_figures import STEP_TERMS, coalesce
-from planner.scenario import Scenario, load_scenario
+from planner.scenario import Scenario, load_scenario, scenario_from_dict
 from planner.search import search
 from planner.search_cli import with_best_timeline
 
@@ -131,6 +131,20 @@ def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: p
         write_search_outputs(result, sc, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_nothing_fits_report(tmp_path: Path) -> None:
+    """70B on one 8 x A100-40GB node: no plan fits; the page says so and lists the OOM plans."""
+    raw = {"model": {"preset": "llama3-70b"}, "cluster": {"preset": "dgx-a100-40gb", "num_nodes": 1},
+           "job": {"seq_len": 4096, "global_batch": 16}}
+    sc = scenario_from_dict(raw, base_dir=REPO, name="too-small", source="test")
+    result = search(extract_graph(sc.model, seq_len=sc.job.seq_len), sc, hw=datasheet_profile(sc.cluster))
+    assert result.best is None
+    write_search_outputs(result, sc, tmp_path / "r")
+    assert not (tmp_path / "r" / "plan.json").exists()
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert result.nothing_fits in html
+    assert 'data-status="pruned"' in html or 'data-status="oom"' in html
 
 
 def test_rewrite_keeps_measurement(tmp_path: Path) -> None:
