@@ -37,6 +37,7 @@ from planner.transformer import Transformer, loss_fn
 
 REPO = Path(__file__).resolve().parents[1]
 DP_RANKS = 2
+MEASURED_CPU = REPO / "profiles" / "cpu-2core.json"
 PLANS = {  # four layouts of the tiny model on 4 ranks (tiny-dense has 2 KV heads: tp <= 2)
     "dp4": {"dims": {"dp": 4}, "micro_batch_size": 2},
     "dp2 x tp2": {"dims": {"dp": 2, "tp": 2}, "micro_batch_size": 4},
@@ -126,7 +127,8 @@ def main() -> None:
     p.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "tiny-dense_cpu4.toml")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--profile", type=Path, default=None, help="hardware profile (default: datasheet)")
+    p.add_argument("--profile", type=Path, default=MEASURED_CPU if MEASURED_CPU.is_file() else None,
+                   help="hardware profile (default: profiles/cpu-2core.json when present, else datasheet)")
     p.add_argument("--out", type=Path, default=REPO / "reports" / "bench_executor")
     p.add_argument("--ddp-worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--micro-batch-size", type=int, default=2, help=argparse.SUPPRESS)

@@ -72,13 +72,13 @@ def _ep_forward(moe: MoE, x: torch.Tensor, *, send_order: list[int], group: dist
     position_of[torch.tensor(send_order)] = torch.arange(len(send_order))
     expert_of_slot = indices.flatten()[order]
     to_send = position_of.to(flat.device)[expert_of_slot].argsort(stable=True)
-    send_counts = torch.tensor(counts)[torch.tensor(send_order)].view(ep, -1)
+    send_counts = torch.tensor(counts)[torch.tensor(send_order)].view(ep, -1).to(flat.device)
     recv_counts = _exchange_counts(send_counts, group=group)
     in_split, out_split = send_counts.sum(1).tolist(), recv_counts.sum(1).tolist()
     received = all_to_all_single_autograd(flat[token_of_slot][to_send], out_split, in_split, group)
     # received is grouped by source rank then local expert; the experts want expert-major order
-    local_expert = torch.arange(recv_counts.shape[1]).repeat(ep).repeat_interleave(recv_counts.reshape(-1))
-    by_expert = local_expert.to(flat.device).argsort(stable=True)
+    local_expert = torch.arange(recv_counts.shape[1], device=flat.device).repeat(ep)
+    by_expert = local_expert.repeat_interleave(recv_counts.reshape(-1)).argsort(stable=True)
     expert_out = moe.experts(received[by_expert], recv_counts.sum(0).tolist())
     returned = all_to_all_single_autograd(expert_out[by_expert.argsort()], in_split, out_split, group)
     slot_out = returned[to_send.argsort()] * weights.flatten()[order].unsqueeze(-1)

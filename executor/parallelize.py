@@ -48,8 +48,10 @@ def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:
         raise ValueError("dims.cp: ring attention has no attention dropout; set attention_dropout=0")
     if plan.schedule == Schedule.ZERO_BUBBLE and d.pp > 1:
         raise ValueError("schedule: zero-bubble is not run by the executor; use gpipe, 1f1b or interleaved-1f1b")
-    if seq_len % (2 * d.cp * (d.tp if plan.sequence_parallel else 1)):
-        raise ValueError(f"job.seq_len: {seq_len} must divide into 2*cp (and tp with sequence parallel) chunks")
+    if d.cp > 1 and seq_len % (2 * d.cp):
+        raise ValueError(f"job.seq_len: {seq_len} must divide into 2*cp = {2 * d.cp} chunks (zigzag ring attention)")
+    if plan.sequence_parallel and (seq_len // d.cp) % d.tp:
+        raise ValueError(f"job.seq_len: {seq_len}/cp must be divisible by tp={d.tp} for sequence parallelism")
 
 
 def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int) -> nn.Module:
