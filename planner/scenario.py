@@ -229,6 +229,9 @@ class OptimizerSpec(BaseModel):
     kind: OptimizerKind = OptimizerKind.ADAMW
     state_bytes_per_param: float | None = Field(None, ge=0)
     grad_bytes_per_param: float = Field(4, ge=0, description="fp32 main grads as in Megatron")
+    grad_reduce_bytes: float | None = Field(
+        None, gt=0, description="bytes per gradient element the data-parallel reduction moves; "
+        "None = Megatron-LM's default (JobSpec.grad_reduce_bytes)")
     lr: float = Field(3e-4, gt=0)
 
     @property
@@ -242,16 +245,45 @@ class OptimizerSpec(BaseModel):
                 return 8.0  # fp32 master + momentum
 
 
+class ShardingRuntime(StrEnum):
+    """How a ZeRO-3 runtime gathers parameters and reduces gradients (the cost model prices both).
+
+    FSDP: PyTorch FSDP / Megatron-FSDP, one unit per transformer block: gathered for the forward,
+    once more for recompute + backward, reduce-scatter overlapped with the backward.
+    DEEPSPEED_2021: DeepSpeed stage 3 with its 2021 (v0.3-0.4) defaults: parameters gathered and
+    released per sub-module (re-gathered for a recomputed forward unless reused within
+    stage3_max_reuse_distance), gradient reduce-scatter on the compute stream (overlap_comm false).
+    """
+
+    FSDP = "fsdp"
+    DEEPSPEED_2021 = "deepspeed-2021"
+
+
 class JobSpec(BaseModel):
     model_config = _FROZEN
     seq_len: int = Field(gt=0)
     global_batch: int = Field(gt=0, description="sequences per optimizer step")
     precision: Precision = Precision.BF16
     optimizer: OptimizerSpec = OptimizerSpec()
+    zero3_runtime: ShardingRuntime = ShardingRuntime.FSDP
+    tp_comm_overlap: bool = Field(False, description="Megatron-Core --tp-comm-overlap (Transformer Engine "
+                                  "userbuffers): sequence-parallel collectives pipelined with their GEMMs")
 
     @property
     def tokens_per_step(self) -> int:
         return self.seq_len * self.global_batch
+
+    @property
+    def grad_reduce_bytes(self) -> float:
+        """Bytes per gradient element in the data-parallel reduction.
+
+        Default = Megatron-LM's: with bf16 (and fp8, whose master params are bf16) parameters it
+        accumulates and reduces fp32 main grads (arguments.py forces accumulate_allreduce_grads_in_fp32
+        for bf16); with fp16 it reduces fp16 grads unless asked otherwise.
+        """
+        if self.optimizer.grad_reduce_bytes is not None:
+            return self.optimizer.grad_reduce_bytes
+        return float(self.precision.bytes) if self.precision == Precision.FP16 else 4.0
 
 
 class SearchSpace(BaseModel):

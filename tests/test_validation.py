@@ -26,7 +26,7 @@ from planner.cost.schedule import chunk_layers
 from planner.cost.memory import in_flight, plan_memory
 from planner.hardware import datasheet_profile
 from planner.plan import Plan, Recompute
-from planner.scenario import JobSpec, ModelSpec, Precision
+from planner.scenario import JobSpec, ModelSpec, OptimizerSpec, Precision, ShardingRuntime
 
 CSV = Path("/work/shared/validation/published_runs.csv")
 if not CSV.exists():
@@ -64,8 +64,6 @@ def unsupported_reason(row: pd.Series) -> str | None:
         return "parallel layout not stated"
     if pd.isna(row["global_batch"]):
         return "global batch not stated"
-    if "deepspeed" in _text(row, "zero_stage_or_fsdp"):
-        return "DeepSpeed ZeRO-3 runtime (per-parameter gathers) not modelled"
     return None
 
 
@@ -156,6 +154,25 @@ def measured_tokens_per_s(row: pd.Series, spec: ModelSpec) -> float:
     return tflops * 1e12 / _model_flops_per_token(spec, int(s))
 
 
+def _runtime(row: pd.Series, precision: Precision) -> dict:
+    """JobSpec fields that follow from the row's framework (one rule per framework, never per row).
+
+    Megatron-LM / Megatron-Core: the JobSpec defaults (fp32 gradient reduction under bf16, fp16
+    under fp16). DeepSpeed stage 3 (2021 releases): gathers per sub-module, reduce-scatter on the
+    compute stream, gradients reduced in the model dtype (allreduce_always_fp32 false).
+    llm-foundry FSDP in PURE mixed precision: param, reduce and buffer dtypes all bf16 (Composer docs).
+    """
+    framework = _text(row, "framework")
+    if "r0.8" in framework:  # the README's table notes: "DP/TP/PP comm overlap"
+        return {"tp_comm_overlap": True}
+    if "deepspeed" in framework:
+        return {"zero3_runtime": ShardingRuntime.DEEPSPEED_2021,
+                "optimizer": OptimizerSpec(grad_reduce_bytes=precision.bytes)}
+    if "llm-foundry" in framework and "pure" in _text(row, "precision"):
+        return {"zero3_runtime": ShardingRuntime.FSDP, "optimizer": OptimizerSpec(grad_reduce_bytes=precision.bytes)}
+    return {}
+
+
 def _uses_flash_attention(row: pd.Series) -> bool:
     """FlashAttention (2022) reached Megatron-LM in 2023: the 2021-22 Megatron papers ran eager softmax."""
     return not any(name in _text(row, "source") for name in ("narayanan", "korthikanti"))
@@ -178,7 +195,8 @@ def build_cases() -> tuple[list[Case], list[tuple[int, str]]]:
             continue
         spec = model_spec(row)
         precision = Precision.FP16 if "fp16" in _text(row, "precision") else Precision.BF16
-        job = JobSpec(seq_len=int(row["seq_len"]), global_batch=int(row["global_batch"]), precision=precision)
+        job = JobSpec(seq_len=int(row["seq_len"]), global_batch=int(row["global_batch"]), precision=precision,
+                      **_runtime(row, precision))
         cases.append(Case(row_id=int(row["row_id"]), label=str(row["model_name"])[:26],
                           spec=spec, cluster_preset=_cluster_name(row), num_nodes=int(row["n_gpus"]) // 8,
                           plan=make_plan(row, spec), job=job,

@@ -16,7 +16,8 @@ from planner.cost.comm import (
     dp_step_comm,
     plan_spans,
     pp_p2p_s,
-    zero3_layer_s,
+    tp_exposed_s,
+    zero3_layer_comm,
 )
 from planner.cost.compute import PassTimes, block_kind_times, optimizer_s, split_for
 from planner.cost.memory import (
@@ -157,10 +158,10 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
         bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
         if kind not in _NON_BLOCK_KINDS:
             comm = block_comm(plan, graph=graph, job=job, moe_block=kind == "moe", spans=spans, hw=hw)
-            cf, cb = _block_comm_costs(plan, comm, t)
+            cf, cb = _block_comm_costs(plan, comm, t, job=job)
             fwd, bwd = fwd + cf, bwd + cb
             if plan.zero_stage == ZeroStage.PARAMETERS:
-                zf, zb = _zero3_costs(memory[kind], t, job=job, spans=spans, hw=hw)
+                zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
                 fwd, bwd = fwd + zf, bwd + zb
         costs[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
     return _Context(graph, plan, hw, job, spans, memory, costs)
@@ -174,25 +175,29 @@ def _chunk_cost(ctx: _Context, counts: Counter[str]) -> _KindCost:
     return _KindCost(fwd, bwd, weight_s)
 
 
-def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes) -> tuple[Cost, Cost]:
-    """TP and EP collectives are exposed (blocking in Megatron); CP ring traffic hides behind attention."""
+def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec) -> tuple[Cost, Cost]:
+    """EP collectives are exposed (blocking in Megatron), TP ones unless overlapped with their GEMMs
+    (comm.tp_exposed_s); CP ring traffic hides behind attention."""
     cp = plan.dims.cp
     hidden_f = t.attention_fwd_s * (cp - 1) / cp
     hidden_b = t.attention_bwd_s * (cp - 1) / cp
-    exp_f = c.tp_fwd_s + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
-    exp_b = c.tp_bwd_s + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
+    tp_f = tp_exposed_s(c.tp_fwd_s, plan=plan, job=job, gemm_s=t.fwd_s - t.attention_fwd_s)
+    tp_b = tp_exposed_s(c.tp_bwd_s, plan=plan, job=job,
+                        gemm_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s - t.attention_bwd_s)
+    exp_f = tp_f + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
+    exp_b = tp_b + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
     comm_f = {"tp": c.tp_fwd_s, "cp": c.cp_fwd_s, "ep": c.ep_fwd_s}
     comm_b = {"tp": c.tp_bwd_s, "cp": c.cp_bwd_s, "ep": c.ep_bwd_s}
     return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
 
 
-def _zero3_costs(mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans, hw: HardwareProfile) -> tuple[Cost, Cost]:
-    """Per-layer parameter gathers prefetched behind the previous layer's compute (FSDP)."""
-    gather_f, gather_b = zero3_layer_s(mem.dense_params + mem.expert_params, job=job, span=spans.dp, hw=hw)
-    exposed_f = max(0.0, gather_f - t.fwd_s)
-    exposed_b = max(0.0, gather_b - (t.bwd_input_s + t.bwd_weight_s + t.recompute_s))
-    return (Cost(comm_s={"dp": gather_f}, exposed_comm_s=exposed_f),
-            Cost(comm_s={"dp": gather_b}, exposed_comm_s=exposed_b))
+def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans,
+                 hw: HardwareProfile) -> tuple[Cost, Cost]:
+    """Per-layer parameter gathers prefetched behind the previous layer's compute (see comm.zero3_layer_comm)."""
+    z = zero3_layer_comm(mem.dense_params + mem.expert_params, plan=plan, job=job, span=spans.dp, hw=hw,
+                         fwd_window_s=t.fwd_s, bwd_window_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s)
+    return (Cost(comm_s={"dp": z.fwd_s}, exposed_comm_s=z.exposed_fwd_s),
+            Cost(comm_s={"dp": z.bwd_s}, exposed_comm_s=z.exposed_bwd_s))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from planner.hardware import (
     p2p_s,
 )
 from planner.plan import Axis, Plan, Recompute, ZeroStage
-from planner.scenario import ClusterSpec, JobSpec
+from planner.scenario import ClusterSpec, JobSpec, ShardingRuntime
 
 # Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
 TP_COLLECTIVES_PER_BLOCK = 2
@@ -30,6 +30,10 @@ DP_BUCKET_PARAMS = 40e6
 # Share of a backward pass that gradient buckets can hide behind (the first bucket only becomes
 # ready after the last layers' backward; Megatron overlap_grad_reduce).
 DP_OVERLAP_EFFICIENCY = 0.9
+# DeepSpeed stage 3 releases a sub-module's gathered parameters after use unless the same module
+# runs again within this many parameters of other modules (stage3_max_reuse_distance, default 1e9;
+# DeepSpeed ZeRO config docs and PartitionedParameterCoordinator._keep_for_later).
+DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,21 @@ def tp_time_s(plan: Plan, *, hidden_bytes: float, span: GroupSpan, hw: HardwareP
         return (group_collective_s(hw, Collective.REDUCE_SCATTER, hidden_bytes, span=span)
                 + group_collective_s(hw, Collective.ALL_GATHER, hidden_bytes, span=span))
     return group_collective_s(hw, Collective.ALL_REDUCE, hidden_bytes, span=span)
+
+
+def tp_exposed_s(tp_s: float, *, plan: Plan, job: JobSpec, gemm_s: float) -> float:
+    """Part of a block's TP traffic left on the critical path, given the GEMM time beside it.
+
+    Without overlap Megatron's TP collectives block. With --tp-comm-overlap (Megatron-Core with
+    Transformer Engine userbuffers, sequence parallel only) each all-gather / reduce-scatter is cut
+    into tp chunks pipelined with the chunks of the adjacent GEMM (Wang et al. 2023, "Overlap
+    Communication with Dependent Computation via Decomposition", ASPLOS; TE CommOverlap docs): one
+    chunk stays exposed as pipeline fill, and anything longer than the GEMMs shows.
+    """
+    tp = plan.dims.tp
+    if not job.tp_comm_overlap or tp == 1 or not plan.sequence_parallel:
+        return tp_s
+    return max(tp_s / tp, tp_s - gemm_s)
 
 
 def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, spans: Spans,
@@ -153,34 +172,75 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
                  hw: HardwareProfile, bwd_window_s: float, fwd_window_s: float) -> DataParallelComm:
     """Bucketed gradient reduction overlapped with the last micro-batch's backward.
 
-    ZeRO-0: all-reduce. ZeRO-1/2: reduce-scatter, then the updated shards are all-gathered,
+    Gradients move job.grad_reduce_bytes per element (fp32 main grads under Megatron bf16),
+    parameters the compute precision. ZeRO-0: all-reduce. ZeRO-1/2: reduce-scatter, then the updated shards are all-gathered,
     overlapped with the next forward (Megatron overlap_param_gather). ZeRO-3 is per micro-batch
-    (see zero3_layer_s) and adds nothing here.
+    (see zero3_layer_comm) and adds nothing here.
     """
     if plan.zero_stage == ZeroStage.PARAMETERS:
         return DataParallelComm(total_s=0.0, exposed_s=0.0)
-    b = job.precision.bytes
+    grad_b, param_b = job.grad_reduce_bytes, job.precision.bytes
     reduce_s, gather_s = 0.0, 0.0
     for params, span in ((dense_params, spans.dp), (expert_params, spans.edp)):
         if span.num_ranks <= 1 or params <= 0:
             continue
         if plan.zero_stage == ZeroStage.NONE:
-            reduce_s += group_collective_s(hw, Collective.ALL_REDUCE, params * b, span=span)
+            reduce_s += group_collective_s(hw, Collective.ALL_REDUCE, params * grad_b, span=span)
         else:
-            reduce_s += group_collective_s(hw, Collective.REDUCE_SCATTER, params * b, span=span)
-            gather_s += group_collective_s(hw, Collective.ALL_GATHER, params * b, span=span)
+            reduce_s += group_collective_s(hw, Collective.REDUCE_SCATTER, params * grad_b, span=span)
+            gather_s += group_collective_s(hw, Collective.ALL_GATHER, params * param_b, span=span)
     buckets = max(1, math.ceil((dense_params + expert_params) / DP_BUCKET_PARAMS))
     exposed = max(reduce_s - DP_OVERLAP_EFFICIENCY * bwd_window_s, reduce_s / buckets)
     exposed += max(gather_s - DP_OVERLAP_EFFICIENCY * fwd_window_s, gather_s / buckets) if gather_s else 0.0
     return DataParallelComm(total_s=reduce_s + gather_s, exposed_s=exposed)
 
 
-def zero3_layer_s(params_local: float, *, job: JobSpec, span: GroupSpan, hw: HardwareProfile) -> tuple[float, float]:
-    """FSDP / ZeRO-3 traffic of one layer for one micro-batch: (forward all-gather, backward AG + RS).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Zero3Comm:
+    """ZeRO-3 traffic of one layer for one micro-batch and what of it stays on the critical path."""
 
-    `params_local` is the layer's parameters on this TP/EP rank before sharding over `span`.
+    fwd_s: float  # parameter all-gather before the forward
+    bwd_s: float  # all-gathers for the backward (and a recomputed forward) plus the gradient reduce-scatter
+    exposed_fwd_s: float
+    exposed_bwd_s: float
+
+
+def zero3_layer_comm(params_local: float, *, plan: Plan, job: JobSpec, span: GroupSpan, hw: HardwareProfile,
+                     fwd_window_s: float, bwd_window_s: float) -> Zero3Comm:
+    """FSDP / ZeRO-3 traffic of one layer for one micro-batch, prefetched behind its compute windows.
+
+    `params_local` is the layer's parameters on this TP/EP rank before sharding over `span`;
+    `bwd_window_s` is the layer's backward compute including any recomputed forward. Gathers move
+    the compute precision, the reduce-scatter job.grad_reduce_bytes per element. A runtime whose
+    reduce-scatter runs on the compute stream (DeepSpeed 2021) leaves it fully exposed.
     """
     size = params_local * job.precision.bytes
     gather = group_collective_s(hw, Collective.ALL_GATHER, size, span=span)
-    scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, size, span=span)
-    return gather, gather + scatter
+    scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, params_local * job.grad_reduce_bytes, span=span)
+    gathers_bwd = 1.0 + _recompute_regather_share(params_local, plan=plan, job=job)
+    match job.zero3_runtime:
+        case ShardingRuntime.FSDP:
+            hidden_bwd, serial_bwd = gathers_bwd * gather + scatter, 0.0
+        case ShardingRuntime.DEEPSPEED_2021:
+            hidden_bwd, serial_bwd = gathers_bwd * gather, scatter
+    return Zero3Comm(fwd_s=gather, bwd_s=gathers_bwd * gather + scatter,
+                     exposed_fwd_s=max(0.0, gather - fwd_window_s),
+                     exposed_bwd_s=max(0.0, hidden_bwd - bwd_window_s) + serial_bwd)
+
+
+def _recompute_regather_share(params_local: float, *, plan: Plan, job: JobSpec) -> float:
+    """Share of a layer's parameters gathered a second time in the backward for its recomputed forward.
+
+    An FSDP unit wraps the checkpointed block, so recompute and backward share one gather. DeepSpeed
+    releases each sub-module after its recomputed forward unless it is reused within the reuse
+    distance; the reuse comes after the rest of the layer has been recomputed and back-propagated,
+    about twice the layer's parameters that follow the module, so only the last D/2 parameters of
+    the layer stay (parameters taken as spread evenly over the layer's modules).
+    """
+    if plan.recompute != Recompute.FULL or params_local <= 0:
+        return 0.0
+    match job.zero3_runtime:
+        case ShardingRuntime.FSDP:
+            return 0.0
+        case ShardingRuntime.DEEPSPEED_2021:
+            return max(0.0, 1.0 - DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS / (2.0 * params_local))
