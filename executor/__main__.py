@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -13,6 +14,10 @@ from executor.launch import MEASUREMENT
 from executor.train import RunOptions, train
 from planner.plan import Plan
 from planner.scenario import Scenario
+
+
+# a lost peer (or a stuck teardown) fails the run instead of hanging it; torchrun may then restart it
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 
 
 def _args() -> argparse.Namespace:
@@ -46,7 +51,7 @@ def _init() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         backend = "nccl"
     dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
-                            world_size=int(os.environ["WORLD_SIZE"]))
+                            world_size=int(os.environ["WORLD_SIZE"]), timeout=COLLECTIVE_TIMEOUT)
 
 
 def main() -> None:
