@@ -3,7 +3,9 @@
 Each supported row becomes (ModelSpec, ClusterSpec, Plan, JobSpec) from its own columns only;
 the measurement is converted to tokens/s per GPU with the row's own FLOP convention (tokens/s
 does not depend on it), and compared with the model's prediction. Assumptions for cells a
-source leaves empty are fixed here for all rows alike (micro-batch 1, no interleaving, ...).
+source leaves empty are fixed here for all rows alike (micro-batch 1, no interleaving, ...);
+runtime facts (gradient-reduction dtype, ZeRO-3 runtime, TP comm overlap) follow one rule per
+framework (_runtime), never per row.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ def _text(row: pd.Series, col: str) -> str:
 
 
 def unsupported_reason(row: pd.Series) -> str | None:
-    """Why a row cannot be mapped to a plan (None when it can)."""
+    """Why a row cannot be mapped to a plan (None when it can); the source's own gap is quoted.
+
+    Rows 31-32 (Korthikanti abstract: 2240 GPUs, MFU only) state no batch; rows 42-43 (Megatron
+    README strong scaling: GPUs, GBS 1152, MFU) state no layout. Neither is filled by guessing.
+    """
     if pd.isna(row["tp"]) or pd.isna(row["pp"]):
-        return "parallel layout not stated"
+        return f"parallel layout not stated ({_text(row, 'retrieved_via')})"
     if pd.isna(row["global_batch"]):
-        return "global batch not stated"
+        return f"global batch not stated ({_text(row, 'retrieved_via')})"
     return None
 
 
@@ -211,10 +217,7 @@ def _graph(spec: ModelSpec, seq_len: int):
 
 
 def predict(case: Case) -> float:
-    cluster = cluster_preset(case.cluster_preset, num_nodes=case.num_nodes)
-    est = estimate(_graph(case.spec, case.job.seq_len), case.plan, hw=datasheet_profile(cluster), cluster=cluster,
-                   job=case.job, flash_attention=case.flash_attention)
-    return est.tokens_per_s_per_gpu
+    return _estimate(case).tokens_per_s_per_gpu
 
 
 def test_throughput_matches_published_runs() -> None:
@@ -235,6 +238,43 @@ def test_throughput_matches_published_runs() -> None:
     assert max(errors) <= WORST_LIMIT
 
 
+def _case(row_id: int) -> Case:
+    return next(c for c in build_cases()[0] if c.row_id == row_id)
+
+
+def _estimate(case: Case, **job_update):
+    cluster = cluster_preset(case.cluster_preset, num_nodes=case.num_nodes)
+    return estimate(_graph(case.spec, case.job.seq_len), case.plan, hw=datasheet_profile(cluster), cluster=cluster,
+                    job=case.job.model_copy(update=job_update), flash_attention=case.flash_attention)
+
+
+def test_gradient_reduction_dtype_follows_megatron_by_default() -> None:
+    assert JobSpec(seq_len=8, global_batch=1, precision=Precision.BF16).grad_reduce_bytes == 4.0
+    assert JobSpec(seq_len=8, global_batch=1, precision=Precision.FP16).grad_reduce_bytes == 2.0
+    job = JobSpec(seq_len=8, global_batch=1, optimizer=OptimizerSpec(grad_reduce_bytes=2))
+    assert job.grad_reduce_bytes == 2.0
+    # ZeRO-1 moves fp32 gradients (reduce-scatter) and bf16 parameters (all-gather): 6 vs 4 bytes per parameter
+    case = _case(36)
+    fp32, bf16 = _estimate(case), _estimate(case, optimizer=OptimizerSpec(grad_reduce_bytes=2))
+    assert fp32.time_breakdown_s["dp"] / bf16.time_breakdown_s["dp"] == pytest.approx(1.5, rel=0.02)
+    assert fp32.step_time_s > bf16.step_time_s
+
+
+def test_runtime_facts_change_zero3_and_tp_exposure() -> None:
+    """DeepSpeed-2021 ZeRO-3 re-gathers big layers for recompute and reduces on the compute
+    stream, so it is slower than FSDP on the same plan; TP comm overlap hides TP traffic."""
+    case = _case(13)
+    deepspeed, fsdp = _estimate(case), _estimate(case, zero3_runtime=ShardingRuntime.FSDP)
+    assert case.job.zero3_runtime == ShardingRuntime.DEEPSPEED_2021
+    assert deepspeed.time_breakdown_s["dp"] > fsdp.time_breakdown_s["dp"]
+    assert deepspeed.step_time_s > 1.15 * fsdp.step_time_s
+    case = _case(36)
+    overlapped, blocking = _estimate(case), _estimate(case, tp_comm_overlap=False)
+    assert overlapped.time_breakdown_s["tp"] == pytest.approx(blocking.time_breakdown_s["tp"])
+    assert overlapped.time_breakdown_s["exposed_comm"] < blocking.time_breakdown_s["exposed_comm"]
+    assert overlapped.step_time_s < blocking.step_time_s
+
+
 # Korthikanti et al. 2022, Fig. 1 per-GPU components (GiB) as transcribed in the CSV notes:
 # (row, params+optimizer, activations with SP + selective, activations with no recompute and no SP).
 KORTHIKANTI_MEMORY = [(24, 45.5625, 9.5625, 59.25), (26, 45.5625, 12.3515625, 66.84375),
@@ -246,7 +286,7 @@ def test_memory_matches_korthikanti_components(row_id: int, states_gib: float, s
     """The paper's figure sums 34sbh/t (selective+SP) or sbh(10+24/t+5as/ht) (nothing) over the
     layers of the micro-batches the first stage keeps in flight (p for 1F1B, times
     1 + (p-1)/(pv) interleaved: Korthikanti Sec. 4.2.3), with eager (pre-FlashAttention) attention."""
-    case = next(c for c in build_cases()[0] if c.row_id == row_id)
+    case = _case(row_id)
     graph = _graph(case.spec, case.job.seq_len)
     plan = case.plan
     m = plan.num_micro_batches(case.job.global_batch)
