@@ -2,6 +2,11 @@
 
 Pure functions over numbers: compute.py times each layer's passes, comm.py each axis's
 traffic on the tier its group spans, schedule.py the pipeline, memory.py the bytes per GPU.
+
+Speed (one estimate < 5 ms for a 405B plan; the search prices thousands): the graph is reduced
+once (ops.graph_summary, ops.layer_ops, memory.kind_activations); a plan is priced per block
+kind and per distinct chunk / stage, never per layer or traced operator; and the block-kind
+timings, which depend only on the graph, the Split and the profile, are memoised per graph.
 """
 
 from __future__ import annotations
@@ -19,18 +24,20 @@ from planner.cost.comm import (
     tp_exposed_s,
     zero3_layer_comm,
 )
-from planner.cost.compute import PassTimes, block_kind_times, optimizer_s, split_for
+from planner.cost.compute import PassTimes, Split, block_kind_times, optimizer_s, split_for
 from planner.cost.memory import (
     RESERVED_BYTES,
     KindMemory,
     kind_memory,
+    kind_params,
     model_state_lower_bound,
+    pipeline_memory,
     stage_counts,
-    stage_memory,
     stage_params,
 )
-from planner.cost.schedule import ChunkTimes, PipelineResult, chunk_layers, closed_form, simulate
-from planner.graph import ModelGraph, OpKind
+from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary
+from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
+from planner.graph import ModelGraph
 from planner.hardware import HardwareProfile
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
@@ -109,6 +116,7 @@ class _KindCost:
 @dataclass(frozen=True, slots=True)
 class _Context:
     graph: ModelGraph
+    summary: GraphSummary
     plan: Plan
     hw: HardwareProfile
     job: JobSpec
@@ -127,18 +135,17 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     """
     ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash_attention)
     m = plan.num_micro_batches(job.global_batch)
-    chunk_counts = [Counter(layer.block_kind for layer in chunk) for chunk in chunk_layers(graph, plan)]
-    chunk_costs = [_chunk_cost(ctx, counts) for counts in chunk_counts]
+    chunk_counts, stages = _plan_counts(ctx.summary, plan)
+    chunk_costs = _chunk_costs(ctx, chunk_counts)
     times = [ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s) for c in chunk_costs]
     p2p = pp_p2p_s(plan, graph=graph, job=job, spans=ctx.spans, hw=hw)
     if timeline:
         pipe = simulate(plan, times=times, p2p_s=p2p, num_micro_batches=m, timeline=True)
     else:
         pipe = closed_form(plan, times=times, p2p_s=p2p, num_micro_batches=m)
-    stages = stage_counts(chunk_counts, pp=plan.dims.pp)
     tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs)
-    memory = [stage_memory(plan, kinds=ctx.memory, counts=counts, hidden_size=graph.hidden_size, job=job, stage=s,
-                           num_micro_batches=m) for s, counts in enumerate(stages)]
+    memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
+                             num_micro_batches=m)
     return _assemble(ctx, cluster=cluster, chunk_costs=chunk_costs, pipe=pipe, tail=tail, m=m, p2p_s=p2p,
                      memory=memory)
 
@@ -153,7 +160,7 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     spans = plan_spans(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
     costs = {}
-    for kind, t in block_kind_times(graph, split=split, hw=hw).items():
+    for kind, t in _kind_times(GraphKey(graph), split, IdentityKey(hw)).items():
         fwd = Cost(compute_s=t.fwd_s)
         bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
         if kind not in _NON_BLOCK_KINDS:
@@ -164,7 +171,44 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
                 zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
                 fwd, bwd = fwd + zf, bwd + zb
         costs[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
-    return _Context(graph, plan, hw, job, spans, memory, costs)
+    return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, spans, memory, costs)
+
+
+_KIND_TIMES_PER_GRAPH = 4096  # memo entries kept per graph (distinct Split x profile pairs)
+
+
+def _kind_times(graph: GraphKey, split: Split, hw: IdentityKey) -> dict[str, PassTimes]:
+    """block_kind_times memoised per graph: plans that differ only in dp, pp, ZeRO or schedule
+    share a Split. The memo lives in the graph's summary (a bounded LRU cache)."""
+    memo = graph_summary(graph).memo
+    key = ("kind_times", split, hw)
+    if key not in memo:
+        if len(memo) >= _KIND_TIMES_PER_GRAPH:
+            memo.clear()
+        memo[key] = block_kind_times(graph.graph, split=split, hw=hw.obj)
+    return memo[key]
+
+
+def _plan_counts(summary: GraphSummary, plan: Plan) -> tuple[list[Counter[str]], list[Counter[str]]]:
+    """Block-kind counts per chunk and per pipeline rank, memoised per graph by the partition."""
+    blocks = plan.stage_blocks(summary.num_blocks)
+    key = ("stage_counts", tuple(blocks), plan.dims.pp)
+    chunks = summary.chunk_counts(blocks)
+    if key not in summary.memo:
+        summary.memo[key] = stage_counts(chunks, pp=plan.dims.pp)
+    return chunks, summary.memo[key]
+
+
+def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindCost]:
+    """_chunk_cost of each chunk; chunks of an even split share their kind counts, priced once."""
+    seen: dict[tuple, _KindCost] = {}
+    out = []
+    for counts in chunk_counts:
+        key = tuple(counts.items())
+        if key not in seen:
+            seen[key] = _chunk_cost(ctx, counts)
+        out.append(seen[key])
+    return out
 
 
 def _chunk_cost(ctx: _Context, counts: Counter[str]) -> _KindCost:
@@ -212,30 +256,28 @@ class _Tail:
 def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost]) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
     d = plan.parallel_dims
-    worst, seen = _Tail(0.0, 0.0, 0.0), {}
+    worst, seen = _Tail(0.0, 0.0, 0.0), set()
     for stage, counts in enumerate(stages):
-        params = stage_params(ctx.memory, counts)
-        idx = range(stage, len(chunk_costs), p)
-        key = (params.dense, params.expert, sum(chunk_costs[c].bwd.total_s for c in idx),
-               sum(chunk_costs[c].fwd.total_s for c in idx))
-        if key in seen:
+        chunks = chunk_costs[stage::p]
+        signature = (tuple(counts.items()), tuple(map(id, chunks)))  # ranks alike in kinds and chunk costs
+        if signature in seen:
             continue
+        seen.add(signature)
+        params = stage_params(ctx.memory, counts)
         dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=ctx.spans,
-                          hw=ctx.hw, bwd_window_s=key[2], fwd_window_s=key[3])
+                          hw=ctx.hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
+                          fwd_window_s=sum(c.fwd.total_s for c in chunks))
         local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
         opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
                           param_bytes=job.precision.bytes, hw=ctx.hw)
-        seen[key] = _Tail(dp.exposed_s + opt, dp.total_s, opt)
-        worst = max(worst, seen[key], key=lambda t: t.exposed_s)
+        worst = max(worst, _Tail(dp.exposed_s + opt, dp.total_s, opt), key=lambda t: t.exposed_s)
     return worst
 
 
 def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCost], pipe: PipelineResult,
               tail: _Tail, m: int, p2p_s: float, memory: list[dict[str, float]]) -> Estimate:
     p, job, graph = ctx.plan.dims.pp, ctx.job, ctx.graph
-    stage_cost = [sum((chunk_costs[c].fwd + chunk_costs[c].bwd for c in range(s, len(chunk_costs), p)), Cost())
-                  for s in range(p)]
-    critical = max(stage_cost, key=lambda c: c.total_s) * m
+    critical = max(_stage_costs(chunk_costs, pp=p), key=lambda c: c.total_s) * m
     step_s = pipe.makespan_s + tail.exposed_s
     breakdown = {"compute": critical.compute_s, "recompute": critical.recompute_s}
     breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
@@ -244,7 +286,7 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
                   "exposed_comm": critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
                   "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s}
     scale = job.global_batch / graph.sample_batch
-    model_flops = (graph.fwd_flops + graph.bwd_flops) * scale
+    model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
     peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s
     peak_mem = max(sum(t.values()) for t in memory)
     capacity = ctx.hw.memory_gib * GIB - RESERVED_BYTES
@@ -257,14 +299,27 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
     )
 
 
+def _stage_costs(chunk_costs: list[_KindCost], *, pp: int) -> list[Cost]:
+    """Forward + backward Cost of one micro-batch on each pipeline rank; ranks whose chunks are
+    the same (shared) chunk costs are summed once."""
+    seen: dict[tuple[int, ...], Cost] = {}
+    out = []
+    for s in range(pp):
+        chunks = chunk_costs[s::pp]
+        key = tuple(map(id, chunks))
+        if key not in seen:
+            seen[key] = sum((c.fwd + c.bwd for c in chunks), Cost())
+        out.append(seen[key])
+    return out
+
+
 def _recompute_flops(ctx: _Context) -> float:
     """FLOPs replayed by activation recompute for the traced sample (hardware minus model FLOPs)."""
-    blocks = ctx.graph.blocks
     match ctx.plan.recompute:
         case Recompute.FULL:
-            return sum(layer.fwd_flops for layer in blocks)
+            return ctx.summary.full_recompute_flops
         case Recompute.SELECTIVE:
-            return sum(layer.by_kind[OpKind.ATTENTION].fwd_flops for layer in blocks if OpKind.ATTENTION in layer.by_kind)
+            return ctx.summary.selective_recompute_flops
         case Recompute.NONE:
             return 0.0
 
@@ -275,6 +330,6 @@ def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluste
     Needs no hardware profile or timing; `cluster` is accepted for the search's uniform call.
     """
     assert plan.parallel_dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
-    counts = [Counter(layer.block_kind for layer in chunk) for chunk in chunk_layers(graph, plan)]
-    kinds = kind_memory(graph, plan, split=split_for(plan, graph=graph, precision=job.precision), flash=True)
-    return model_state_lower_bound(plan, kinds=kinds, chunk_counts=counts, job=job)
+    summary = graph_summary(GraphKey(graph))
+    counts = summary.chunk_counts(plan.stage_blocks(summary.num_blocks))
+    return model_state_lower_bound(plan, kinds=kind_params(graph, plan), chunk_counts=counts, job=job)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.cost.compute import Split
-from planner.cost.ops import GraphKey, Region, layer_ops
+from planner.cost.ops import GraphKey, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph
 from planner.plan import Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import JobSpec
@@ -41,7 +42,7 @@ def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
     """Saved bytes of `layer` split by region, from its block kind's reduced operators."""
     totals = {Region.TP: 0.0, Region.SP: 0.0, Region.EXPERT: 0.0}
     for op in layer_ops(GraphKey(graph))[layer.block_kind]:
-        totals[op.saved_region] += op.saved_bytes
+        totals[op.saved_region] += op.saved_bytes * op.count
     scale = layer.saved_bytes / max(sum(totals.values()), 1.0)  # ops of a representative layer
     return LayerActivation(replicated=totals[Region.SP] * scale, split=totals[Region.TP] * scale,
                            expert=totals[Region.EXPERT] * scale,
@@ -85,21 +86,40 @@ class KindMemory:
     recomputed: bool
 
 
-def kind_memory(graph: ModelGraph, plan: Plan, *, split: Split, flash: bool) -> dict[str, KindMemory]:
+@lru_cache(maxsize=32)
+def kind_activations(key: GraphKey) -> dict[str, LayerActivation]:
+    """layer_activation of each block kind's first layer, once per graph."""
+    return {kind: layer_activation(key.graph, layer) for kind, layer in graph_summary(key).first.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KindParams:
+    """Parameters of one layer of a block kind on one GPU, after the TP and EP x ETP splits."""
+
+    dense_params: float
+    expert_params: float
+
+
+def kind_params(graph: ModelGraph, plan: Plan) -> dict[str, KindParams]:
     d = plan.dims
     out = {}
-    for layer in graph.layers:
-        if layer.block_kind in out:
-            continue
+    for kind, layer in graph_summary(GraphKey(graph)).first.items():
         expert = layer.moe.num_experts * layer.moe.expert_params if layer.moe else 0.0
         params = layer.num_params + _tied_head_copy(graph, layer, pp=d.pp)
-        act = layer_activation(graph, layer)
-        block = layer.kind == LayerKind.BLOCK
-        full = activation_bytes(act, split=split, flash=flash, recompute=Recompute.NONE)
-        kept = activation_bytes(act, split=split, flash=flash, recompute=plan.recompute) if block else full
-        out[layer.block_kind] = KindMemory(dense_params=(params - expert) / d.tp,
-                                           expert_params=expert / (d.ep * d.etp), act_bytes=kept,
-                                           act_full_bytes=full, recomputed=block and plan.recompute == Recompute.FULL)
+        out[kind] = KindParams(dense_params=(params - expert) / d.tp, expert_params=expert / (d.ep * d.etp))
+    return out
+
+
+def kind_memory(graph: ModelGraph, plan: Plan, *, split: Split, flash: bool) -> dict[str, KindMemory]:
+    key = GraphKey(graph)
+    first, acts = graph_summary(key).first, kind_activations(key)
+    out = {}
+    for kind, params in kind_params(graph, plan).items():
+        block = first[kind].kind == LayerKind.BLOCK
+        full = activation_bytes(acts[kind], split=split, flash=flash, recompute=Recompute.NONE)
+        kept = activation_bytes(acts[kind], split=split, flash=flash, recompute=plan.recompute) if block else full
+        out[kind] = KindMemory(dense_params=params.dense_params, expert_params=params.expert_params, act_bytes=kept,
+                               act_full_bytes=full, recomputed=block and plan.recompute == Recompute.FULL)
     return out
 
 
@@ -120,7 +140,7 @@ class StageParams:
     largest_layer: float
 
 
-def stage_params(kinds: dict[str, KindMemory], counts: Counter[str]) -> StageParams:
+def stage_params(kinds: dict[str, KindMemory] | dict[str, KindParams], counts: Counter[str]) -> StageParams:
     present = [kinds[k] for k, n in counts.items() if n]
     return StageParams(dense=sum(kinds[k].dense_params * n for k, n in counts.items()),
                        expert=sum(kinds[k].expert_params * n for k, n in counts.items()),
@@ -161,32 +181,67 @@ def comm_buffer_bytes(plan: Plan, params: StageParams, *, hidden_size: int, job:
     return total
 
 
+@dataclass(frozen=True, slots=True)
+class _StageBase:
+    """What a stage's memory terms need from its block kinds (shared by stages holding the same ones)."""
+
+    model_states: dict[str, float]
+    act_per_micro_batch: float
+    replayed: float  # full activations of the layer being recomputed (full recompute)
+    comm_buffers: float
+
+
+def _stage_base(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str], hidden_size: int,
+                job: JobSpec) -> _StageBase:
+    params = stage_params(kinds, counts)
+    replayed = [kinds[k].act_full_bytes for k, n in counts.items() if n and kinds[k].recomputed]
+    return _StageBase(model_states=model_state_terms(plan, params, job=job),
+                      act_per_micro_batch=sum(kinds[k].act_bytes * n for k, n in counts.items()),
+                      replayed=max(replayed, default=0.0),
+                      comm_buffers=comm_buffer_bytes(plan, params, hidden_size=hidden_size, job=job))
+
+
+def _stage_terms(plan: Plan, base: _StageBase, *, stage: int, num_micro_batches: int) -> dict[str, float]:
+    acts = base.act_per_micro_batch * in_flight(plan, stage=stage, num_micro_batches=num_micro_batches)
+    acts += base.replayed  # the layer being recomputed holds its full activations
+    return base.model_states | {"activations": acts, "comm_buffers": base.comm_buffers,
+                                "allocator_margin": ALLOCATOR_FRAGMENTATION * (acts + base.comm_buffers)}
+
+
 def stage_memory(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str], hidden_size: int, job: JobSpec,
                  stage: int, num_micro_batches: int) -> dict[str, float]:
     """Named memory terms (bytes) of one GPU of pipeline stage `stage`."""
-    params = stage_params(kinds, counts)
-    terms = model_state_terms(plan, params, job=job)
-    per_mb = sum(kinds[k].act_bytes * n for k, n in counts.items())
-    acts = per_mb * in_flight(plan, stage=stage, num_micro_batches=num_micro_batches)
-    replayed = [kinds[k].act_full_bytes for k, n in counts.items() if n and kinds[k].recomputed]
-    acts += max(replayed, default=0.0)  # the layer being recomputed holds its full activations
-    terms["activations"] = acts
-    terms["comm_buffers"] = comm_buffer_bytes(plan, params, hidden_size=hidden_size, job=job)
-    terms["allocator_margin"] = ALLOCATOR_FRAGMENTATION * (acts + terms["comm_buffers"])
-    return terms
+    base = _stage_base(plan, kinds=kinds, counts=counts, hidden_size=hidden_size, job=job)
+    return _stage_terms(plan, base, stage=stage, num_micro_batches=num_micro_batches)
+
+
+def pipeline_memory(plan: Plan, *, kinds: dict[str, KindMemory], stages: list[Counter[str]], hidden_size: int,
+                    job: JobSpec, num_micro_batches: int) -> list[dict[str, float]]:
+    """stage_memory of every pipeline stage; stages holding the same block kinds share the
+    count-dependent part, so the per-stage work is the in-flight micro-batches alone."""
+    bases: dict[tuple, _StageBase] = {}
+    out = []
+    for stage, counts in enumerate(stages):
+        key = tuple(counts.items())
+        if key not in bases:
+            bases[key] = _stage_base(plan, kinds=kinds, counts=counts, hidden_size=hidden_size, job=job)
+        out.append(_stage_terms(plan, bases[key], stage=stage, num_micro_batches=num_micro_batches))
+    return out
 
 
 def plan_memory(graph: ModelGraph, plan: Plan, *, job: JobSpec, split: Split, chunk_counts: list[Counter[str]],
                 num_micro_batches: int, flash: bool = True) -> list[dict[str, float]]:
     """stage_memory of every pipeline stage."""
     kinds = kind_memory(graph, plan, split=split, flash=flash)
-    return [stage_memory(plan, kinds=kinds, counts=counts, hidden_size=graph.hidden_size, job=job, stage=s,
-                         num_micro_batches=num_micro_batches)
-            for s, counts in enumerate(stage_counts(chunk_counts, pp=plan.dims.pp))]
+    return pipeline_memory(plan, kinds=kinds, stages=stage_counts(chunk_counts, pp=plan.dims.pp),
+                           hidden_size=graph.hidden_size, job=job, num_micro_batches=num_micro_batches)
 
 
-def model_state_lower_bound(plan: Plan, *, kinds: dict[str, KindMemory], chunk_counts: list[Counter[str]],
+def model_state_lower_bound(plan: Plan, *, kinds: dict[str, KindMemory] | dict[str, KindParams],
+                            chunk_counts: list[Counter[str]],
                             job: JobSpec) -> float:
-    """Largest stage's weights + gradients + optimizer: a floor on peak memory for pruning."""
+    """Largest stage's weights + gradients + optimizer: a floor on peak memory for pruning.
+    Stages holding the same block kinds are priced once."""
+    distinct = {tuple(counts.items()): counts for counts in stage_counts(chunk_counts, pp=plan.dims.pp)}
     return max(sum(model_state_terms(plan, stage_params(kinds, counts), job=job).values())
-               for counts in stage_counts(chunk_counts, pp=plan.dims.pp))
+               for counts in distinct.values())

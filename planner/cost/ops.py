@@ -3,16 +3,21 @@
 Each op is tagged with the region that says how tensor/sequence/expert parallelism divides it.
 Kernels the traced eager model runs unfused are priced as the fused kernels training stacks use
 (the attention core as one attention call, each norm as one read-input / write-output pass).
-Cached per graph: the search prices thousands of plans of one graph.
+Identical operators of a layer (one GEMM per routed expert, repeated residual adds) become one
+OpCost with a count, so pricing a layer costs its distinct operators, not its traced ones.
+Everything here is cached per graph (graphs are not mutated once extracted): the search prices
+thousands of plans of one graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import lru_cache
 
-from planner.graph import Layer, LayerKind, ModelGraph, OpKind, OpNode
+from planner.graph import Layer, LayerKind, MoEStats, ModelGraph, OpKind, OpNode
 
 # Column-parallel GEMMs produce head/column-split outputs; row-parallel ones produce the full
 # hidden state (replicated without SP); MLA down-projections stay replicated (Megatron MLA).
@@ -41,21 +46,31 @@ class OpCost:
     bytes_moved: float
     saved_bytes: float
     saved_region: Region  # where the tensors this op produces (and backward keeps) live
+    count: int = 1  # identical operators in the layer this one stands for (numbers are per operator)
 
 
-class GraphKey:
-    """Identity-hashed handle so lru_cache can hold per-graph summaries (graphs are mutable)."""
+class IdentityKey:
+    """Identity-hashed handle so lru_cache can key on unhashable or mutable inputs (graphs,
+    hardware profiles); the cache holds the object, so its id is not reused while cached."""
 
-    __slots__ = ("graph",)
+    __slots__ = ("obj",)
 
-    def __init__(self, graph: ModelGraph) -> None:
-        self.graph = graph
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
 
     def __hash__(self) -> int:
-        return id(self.graph)
+        return id(self.obj)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, GraphKey) and other.graph is self.graph
+        return type(other) is type(self) and other.obj is self.obj
+
+
+class GraphKey(IdentityKey):
+    __slots__ = ()
+
+    @property
+    def graph(self) -> ModelGraph:
+        return self.obj
 
 
 @lru_cache(maxsize=32)
@@ -91,7 +106,13 @@ def _reduce(ops: list[OpNode], layer: Layer) -> tuple[OpCost, ...]:
     for group in norms.values():  # fused norm: read the input once, write the output once
         out.append(_cost(OpKind.NORM, group, region=Region.SP, saved_region=Region.SP,
                          bytes_moved=2 * group[0].bytes_read))
-    return tuple(out)
+    return _grouped(out)
+
+
+def _grouped(ops: list[OpCost]) -> tuple[OpCost, ...]:
+    """Equal OpCosts merged into one with their count, in order of first appearance."""
+    counts = Counter(ops)
+    return tuple(replace(op, count=n) if n > 1 else op for op, n in counts.items())
 
 
 def _cost(kind: OpKind, ops: list[OpNode], *, region: Region, saved_region: Region, bytes_moved: float) -> OpCost:
@@ -135,3 +156,69 @@ def _from_totals(layer: Layer) -> tuple[OpCost, ...]:
                           bwd_weight_flops=weight, bytes_moved=t.bytes_moved, saved_bytes=t.saved_bytes,
                           saved_region=region))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GraphSummary:
+    """A graph reduced once for estimate(): the first layer of each block kind, where each kind's
+    blocks sit, the ends, and the FLOP totals (summed in layer order, as the graph's own
+    properties do), so pricing a plan never walks the layer list."""
+
+    first: dict[str, Layer]  # block kind -> its first layer (layers of one kind are identical)
+    num_blocks: int
+    positions: dict[str, tuple[int, ...]]  # block kind -> its transformer blocks' indices among the blocks
+    embedding_kinds: tuple[str, ...]  # block kinds of the layers before the first block
+    head_kinds: tuple[str, ...]  # ... and after the last
+    moe: MoEStats | None  # the first MoE layer's statistics
+    fwd_flops: float  # whole model, traced sample
+    bwd_flops: float
+    full_recompute_flops: float  # forward FLOPs of every block (replayed by full recompute)
+    selective_recompute_flops: float  # forward FLOPs of every block's attention core
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # estimate()'s per-graph memo
+
+    def chunk_counts(self, blocks_per_chunk: list[int]) -> list[Counter[str]]:
+        """Block kinds in each model chunk (embedding on the first, head on the last), keyed in
+        order of first appearance like a Counter over the chunk's layers. Memoised: treat the
+        result as read-only."""
+        key = ("chunk_counts", tuple(blocks_per_chunk))
+        if key not in self.memo:
+            self.memo[key] = self._chunk_counts(blocks_per_chunk)
+        return self.memo[key]
+
+    def _chunk_counts(self, blocks_per_chunk: list[int]) -> list[Counter[str]]:
+        chunks, start = [], 0
+        for size in blocks_per_chunk:
+            chunks.append(self._range_counts(start, start + size))
+            start += size
+        chunks[0] = Counter(self.embedding_kinds) + chunks[0] if self.embedding_kinds else chunks[0]
+        chunks[-1].update(self.head_kinds)
+        return chunks
+
+    def _range_counts(self, start: int, stop: int) -> Counter[str]:
+        found = []
+        for kind, pos in self.positions.items():
+            lo, hi = bisect_left(pos, start), bisect_left(pos, stop)
+            if hi > lo:
+                found.append((pos[lo], kind, hi - lo))
+        return Counter({kind: n for _, kind, n in sorted(found)})
+
+
+@lru_cache(maxsize=32)
+def graph_summary(key: GraphKey) -> GraphSummary:
+    graph = key.graph
+    blocks = graph.blocks
+    first: dict[str, Layer] = {}
+    for layer in graph.layers:
+        first.setdefault(layer.block_kind, layer)
+    positions: dict[str, list[int]] = {}
+    for i, layer in enumerate(blocks):
+        positions.setdefault(layer.block_kind, []).append(i)
+    return GraphSummary(
+        first=first, num_blocks=len(blocks), positions={k: tuple(v) for k, v in positions.items()},
+        embedding_kinds=tuple(layer.block_kind for layer in graph.layers if layer.kind == LayerKind.EMBEDDING),
+        head_kinds=tuple(layer.block_kind for layer in graph.layers if layer.kind == LayerKind.HEAD),
+        moe=next((layer.moe for layer in graph.layers if layer.moe is not None), None),
+        fwd_flops=graph.fwd_flops, bwd_flops=graph.bwd_flops,
+        full_recompute_flops=sum(layer.fwd_flops for layer in blocks),
+        selective_recompute_flops=sum(layer.by_kind[OpKind.ATTENTION].fwd_flops for layer in blocks
+                                      if OpKind.ATTENTION in layer.by_kind))
