@@ -144,7 +144,8 @@ def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, r
     """Sum of operator times for one layer, plus what recompute replays before its backward."""
     total = PassTimes()
     for op in ops:
-        total = total + op_times(op, split=split, hw=hw)
+        t = op_times(op, split=split, hw=hw)
+        total = total + (t if op.count == 1 else PassTimes(*(x * op.count for x in t._tuple())))  # ops.OpCost.count
     if not recomputed:
         return total
     match split.recompute:
