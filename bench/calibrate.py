@@ -7,12 +7,16 @@ error per plan and the Spearman rank correlation per scenario and overall.
     python bench/calibrate.py [--profile profiles/cpu-2core.json] [--steps 8] [--out DIR]
 
 Targets (issue 7): every prediction within 25% of the measurement, same ranking (rho = 1).
+The machine is shared: the load average at the start and end is printed, and the profile's
+host term (per-op dispatch, core share, DTensor cost) is only right for the load it was
+measured under, so profile and calibrate back to back.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -100,14 +104,15 @@ def run(profile_path: Path, *, steps: int, out_dir: Path) -> list[Row]:
     return rows
 
 
-def summarise(rows: list[Row]) -> dict[str, float]:
+def summarise(rows: list[Row], *, load: tuple[float, float]) -> dict[str, float]:
     frame = pd.DataFrame([asdict(r) for r in rows])
     print(frame[["scenario", "plan", "predicted_ms", "measured_ms", "error_pct"]].to_string(index=False,
                                                                                            float_format="%.1f"))
     summary = {"max_abs_error_pct": float(frame.error_pct.abs().max()),
                "median_abs_error_pct": float(frame.error_pct.abs().median()),
                "within_25pct": int((frame.error_pct.abs() <= 25).sum()), "plans": len(frame),
-               "spearman_all": spearman(list(frame.predicted_ms), list(frame.measured_ms))}
+               "spearman_all": spearman(list(frame.predicted_ms), list(frame.measured_ms)),
+               "load_avg_start": load[0], "load_avg_end": load[1]}
     for name, part in frame.groupby("scenario"):
         summary[f"spearman_{name}"] = spearman(list(part.predicted_ms), list(part.measured_ms))
     for key, value in summary.items():
@@ -122,8 +127,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="keep runs and write calibration.json here")
     a = p.parse_args()
     out = a.out or Path(tempfile.mkdtemp(prefix="calibrate-"))
+    host = load_profile(a.profile).host
+    print(f"profile {a.profile}: host term {host.model_dump() if host else None}")
+    start = os.getloadavg()[0]
     rows = run(a.profile, steps=a.steps, out_dir=out)
-    summary = summarise(rows)
+    summary = summarise(rows, load=(start, os.getloadavg()[0]))
     (out / "calibration.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "summary": summary},
                                                      indent=1))
     print(f"wrote {out / 'calibration.json'}")

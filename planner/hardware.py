@@ -142,6 +142,38 @@ class CollectiveFit(BaseModel):
         return self.latency_us * _US + traffic / (self.bandwidth_gbs * _GB)
 
 
+class HostOverhead(BaseModel):
+    """Host-side time per operator that kernel microbenchmarks do not see, and how ranks share a device.
+
+    Eager PyTorch pays, per operator, Python + autograd + the ATen dispatcher + allocation; a
+    DTensor (tensor-parallel) module call adds sharding propagation and redistribution on top.
+    On an async device (CUDA) the host enqueues ahead of the kernels, so a layer takes
+    max(kernels, host) (`overlapped`); on a CPU the same core does both, kernels + host. Ops are
+    counted as in the traced graph (one per traced forward operator), so measured per-op numbers
+    carry whatever untraced work (views, autograd bookkeeping) rides along with each traced op.
+    """
+
+    model_config = _FROZEN
+    fwd_us_per_op: float = Field(ge=0)
+    bwd_us_per_op: float = Field(ge=0)  # autograd backward, per traced forward operator
+    # Size-proportional host work per op (output allocation and first touch, autograd's gradient
+    # accumulation), per 1,000 tokens of the micro-batch on this rank.
+    fwd_us_per_op_per_ktoken: float = Field(0.0, ge=0)
+    bwd_us_per_op_per_ktoken: float = Field(0.0, ge=0)
+    tp_fwd_us_per_module: float = Field(0.0, ge=0)  # per tensor-parallel (DTensor) module call
+    tp_bwd_us_per_module: float = Field(0.0, ge=0)
+    # The profiled runtime's TP (PyTorch DTensor ColwiseParallel) all-reduces the input gradient of
+    # every column-parallel module on its own, not once per fused block input (Megatron's f operator).
+    tp_reduce_per_module: bool = False
+    overlapped: bool
+    # Fraction of one device's compute a rank gets while every rank computes: 1 on GPUs; on a CPU
+    # with more ranks than cores the OS time-shares the cores (measured, so background load counts).
+    compute_share: float = Field(1.0, gt=0, le=1)
+    # Extra time per blocking collective when peers that compute between collectives time-share
+    # cores (a peer descheduled at the call must be rescheduled first); 0 on GPUs.
+    sync_wait_us: float = Field(0.0, ge=0)
+
+
 class HardwareProfile(BaseModel):
     """One accelerator kind and its links, measured or from datasheets; SI units in the queries."""
 
@@ -162,6 +194,7 @@ class HardwareProfile(BaseModel):
     memory_bound_curve: Curve | None = None
     kernel_samples: list[KernelSample] = []
     collectives: list[CollectiveFit] = []
+    host: HostOverhead | None = None  # None: kernels only (profiles written before it existed)
 
     def peak_flops(self, precision: Precision) -> float:
         if precision not in self.peak_tflops:
@@ -212,7 +245,13 @@ class HardwareProfile(BaseModel):
         """Time of one collective over `size_bytes` of buffer on `num_ranks` ranks inside one tier."""
         if num_ranks <= 1 or size_bytes <= 0:
             return 0.0
-        return self.collective_fit(collective, tier=tier, num_ranks=num_ranks).time_s(size_bytes, num_ranks=num_ranks)
+        fit = self.collective_fit(collective, tier=tier, num_ranks=num_ranks)
+        return self.sync_wait_s + fit.time_s(size_bytes, num_ranks=num_ranks)
+
+    @property
+    def sync_wait_s(self) -> float:
+        """Extra wait per blocking collective from time-shared cores (HostOverhead.sync_wait_us)."""
+        return 0.0 if self.host is None else self.host.sync_wait_us * _US
 
 
 def _curve_for(curves: dict[Precision, Curve], precision: Precision) -> Curve:
@@ -311,13 +350,13 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
         case Collective.ALL_TO_ALL:
             off = size_bytes * (n - k) / n / (inter.bandwidth_gbs * nic_scale * _GB)
             on = size_bytes * (k - 1) / n / (intra.bandwidth_gbs * _GB)
-            return inter.latency_us * _US + max(off, on)
+            return hw.sync_wait_s + inter.latency_us * _US + max(off, on)
         case Collective.SEND_RECV:
-            return inter.latency_us * _US + size_bytes / (inter.bandwidth_gbs * nic_scale * _GB)
+            return hw.sync_wait_s + inter.latency_us * _US + size_bytes / (inter.bandwidth_gbs * nic_scale * _GB)
         case _:
             bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale)
             steps = collective.traffic_factor(n) * size_bytes
-            return inter.latency_us * _US * math.log2(n) + steps / (bus_gbs * _GB)
+            return hw.sync_wait_s + inter.latency_us * _US * math.log2(n) + steps / (bus_gbs * _GB)
 
 
 def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:
@@ -326,7 +365,7 @@ def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:
         return 0.0
     fit = hw.collective_fit(Collective.SEND_RECV, tier=span.tier, num_ranks=2)
     scale = span.nic_scale if span.tier == Tier.INTER_NODE else 1.0
-    return fit.latency_us * _US + size_bytes / (fit.bandwidth_gbs * scale * _GB)
+    return hw.sync_wait_s + fit.latency_us * _US + size_bytes / (fit.bandwidth_gbs * scale * _GB)
 
 
 # -- datasheet defaults ------------------------------------------------------------------------
@@ -355,6 +394,11 @@ MEMORY_BOUND_EFFICIENCY = 0.80
 INTRA_NODE_BUS_EFFICIENCY = 0.80
 INTER_NODE_BUS_EFFICIENCY = 0.85
 _CURVE_DECADES = range(6, 15)  # 1e6 .. 1e14 FLOPs per call
+# Host cost of one eager op on a GPU: a CUDA kernel launch takes ~4-6 us of CPU time (NVIDIA
+# "Getting Started with CUDA Graphs" blog 2019; CUDA C++ Best Practices Guide, "Asynchronous
+# and Overlapping Transfers"); the backward launches about two kernels per forward op. Launches
+# are asynchronous, so this only shows when kernels are shorter than their launches.
+GPU_LAUNCH_US = 5.0
 
 
 def gemm_ceiling(gpu: GpuSpec) -> float:
@@ -401,7 +445,15 @@ def datasheet_profile(cluster: ClusterSpec) -> HardwareProfile:
         peak_tflops=dict(gpu.peak_tflops), memory_gib=gpu.memory_gib, memory_bandwidth_gbs=gpu.memory_bandwidth_gbs,
         matmul_efficiency=matmul, attention_efficiency=attention,
         memory_bound_efficiency=MEMORY_BOUND_EFFICIENCY, collectives=_collective_fits(cluster),
+        host=_datasheet_host(gpu),
     )
+
+
+def _datasheet_host(gpu: GpuSpec) -> HostOverhead | None:
+    """Launch cost for accelerators; None for a CPU (its dispatch cost must be measured)."""
+    if _kind(gpu) == DeviceKind.CPU:
+        return None
+    return HostOverhead(fwd_us_per_op=GPU_LAUNCH_US, bwd_us_per_op=2 * GPU_LAUNCH_US, overlapped=True)
 
 
 def _kind(gpu: GpuSpec) -> DeviceKind:
@@ -417,6 +469,7 @@ DATASHEET_CITATIONS = (
     "NVIDIA Deep Learning Performance guide, 'Matrix Multiplication Background' (GEMM efficiency vs size)",
     "Dao 2023, FlashAttention-2 (arXiv 2307.08691), fwd+bwd attention efficiency",
     "NVIDIA nccl-tests PERFORMANCE.md (bus bandwidth definition and ring factors)",
+    "NVIDIA 'Getting Started with CUDA Graphs' (2019): ~4-6 us CPU launch overhead per kernel",
     "Narayanan et al. 2021 (arXiv 2104.04473) and Korthikanti et al. 2022 (arXiv 2205.05198): "
     "end-to-end calibration of the efficiency constants",
 )

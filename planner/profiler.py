@@ -25,10 +25,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from rich.progress import Progress, TaskID
 
+from planner import profiler_host as ph
 from planner import profiler_kernels as pk
 from planner import profiler_links as pl
 from planner.clusters import GPU_PRESETS
+from planner.models import PRESETS
 from planner.hardware import (
+    GPU_LAUNCH_US,
     Collective,
     CollectiveFit,
     CollectiveSample,
@@ -36,11 +39,12 @@ from planner.hardware import (
     DeviceInfo,
     DeviceKind,
     HardwareProfile,
+    HostOverhead,
     KernelSample,
     ProfileSource,
     load_profile,
 )
-from planner.scenario import GpuSpec, Precision, Scenario
+from planner.scenario import GpuSpec, ModelSpec, Precision, Scenario
 
 _MIN_EFFICIENCY = 1e-4
 _CURVE_BUCKET = 1.1  # samples whose FLOPs lie within 10% share one curve point (median efficiency)
@@ -82,6 +86,7 @@ class RankReport:
     world_size: int
     threads: int
     skipped_kernels: int
+    host: list[ph.HostSamples] = field(default_factory=list)  # one per rank (CPU runs)
     notes: list[str] = field(default_factory=list)
 
 
@@ -186,11 +191,35 @@ def _measure(config: ProfileConfig, *, world_size: int, local_world_size: int, t
     cases = [c for c in all_cases if c.flops <= sweep.max_flops]
     link_sweep = pl.default_link_sweep(cuda=config.cuda, quick=config.quick)
     tiers = pl.tier_groups(world_size=world_size, local_world_size=local_world_size) if world_size > 1 else []
-    tick(f"total {len(cases) + len(tiers) * len(pl.link_cases(link_sweep))}")
+    tick(f"total {len(cases) + len(tiers) * len(pl.link_cases(link_sweep)) + (not config.cuda)}")
     kernels = _kernel_sweep(cases, sweep=sweep, device=device, tick=tick)
     links = [r for tg in tiers for r in pl.measure_tier(tg, sweep=link_sweep, device=device, tick=tick)]
+    host = [] if config.cuda else _host_probe(config, tick=tick)
     return RankReport(kernels=kernels, links=links, world_size=world_size, threads=threads,
-                      skipped_kernels=len(all_cases) - len(cases))
+                      skipped_kernels=len(all_cases) - len(cases), host=host)
+
+
+def _host_workload(config: ProfileConfig) -> tuple[ModelSpec, int, Precision]:
+    """The model the host probe runs: the first --scenario's, else tiny-dense at 256 tokens in fp32."""
+    if config.scenarios:
+        sc = config.scenarios[0]
+        return sc.model, sc.job.seq_len, sc.job.precision
+    return PRESETS["tiny-dense"], HOST_DEFAULT_SEQ, Precision.FP32
+
+
+HOST_DEFAULT_SEQ = 256
+
+
+def _host_probe(config: ProfileConfig, *, tick: Tick) -> list[ph.HostSamples]:
+    """Host overhead probes on every rank (CPU only: on GPUs launches overlap the kernels)."""
+    tick("host overhead per op")
+    spec, seq, precision = _host_workload(config)
+    mine = ph.measure_host(spec, seq_len=seq, dtype=pk.TORCH_DTYPES[precision], repeats=3 if config.quick else 9)
+    if not dist.is_initialized():
+        return [mine]
+    every: list[ph.HostSamples | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return [s for s in every if s is not None]
 
 
 def _kernel_sweep(cases: list[pk.KernelCase], *, sweep: pk.KernelSweep, device: torch.device,
@@ -224,7 +253,7 @@ def build_profile(report: RankReport, config: ProfileConfig) -> HardwareProfile:
     datasheet = _datasheet_gpu(_device_name(config)) if config.cuda else None
     peaks = _peaks_tflops(report.kernels, datasheet)
     bandwidth_gbs, mem_eff = _memory_bandwidth(report.kernels, datasheet)
-    return HardwareProfile(
+    kernels_only = HardwareProfile(
         name=config.name, source=ProfileSource.MEASURED, citations=_citations(report, config),
         created=datetime.date.today().isoformat(),
         device=DeviceInfo(name=_device_name(config), kind=_device_kind(config), torch_version=torch.__version__,
@@ -237,6 +266,15 @@ def build_profile(report: RankReport, config: ProfileConfig) -> HardwareProfile:
         kernel_samples=[_sample(r) for r in report.kernels],
         collectives=collective_fits(report.links),
     )
+    return kernels_only.model_copy(update={"host": _host_overhead(report, config, kernels_only)})
+
+
+def _host_overhead(report: RankReport, config: ProfileConfig, kernels_only: HardwareProfile) -> HostOverhead:
+    """Fitted from the probes on a CPU; on GPUs the launch default (async launches overlap kernels)."""
+    if not report.host:
+        return HostOverhead(fwd_us_per_op=GPU_LAUNCH_US, bwd_us_per_op=2 * GPU_LAUNCH_US, overlapped=True)
+    spec, _, precision = _host_workload(config)
+    return ph.fit_host(report.host, spec=spec, precision=precision, kernels=kernels_only)
 
 
 def _achieved_tflops(r: pk.KernelResult) -> float:

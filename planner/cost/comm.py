@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.cost.compute import extra_tp_reductions
 from planner.graph import ModelGraph
 from planner.hardware import (
     Collective,
@@ -120,6 +121,8 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     tp_fwd = TP_COLLECTIVES_PER_BLOCK * tp_one
     replay = plan.recompute == Recompute.FULL
     tp_bwd = tp_fwd * (2 if replay else 1)
+    tp_bwd += tp_one * extra_tp_reductions(graph, block_kind="moe" if moe_block else "dense",
+                                          fused_inputs=TP_COLLECTIVES_PER_BLOCK, hw=hw)
     cp_fwd = _cp_ring_s(plan, graph=graph, tok_bytes=tok, span=spans.cp, hw=hw)
     ep_fwd = _ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw) if moe_block else 0.0
     return LayerComm(tp_fwd_s=tp_fwd, tp_bwd_s=tp_bwd, cp_fwd_s=cp_fwd, cp_bwd_s=2 * cp_fwd,

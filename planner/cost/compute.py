@@ -9,10 +9,11 @@ at achieved memory bandwidth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
 from planner.graph import ModelGraph, OpKind
-from planner.hardware import HardwareProfile
+from planner.hardware import HardwareProfile, HostOverhead
 from planner.plan import Plan, Recompute
 from planner.scenario import Precision
 
@@ -48,6 +49,9 @@ class PassTimes:
     def __add__(self, other: PassTimes) -> PassTimes:
         return PassTimes(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
 
+    def scaled(self, k: float) -> PassTimes:
+        return PassTimes(*(a * k for a in self._tuple()))
+
     def _tuple(self) -> tuple[float, ...]:
         return (self.fwd_s, self.bwd_input_s, self.bwd_weight_s, self.recompute_s,
                 self.attention_fwd_s, self.attention_bwd_s)
@@ -58,6 +62,7 @@ class Split:
     """How one micro-batch of one layer divides over a GPU: everything timing needs from the plan."""
 
     batch_scale: float  # micro-batch sequences / traced sequences
+    tokens: float  # tokens of one micro-batch on one GPU (after the CP split)
     tp: int
     cp: int
     ep: int
@@ -98,7 +103,8 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     imbalance = DROPLESS_IMBALANCE
     if moe is not None and moe.capacity_factor is not None:
         imbalance = min(moe.capacity_factor, DROPLESS_IMBALANCE)
-    return Split(batch_scale=plan.micro_batch_size / graph.sample_batch, tp=d.tp, cp=d.cp, ep=d.ep,
+    return Split(batch_scale=plan.micro_batch_size / graph.sample_batch,
+                 tokens=plan.micro_batch_size * graph.seq_len / d.cp, tp=d.tp, cp=d.cp, ep=d.ep,
                  sp=plan.sequence_parallel, imbalance=imbalance,
                  precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores)
 
@@ -140,12 +146,16 @@ def _eager_attention(fwd_flops: float, bwd_flops: float, *, split: Split, hw: Ha
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
 
 
-def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, recomputed: bool) -> PassTimes:
-    """Sum of operator times for one layer, plus what recompute replays before its backward."""
+def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, recomputed: bool,
+                counts: OpCounts | None = None) -> PassTimes:
+    """Sum of operator times and host time for one layer, plus what recompute replays before its
+    backward; divided by the share of the device this rank gets (HostOverhead.compute_share)."""
     total = PassTimes()
     for op in ops:
         t = op_times(op, split=split, hw=hw)
-        total = total + (t if op.count == 1 else PassTimes(*(x * op.count for x in t._tuple())))  # ops.OpCost.count
+        total = total + (t if op.count == 1 else t.scaled(op.count))  # ops.OpCost.count identical ops
+    if hw.host is not None:
+        total = _with_host(total, host_times(counts or OpCounts(), split=split, host=hw.host), hw.host)
     if not recomputed:
         return total
     match split.recompute:
@@ -162,9 +172,11 @@ def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, r
 def block_kind_times(graph: ModelGraph, *, split: Split, hw: HardwareProfile) -> dict[str, PassTimes]:
     """PassTimes of each block kind ("dense", "moe", "embedding", "head") for one micro-batch."""
     out = {}
-    for kind, ops in layer_ops(GraphKey(graph)).items():
+    key = GraphKey(graph)
+    counts = op_counts(key)
+    for kind, ops in layer_ops(key).items():
         recomputed = kind not in ("embedding", "head")
-        out[kind] = layer_times(ops, split=split, hw=hw, recomputed=recomputed)
+        out[kind] = layer_times(ops, split=split, hw=hw, recomputed=recomputed, counts=counts.get(kind))
     return out
 
 
@@ -172,4 +184,81 @@ def optimizer_s(num_params: float, *, state_bytes: float, grad_bytes: float, par
                 hw: HardwareProfile) -> float:
     """Adam-style update is memory bound: read grad + state, write state + low-precision weights."""
     traffic = num_params * (grad_bytes + 2 * state_bytes + param_bytes)
-    return hw.memory_bound_s(traffic)
+    share = 1.0 if hw.host is None else hw.host.compute_share
+    return hw.memory_bound_s(traffic) / share
+
+
+# -- host (framework) time per operator --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpCounts:
+    """Operators one layer of a block kind dispatches per forward, as the eager model runs them."""
+
+    ops: int = 0  # everything outside the routed experts (a fused attention core counts once)
+    expert_ops: int = 0  # inside the routed experts: an EP rank runs 1/ep of them
+    tp_modules: int = 0  # GEMM and embedding modules that tensor parallelism turns into DTensor calls
+    tp_column_modules: int = 0  # the column-parallel ones among them (their input gradients need a reduction)
+
+
+@lru_cache(maxsize=32)
+def op_counts(key: GraphKey) -> dict[str, OpCounts]:
+    """OpCounts of the first layer of each block kind (DAG nodes carry their layer index)."""
+    graph = key.graph
+    first: dict[str, int] = {}
+    for index, layer in enumerate(graph.layers):
+        first.setdefault(layer.block_kind, index)
+    ops: dict[int, list] = {index: [] for index in first.values()}
+    for _, data in graph.dag.nodes(data=True):
+        if data.get("layer") in ops and data.get("op") is not None:
+            ops[data["layer"]].append(data["op"])
+    return {kind: _count(ops[index]) for kind, index in first.items()}
+
+
+def _count(ops: list) -> OpCounts:
+    attention_modules = {op.module for op in ops if op.kind == OpKind.ATTENTION}
+    expert = sum(op.kind == OpKind.EXPERT_MATMUL or op.module.endswith(".experts") for op in ops)
+    other = sum(op.kind != OpKind.ATTENTION for op in ops) - expert + len(attention_modules)
+    tp = {op.module for op in ops if op.kind in (OpKind.MATMUL, OpKind.EMBEDDING)
+          and not op.module.endswith(_REPLICATED_MODULES)}
+    column = {m for m in tp if not m.endswith(_ROW_MODULES)}
+    return OpCounts(ops=other, expert_ops=expert, tp_modules=len(tp), tp_column_modules=len(column))
+
+
+# MLA down-projections stay replicated under TP (see ops.py); row-parallel modules reduce outputs.
+_REPLICATED_MODULES = ("wq_a", "wkv_a")
+_ROW_MODULES = ("wo", "w2", "tok_embeddings")
+
+
+def extra_tp_reductions(graph: ModelGraph, *, block_kind: str, fused_inputs: int, hw: HardwareProfile) -> int:
+    """Backward TP reductions per block beyond the `fused_inputs` a Megatron block does, when the
+    profiled runtime reduces each column-parallel module's input gradient separately."""
+    if hw.host is None or not hw.host.tp_reduce_per_module:
+        return 0
+    counts = op_counts(GraphKey(graph)).get(block_kind)
+    return max(0, counts.tp_column_modules - fused_inputs) if counts else 0
+
+
+def host_times(counts: OpCounts, *, split: Split, host: HostOverhead) -> PassTimes:
+    """Host seconds of one layer for one micro-batch: per-op dispatch (fixed plus a part growing
+    with the tokens each op touches) and, under TP, the DTensor cost of each sharded module."""
+    n = counts.ops + counts.expert_ops / split.ep
+    ktokens = split.tokens / 1e3
+    fwd_us = n * (host.fwd_us_per_op + host.fwd_us_per_op_per_ktoken * ktokens)
+    bwd_us = n * (host.bwd_us_per_op + host.bwd_us_per_op_per_ktoken * ktokens)
+    if split.tp > 1:
+        fwd_us += counts.tp_modules * host.tp_fwd_us_per_module
+        bwd_us += counts.tp_modules * host.tp_bwd_us_per_module
+    return PassTimes(fwd_s=fwd_us * 1e-6, bwd_input_s=bwd_us * 1e-6)
+
+
+def _with_host(kernels: PassTimes, host_t: PassTimes, host: HostOverhead) -> PassTimes:
+    """CPU eager: the core runs the host work and the kernels in turn, then the rank gets only
+    compute_share of the core. Async device: the host enqueues ahead, the layer takes the longer."""
+    if host.overlapped:
+        fwd_s = max(kernels.fwd_s, host_t.fwd_s)
+        bwd_total = kernels.bwd_input_s + kernels.bwd_weight_s
+        extra_bwd = max(0.0, host_t.bwd_input_s - bwd_total)
+        return PassTimes(fwd_s, kernels.bwd_input_s + extra_bwd, kernels.bwd_weight_s, kernels.recompute_s,
+                         kernels.attention_fwd_s, kernels.attention_bwd_s).scaled(1 / host.compute_share)
+    return (kernels + host_t).scaled(1 / host.compute_share)

@@ -1,0 +1,287 @@
+"""Times what kernel microbenchmarks miss: framework cost per operator and how ranks share a CPU.
+
+Runs inside every rank of an initialised process group (the profiler's ranks). Three probes:
+- passes: the real model (planner.transformer) forward and backward at a short and a long
+  sequence, each rank in turn while the others wait (an uncontended core, like the kernel
+  medians); the excess over the kernel model, per traced operator, is the host cost
+  (profiler_fit turns it into HostOverhead);
+- share: the long pass on every rank at once, wall time over whole passes (time slices
+  included), against the same pass alone just before: the fraction of a core each rank gets,
+  over a few rounds (the median resists load that comes and goes on a shared machine);
+- DTensor: a column-parallel and a row-parallel Linear on a one-rank mesh against plain
+  Linears, the cost of one tensor-parallel module call on top of the op;
+- sync: every rank alternates a short compute burst with a small all-reduce in pairs (TP
+  groups of two): the wait per collective beyond its back-to-back time when peers compute.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from planner.cost.compute import layer_times, op_counts, split_for
+from planner.cost.ops import GraphKey, layer_ops
+from planner.graph import extract_graph
+from planner.hardware import HardwareProfile, HostOverhead
+from planner.plan import Plan
+from planner.profiler_kernels import TORCH_DTYPES
+from planner.scenario import ModelSpec, Precision
+from planner.transformer import Transformer, loss_fn
+
+SHORT_SEQ = 16  # tokens where kernels are negligible next to dispatch
+SHARE_ROUNDS = 3
+SYNC_BURST_S = 2e-3  # compute between collectives, about a TP layer's share of work on a CPU rank
+SYNC_BYTES = 128 * 1024  # a tiny model's hidden states: latency-bound
+_DTENSOR_TOKENS = 16
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassTiming:
+    seq_len: int
+    fwd_s: float  # training forward incl. the loss (autograd recording)
+    bwd_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSamples:
+    """One rank's host measurements (medians), gathered to rank 0 by the profiler."""
+
+    passes: list[PassTiming]
+    shares: list[float]  # per round: this rank's pass alone / the same pass with every rank at once
+    dtensor_fwd_s: float  # extra per TP module call, forward
+    dtensor_bwd_s: float
+    sync_wait_s: float
+    collective_s: float  # the same all-reduce back to back
+
+
+def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: int) -> HostSamples:
+    """All probes on this rank; every rank must call it (barriers and collectives inside)."""
+    model = _model(spec, dtype=dtype)
+    passes = [_in_turn(lambda s=s: _pass(model, spec, seq_len=s, repeats=repeats))
+              for s in (SHORT_SEQ, seq_len)]
+    shares = [_share(model, spec, seq_len=seq_len, repeats=max(2, repeats // 3)) for _ in range(SHARE_ROUNDS)]
+    dt_fwd, dt_bwd = _in_turn(lambda: _dtensor_cost(spec.hidden_size, dtype=dtype, repeats=repeats * 4))
+    wait_s, coll_s = _sync_wait(repeats=repeats * 10)
+    return HostSamples(passes=passes, shares=shares, dtensor_fwd_s=dt_fwd, dtensor_bwd_s=dt_bwd,
+                       sync_wait_s=wait_s, collective_s=coll_s)
+
+
+def _model(spec: ModelSpec, *, dtype: torch.dtype) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(spec)
+    model.to_empty(device="cpu")
+    model.init_weights(0)
+    return model.to(dtype)
+
+
+def _in_turn(fn: Callable[[], _T]) -> _T:
+    """Run fn on each rank in turn (others wait at a barrier); every rank returns its own result."""
+    result = None
+    for turn in range(dist.get_world_size()):
+        dist.barrier()
+        if turn == dist.get_rank():
+            result = fn()
+    dist.barrier()
+    return result
+
+
+def _batch(spec: ModelSpec, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seq_len)
+    return (torch.randint(0, spec.vocab_size, (1, seq_len), generator=gen),
+            torch.randint(0, spec.vocab_size, (1, seq_len), generator=gen))
+
+
+def _pass(model: Transformer, spec: ModelSpec, *, seq_len: int, repeats: int) -> PassTiming:
+    x, y = _batch(spec, seq_len)
+    fwd, bwd = [], []
+    for i in range(repeats + 2):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        if i >= 2:  # warm-up: allocator caches, oneDNN primitives
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return PassTiming(seq_len=seq_len, fwd_s=statistics.median(fwd), bwd_s=statistics.median(bwd))
+
+
+def _share(model: Transformer, spec: ModelSpec, *, seq_len: int, repeats: int) -> float:
+    """Mean fwd+bwd wall seconds per pass alone (in turn) over the same with every rank at once."""
+    x, y = _batch(spec, seq_len)
+
+    def passes() -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+        return (time.perf_counter() - t0) / repeats
+
+    alone = _in_turn(passes)
+    dist.barrier()
+    together = passes()
+    dist.barrier()
+    return min(1.0, alone / together)
+
+
+def _dtensor_cost(hidden: int, *, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
+    """(forward, backward) seconds per TP module call: a column + row parallel pair over a
+    one-rank mesh minus the same plain Linears, halved."""
+    group = _own_group()
+    mesh = DeviceMesh.from_group(group, "cpu")
+    plain = nn.Sequential(nn.Linear(hidden, 2 * hidden, bias=False), nn.Linear(2 * hidden, hidden, bias=False))
+    plain = plain.to(dtype)
+    sharded = parallelize_module(nn.Sequential(*(nn.Linear(m.in_features, m.out_features, bias=False)
+                                                 for m in plain)).to(dtype),
+                                 mesh, {"0": ColwiseParallel(), "1": RowwiseParallel()})
+    x = torch.randn(1, _DTENSOR_TOKENS, hidden, dtype=dtype, requires_grad=True)
+    pf, pb = _module_times(plain, x, repeats=repeats)
+    sf, sb = _module_times(sharded, x, repeats=repeats)
+    return max(0.0, (sf - pf) / 2), max(0.0, (sb - pb) / 2)
+
+
+_GROUPS: dict[int, dist.ProcessGroup] = {}
+
+
+def _own_group() -> dist.ProcessGroup:
+    """A one-rank group per rank (new_group is collective: every rank creates all of them once)."""
+    if not _GROUPS:
+        for r in range(dist.get_world_size()):
+            _GROUPS[r] = dist.new_group([r])
+    return _GROUPS[dist.get_rank()]
+
+
+def _module_times(module: nn.Module, x: torch.Tensor, *, repeats: int) -> tuple[float, float]:
+    fwd, bwd = [], []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        out = module(x).sum()
+        t1 = time.perf_counter()
+        out.backward()
+        t2 = time.perf_counter()
+        if i >= 3:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def _sync_wait(*, repeats: int) -> tuple[float, float]:
+    """(extra wait per collective when peers compute between calls, back-to-back collective time).
+
+    All ranks at once, in pairs (TP-like groups of two; the whole world when it has fewer than 4
+    ranks): a burst alone, the all-reduce alone, then burst + all-reduce; wait = the excess.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    pairs = [list(range(r, min(r + 2, world))) for r in range(0, world, 2)]
+    groups = [dist.new_group(p) for p in pairs]
+    group = groups[rank // 2]
+    if len(pairs[rank // 2]) < 2:
+        group = dist.group.WORLD
+    buf = torch.zeros(SYNC_BYTES // 4)
+    burst = _in_turn(lambda: _burst(SYNC_BURST_S))
+
+    def collective() -> None:
+        dist.all_reduce(buf, group=group)
+
+    def both() -> None:
+        burst()
+        collective()
+
+    alone_s = _mean_together(burst, repeats=repeats)
+    coll_s = _mean_together(collective, repeats=repeats)
+    both_s = _mean_together(both, repeats=repeats)
+    return max(0.0, both_s - alone_s - coll_s), coll_s
+
+
+def _burst(seconds: float) -> Callable[[], None]:
+    """A compute burst of about `seconds` on an uncontended core (small GEMMs, like a tiny layer)."""
+    a, b = torch.randn(256, 128), torch.randn(128, 352)
+
+    def gemm() -> None:
+        torch.mm(a, b)
+
+    t0 = time.perf_counter()
+    for _ in range(50):
+        gemm()
+    n = max(1, round(seconds / ((time.perf_counter() - t0) / 50)))
+
+    def run() -> None:
+        for _ in range(n):
+            gemm()
+
+    return run
+
+
+def _mean_together(fn: Callable[[], None], *, repeats: int) -> float:
+    fn()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    elapsed = time.perf_counter() - t0
+    dist.barrier()
+    return elapsed / repeats
+
+
+# -- fitting: samples of all ranks -> HostOverhead ----------------------------------------------
+
+
+def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precision,
+             kernels: HardwareProfile) -> HostOverhead:
+    """Per-op host cost = (measured pass - the kernel model's time for it) / traced ops, split into
+    a fixed part and a part per 1,000 tokens from the short and the long pass; medians over ranks.
+
+    `kernels` is the profile built from the kernel sweep (no host term yet), so the split between
+    kernel and host time is the cost model's own: the two together reproduce the measured pass.
+    """
+    short, long = (_median_pass([s.passes[i] for s in samples]) for i in range(2))
+    fits = [_excess_per_op(p, spec=spec, precision=precision, kernels=kernels) for p in (short, long)]
+    (f1, b1, t1), (f2, b2, t2) = fits
+    span_kt = (t2 - t1) / 1e3
+    fwd_slope, bwd_slope = max(0.0, (f2 - f1) / span_kt), max(0.0, (b2 - b1) / span_kt)
+    return HostOverhead(
+        fwd_us_per_op=max(0.0, f1 - fwd_slope * t1 / 1e3), bwd_us_per_op=max(0.0, b1 - bwd_slope * t1 / 1e3),
+        fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
+        tp_fwd_us_per_module=_median(s.dtensor_fwd_s for s in samples) * 1e6,
+        tp_bwd_us_per_module=_median(s.dtensor_bwd_s for s in samples) * 1e6,
+        tp_reduce_per_module=True, overlapped=False, compute_share=_median(share for s in samples for share in s.shares),
+        sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
+
+
+def _median(values) -> float:
+    return float(statistics.median(list(values)))
+
+
+def _median_pass(passes: list[PassTiming]) -> PassTiming:
+    return PassTiming(seq_len=passes[0].seq_len, fwd_s=_median(p.fwd_s for p in passes),
+                      bwd_s=_median(p.bwd_s for p in passes))
+
+
+def _excess_per_op(p: PassTiming, *, spec: ModelSpec, precision: Precision,
+                   kernels: HardwareProfile) -> tuple[float, float, int]:
+    """(forward us, backward us) of measured time beyond the kernel model, per traced op; tokens."""
+    graph = extract_graph(spec, seq_len=p.seq_len, batch=1, dtype=TORCH_DTYPES[precision])
+    plan = Plan.model_validate({"dims": {"dp": 1}})
+    split = split_for(plan, graph=graph, precision=precision)
+    key = GraphKey(graph)
+    per_kind = {kind: layer_times(ops, split=split, hw=kernels, recomputed=False)
+                for kind, ops in layer_ops(key).items()}
+    counts = op_counts(key)
+    fwd_s = bwd_s = 0.0
+    n_ops = 0
+    for layer in graph.layers:
+        t = per_kind[layer.block_kind]
+        fwd_s, bwd_s = fwd_s + t.fwd_s, bwd_s + t.bwd_input_s + t.bwd_weight_s
+        n_ops += counts[layer.block_kind].ops + counts[layer.block_kind].expert_ops
+    return (p.fwd_s - fwd_s) / n_ops * 1e6, (p.bwd_s - bwd_s) / n_ops * 1e6, p.seq_len
