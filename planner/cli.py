@@ -174,6 +174,7 @@ def run(
     resume_from: Annotated[Path | None, typer.Option(help="checkpoint dir of an earlier run (any plan)")] = None,
     max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failed rank")] = 0,
     data: Annotated[Path | None, typer.Option(help="plain text file instead of synthetic tokens")] = None,
+    profile: Annotated[Path | None, typer.Option(help="hardware profile for the prediction (default: datasheet)")] = None,
 ) -> None:
     """Train the plan with torchrun (gloo on CPU, NCCL on CUDA) and write measurement.json."""
     from executor import Launch, RunOptions, run_plan
@@ -190,10 +191,27 @@ def run(
         except RuntimeError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
-    table = Table("step time s", "tokens/s/GPU", "peak GiB", "first loss", "last loss", title=f"{out_dir}/measurement.json")
-    table.add_row(f"{m.step_time_s:.4f}", f"{m.tokens_per_s_per_gpu:,.0f}", f"{m.peak_memory_gib:.2f}",
-                  f"{m.losses[0]:.4f}", f"{m.losses[-1]:.4f}")
+    console.print(f"{out_dir}/measurement.json: loss {m.losses[0]:.4f} -> {m.losses[-1]:.4f} over {m.steps} steps")
+    _print_comparison(Plan.load(plan), scenario_or_default(scenario), m, profile=profile, out_dir=out_dir)
+
+
+def _print_comparison(plan, sc: Scenario, measurement, *, profile: Path | None, out_dir: Path) -> None:
+    """Predicted vs measured for the run just made; refresh the report when out_dir holds one."""
+    from planner import estimate_cli
+    from planner.compare import compare
+    from planner.report import render_report
+
+    table = Table("quantity", "predicted", "measured", "error", title="predicted vs measured")
+    try:
+        est = estimate_cli.run_estimate(sc, plan, profile=profile, timeline=False)
+    except ValueError as err:  # e.g. launched on fewer ranks than the scenario's cluster
+        console.print(f"(no prediction: {err})")
+        est = None
+    for row in compare(est, measurement) if est is not None else []:
+        table.add_row(row.quantity, f"{row.predicted:.4g}", f"{row.measured:.4g}", f"{row.error:+.0%}")
     console.print(table)
+    if (out_dir / "result.json").is_file():
+        console.print(f"updated {render_report(out_dir)}")
 
 
 @app.command()
