@@ -25,7 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 EXIT_USER_ERROR = 2
 
 ScenarioArg = Annotated[Path, typer.Argument(help="scenario TOML file ([model], [cluster], [job], [search])")]
