@@ -88,6 +88,7 @@ class _Run:
     cache: dict = field(default_factory=dict)
     closest_bound: tuple[float, Plan] | None = None  # smallest model-state shortfall (bytes, plan)
     grids: dict = field(default_factory=dict)  # Layout -> size of its knob grid
+    frugal_plans: dict = field(default_factory=dict)  # Layout -> its least-memory plan
     tick: Callable[[], None] = lambda: None
 
     def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
@@ -112,6 +113,12 @@ class _Run:
         if lay not in self.grids:
             self.grids[lay] = ss.knob_grid_size(self.scenario, lay)
         return self.grids[lay]
+
+    def frugal(self, lay: Layout) -> Plan:
+        """The layout's least-memory plan (built once: it bounds memory and records rejections)."""
+        if lay not in self.frugal_plans:
+            self.frugal_plans[lay] = ss.make_plan(lay, _frugal(self.scenario, lay))
+        return self.frugal_plans[lay]
 
     def reject(self, plan: Plan, reason: str) -> None:
         self.candidates.append(Candidate(plan=plan, estimate=None, fits=False, reason=reason))
@@ -167,9 +174,9 @@ def _enumerate_and_prune(run: _Run) -> list[Layout]:
         run.stats.enumerated += grid
         if reason is not None:
             run.stats.invalid += 1
-            run.reject(ss.make_plan(lay, _frugal(run.scenario, lay)), reason)
+            run.reject(run.frugal(lay), reason)
             continue
-        frugal = ss.make_plan(lay, _frugal(run.scenario, lay))
+        frugal = run.frugal(lay)
         lower = run.est.memory_lower_bound_bytes(run.graph, frugal, run.scenario.job, run.scenario.cluster)
         limit = _capacity_bytes(run)
         if lower > limit:
@@ -266,7 +273,7 @@ def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
 def _reject_layout(run: _Run, lay: Layout, reason: str) -> None:
     grid = run.grid(lay)
     run.stats.pruned += grid
-    run.reject(ss.make_plan(lay, _frugal(run.scenario, lay)), f"{reason} ({grid} knob settings)")
+    run.reject(run.frugal(lay), f"{reason} ({grid} knob settings)")
 
 
 def _to_refine(probes: dict[Layout, float]) -> list[Layout]:
