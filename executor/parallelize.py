@@ -12,6 +12,7 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
@@ -29,12 +30,9 @@ from planner.transformer import MoE, Transformer
 def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:
     """One-line ValueError for layouts the planner allows but this executor cannot run yet."""
     d = plan.dims
-    if d.etp > 1:
-        raise ValueError("dims.etp: expert tensor parallelism is not implemented in the executor; set etp=1")
-    if spec.is_moe and d.tp > 1:
-        raise ValueError("dims.tp: the executor runs MoE models with tp=1 (experts are not TP-sharded); use dp/ep")
-    if spec.is_moe and plan.zero_stage >= ZeroStage.GRADIENTS:
-        raise ValueError("zero_stage: MoE models run with ZeRO 0 or 1 in the executor; lower zero_stage")
+    if d.etp > 1 and spec.is_moe and spec.expert_intermediate_size % d.etp:
+        raise ValueError(f"dims.etp: {d.etp} must divide the expert intermediate size "
+                         f"{spec.expert_intermediate_size}; lower etp")
     if d.tp > spec.kv_heads and not spec.uses_mla:
         raise ValueError(f"dims.tp: {d.tp} exceeds num_key_value_heads={spec.kv_heads} (KV-head replication "
                          "is not implemented); lower tp")
@@ -63,8 +61,8 @@ def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int)
     order); FSDP last, because it shards whatever parameters the earlier steps left.
     """
     spec = model.spec
-    if plan.dims.ep > 1:
-        apply_ep(model, plan=plan, meshes=meshes)
+    if spec.is_moe and max(plan.dims.ep, plan.dims.etp, plan.dims.tp) > 1:
+        apply_moe(model, plan=plan, meshes=meshes)
     if plan.dims.tp > 1:
         apply_tp(model, tp_mesh=meshes.world[Axis.TP.value], sequence_parallel=plan.sequence_parallel, spec=spec)
     if plan.dims.cp > 1:
@@ -72,7 +70,7 @@ def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int)
     if plan.recompute != Recompute.NONE:
         apply_recompute(model, mode=plan.recompute)
     if plan.zero_stage >= ZeroStage.GRADIENTS and meshes.dp_cp.size() > 1:
-        apply_fsdp(model, mesh=meshes.dp_cp, reshard_after_forward=plan.zero_stage == ZeroStage.PARAMETERS)
+        apply_fsdp(model, meshes=meshes, reshard_after_forward=plan.zero_stage == ZeroStage.PARAMETERS)
     return model
 
 
@@ -82,16 +80,34 @@ def moe_ordinals(spec: ModelSpec) -> dict[int, int]:
     return {block: n for n, block in enumerate(moe_blocks)}
 
 
-def apply_ep(model: Transformer, *, plan: Plan, meshes: Meshes) -> None:
+def apply_moe(model: Transformer, *, plan: Plan, meshes: Meshes) -> None:
+    """Experts on the folded grid (EP, ETP); routed slots split over the attention tp group."""
     ordinals = moe_ordinals(model.spec)
-    ep_rank, group = meshes.local_rank(Axis.EP), meshes.group(Axis.EP)
+    groups = {"ep": meshes.group(Axis.EP), "etp": meshes.group(Axis.ETP), "tp": meshes.group(Axis.TP)}
     for key, block in model.layers.items():
         if isinstance(getattr(block, "moe", None), MoE):
             placement = layer_placement(plan, model.spec, moe_ordinal=ordinals[int(key)])
-            shard_experts(block.moe, placement=placement, ep_rank=ep_rank, group=group)
+            shard_experts(block.moe, placement=placement, ep_rank=meshes.local_rank(Axis.EP), **groups)
 
 
-def _tp_block_plan(spec: ModelSpec, *, sp: bool) -> dict[str, object]:
+def _tp_mlp_plan(spec: ModelSpec, *, sp: bool, moe: bool) -> dict[str, object]:
+    """Dense MLP: column- then row-parallel. MoE: replicated tokens in (see executor.expert_parallel);
+    under SP they are gathered on entry and this rank's sequence shard is kept on exit."""
+    seq = Shard(1) if sp else Replicate()
+    if moe:
+        return {"moe": PrepareModuleInputOutput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)} if sp else {}
+    plan: dict[str, object] = {"feed_forward.w1": ColwiseParallel(),
+                               "feed_forward.w2": RowwiseParallel(output_layouts=seq)}
+    if spec.hidden_act.gated:
+        plan["feed_forward.w3"] = ColwiseParallel()
+    if sp:
+        plan["feed_forward"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+    return plan
+
+
+def _tp_block_plan(spec: ModelSpec, *, sp: bool, moe: bool) -> dict[str, object]:
     """Megatron-style TP (Shoeybi et al. 2019) with optional sequence parallelism (Korthikanti et al. 2022)."""
     seq = Shard(1) if sp else Replicate()
     plan: dict[str, object] = {"attention.wo": RowwiseParallel(output_layouts=seq)}
@@ -100,16 +116,12 @@ def _tp_block_plan(spec: ModelSpec, *, sp: bool) -> dict[str, object]:
         plan |= {"attention.wq_b": ColwiseParallel()} if spec.q_lora_rank else {"attention.wq": ColwiseParallel()}
     else:
         plan |= {f"attention.{w}": ColwiseParallel() for w in ("wq", "wk", "wv")}
-    plan |= {"feed_forward.w1": ColwiseParallel(), "feed_forward.w2": RowwiseParallel(output_layouts=seq)}
-    if spec.hidden_act.gated:
-        plan["feed_forward.w3"] = ColwiseParallel()
     if sp:
         # the RoPE table stays a plain tensor (None): a Replicate() DTensor breaks x * cos
         plan |= {"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
                  "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
-                                                 desired_input_layouts=(Replicate(), None)),
-                 "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))}
-    return plan
+                                                 desired_input_layouts=(Replicate(), None))}
+    return plan | _tp_mlp_plan(spec, sp=sp, moe=moe)
 
 
 def apply_tp(model: Transformer, *, tp_mesh: DeviceMesh, sequence_parallel: bool, spec: ModelSpec) -> None:
@@ -126,7 +138,7 @@ def apply_tp(model: Transformer, *, tp_mesh: DeviceMesh, sequence_parallel: bool
         # Transformer.forward sizes the RoPE table from its (now sequence-sharded) hidden states.
         model.rope = partial(_full_sequence_rope, model.rope, tp=tp_mesh.size())
     for block in model.layers.values():
-        parallelize_module(block, tp_mesh, _tp_block_plan(spec, sp=sequence_parallel))
+        parallelize_module(block, tp_mesh, _tp_block_plan(spec, sp=sequence_parallel, moe=hasattr(block, "moe")))
 
 
 def _full_sequence_rope(rope, seq_len: int, *, tp: int) -> torch.Tensor | None:
@@ -166,11 +178,21 @@ def apply_recompute(model: Transformer, *, mode: Recompute) -> None:
                 pass
 
 
-def apply_fsdp(model: Transformer, *, mesh: DeviceMesh, reshard_after_forward: bool) -> None:
-    """FSDP2 per block, then the root (embeddings, norm, head); ZeRO-3 reshards after forward."""
+def apply_fsdp(model: Transformer, *, meshes: Meshes, reshard_after_forward: bool) -> None:
+    """FSDP2 per block, then the root (embeddings, norm, head); ZeRO-3 reshards after forward.
+
+    Expert weights are sharded first, over their own replicas (edp of the folded grid), so the
+    block's dp x cp sharding leaves them alone. FSDP averages over the shard group; an expert's
+    gradient already sums the tokens of its EP peers, so it is divided by dp*cp like the rest.
+    """
+    divisor = meshes.size(Axis.DP) * meshes.size(Axis.CP)
     for block in model.layers.values():
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        if isinstance(getattr(block, "moe", None), MoE):
+            experts = fully_shard(block.moe.experts, mesh=meshes.expert[Axis.EDP.value],
+                                  reshard_after_forward=reshard_after_forward)
+            experts.set_gradient_divide_factor(divisor)
+        fully_shard(block, mesh=meshes.dp_cp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=meshes.dp_cp, reshard_after_forward=reshard_after_forward)
 
 
 def materialise(model: Transformer, *, device: torch.device, seed: int) -> Transformer:

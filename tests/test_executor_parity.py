@@ -47,6 +47,12 @@ TWO_RANKS = {
     "zero3-dp2-recompute": (DENSE, SGD, {"dims": {"dp": 2}, "micro_batch_size": 4, "zero_stage": 3,
                                          "recompute": "full"}),
     "ep2": (MOE, SGD, {"dims": {"dp": 2, "ep": 2}, "micro_batch_size": 4, "expert_placement": [[1, 0, 0, 1]] * 4}),
+    # MoE under attention TP, folded: experts on edp2 (tp ranks split the routed slots) / on ep2 with SP
+    "moe-tp2": (MOE, SGD, {"dims": {"tp": 2}}),
+    "moe-tp2-sp-ep2": (MOE, ADAMW, {"dims": {"tp": 2, "ep": 2}, "sequence_parallel": True,
+                                    "expert_placement": [[1, 0, 0, 1]] * 4}),
+    "moe-dp2-etp2": (MOE, SGD, {"dims": {"dp": 2, "etp": 2}, "micro_batch_size": 4}),
+    "moe-dp2-ep2-zero3": (MOE, SGD, {"dims": {"dp": 2, "ep": 2}, "micro_batch_size": 2, "zero_stage": 3}),
 }
 FOUR_RANKS = {
     "dp2xtp2": (DENSE, SGD, {"dims": {"dp": 2, "tp": 2}, "micro_batch_size": 4}),
@@ -58,6 +64,11 @@ FOUR_RANKS = {
                                              "virtual_stages": 2, "schedule": "interleaved-1f1b", "zero_stage": 3}),
     "ep2xdp2": (MOE, ADAMW, {"dims": {"dp": 4, "ep": 2}, "micro_batch_size": 2, "zero_stage": 1}),
     "ep2xdp2-sgd": (MOE, SGD, {"dims": {"dp": 4, "ep": 2}, "micro_batch_size": 1}),
+    "moe-dp2xtp2-ep2-zero2": (MOE, ADAMW, {"dims": {"dp": 2, "tp": 2, "ep": 2}, "micro_batch_size": 4,
+                                           "zero_stage": 2, "sequence_parallel": True}),
+    "moe-tp2xpp2-ep2": (MOE, SGD, {"dims": {"tp": 2, "pp": 2, "ep": 2}, "micro_batch_size": 2}),
+    "moe-dp2xtp2-etp2-zero3": (MOE, SGD, {"dims": {"dp": 2, "tp": 2, "etp": 2}, "micro_batch_size": 2,
+                                          "zero_stage": 3}),
 }
 
 
