@@ -56,12 +56,13 @@ def _print_result(result: SearchResult) -> None:
               f"peak {best.estimate.peak_memory_bytes / 2**30:.1f} GiB")
     if result.moe:
         m = result.moe
-        print(f"  experts: {m['method']} gap {m['gap']:.1%} in {m['solve_s']:.1f} s; a2a saved {m['all_to_all_saved_s']:.3g} s, "
+        print(f"  experts: {m['method']} gap {m['gap']:.1%} in {m['solve_s']:.1f} s; "
+              f"a2a saved {m['all_to_all_saved_s']:.3g} s, "
               f"total {m['round_robin_s']:.3g} -> {m['cost_s']:.3g} s (sum over MoE layers)")
     if result.partition:
         p = result.partition
-        print(f"  partition: {p['status']} gap {p['gap']:.1%} in {p['solve_s']:.2f} s; even {p['even_step_time_s']:.3f} s "
-              f"-> uneven {p['uneven_step_time_s']:.3f} s")
+        print(f"  partition: {p['status']} gap {p['gap']:.1%} in {p['solve_s']:.2f} s; "
+              f"even {p['even_step_time_s']:.3f} s -> uneven {p['uneven_step_time_s']:.3f} s")
 
 
 def main() -> int:

@@ -330,6 +330,5 @@ def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluste
     Needs no hardware profile or timing; `cluster` is accepted for the search's uniform call.
     """
     assert plan.parallel_dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
-    summary = graph_summary(GraphKey(graph))
-    counts = summary.chunk_counts(plan.stage_blocks(summary.num_blocks))
-    return model_state_lower_bound(plan, kinds=kind_params(graph, plan), chunk_counts=counts, job=job)
+    _, stages = _plan_counts(graph_summary(GraphKey(graph)), plan)
+    return model_state_lower_bound(plan, kinds=kind_params(graph, plan), stages=stages, job=job)

@@ -238,10 +238,9 @@ def plan_memory(graph: ModelGraph, plan: Plan, *, job: JobSpec, split: Split, ch
 
 
 def model_state_lower_bound(plan: Plan, *, kinds: dict[str, KindMemory] | dict[str, KindParams],
-                            chunk_counts: list[Counter[str]],
-                            job: JobSpec) -> float:
+                            stages: list[Counter[str]], job: JobSpec) -> float:
     """Largest stage's weights + gradients + optimizer: a floor on peak memory for pruning.
-    Stages holding the same block kinds are priced once."""
-    distinct = {tuple(counts.items()): counts for counts in stage_counts(chunk_counts, pp=plan.dims.pp)}
+    `stages` are the block-kind counts per pipeline rank; ranks holding the same ones are priced once."""
+    distinct = {tuple(counts.items()): counts for counts in stages}
     return max(sum(model_state_terms(plan, stage_params(kinds, counts), job=job).values())
                for counts in distinct.values())
