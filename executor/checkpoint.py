@@ -9,6 +9,7 @@ Lian et al. 2024).
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
+
+from executor.expert_parallel import ETP_SHARD_DIM
 
 COMPLETE = "COMPLETE"
 PROGRESS = "progress.json"
@@ -31,11 +35,31 @@ def _expert_ids(module: nn.Module, fqn: str) -> list[int] | None:
     return list(getattr(experts, "global_ids", range(getattr(experts, leaf).shape[0])))
 
 
+def _local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This rank's rows of a stacked expert tensor and the index of the first (FSDP2 shards dim 0
+    in torch.chunk blocks of ceil(E/n) rows over the expert-data-parallel mesh)."""
+    if not isinstance(tensor, DTensor):
+        return tensor, 0
+    mesh = tensor.device_mesh
+    block = math.ceil(tensor.shape[0] / mesh.size())
+    return tensor.to_local(), min(mesh.get_local_rank() * block, tensor.shape[0])
+
+
 def _split(module: nn.Module, fqn: str, tensor: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    """One key per expert; an expert-TP shard (etp > 1) is saved as a DTensor over the etp mesh so
+    DCP stitches the whole expert together and re-shards it for another etp degree."""
     ids = _expert_ids(module, fqn)
     if ids is None or tensor.ndim == 0:
         return {prefix + fqn: tensor}
-    return {f"{prefix}{fqn}.expert{e}": tensor[row] for row, e in enumerate(ids)}
+    rows, first = _local_rows(tensor)
+    etp_mesh = getattr(module.get_submodule(fqn.rpartition(".")[0]), "etp_mesh", None)
+    out = {}
+    for i, row in enumerate(rows):
+        if etp_mesh is not None:
+            row = DTensor.from_local(row, etp_mesh, [Shard(ETP_SHARD_DIM[fqn.rpartition(".")[2]] - 1)],
+                                     run_check=False)
+        out[f"{prefix}{fqn}.expert{ids[first + i]}"] = row
+    return out
 
 
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:

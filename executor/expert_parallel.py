@@ -20,6 +20,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 
 from executor.token_split import gather_rows, split_bounds, split_rows
@@ -60,9 +61,10 @@ def _group(group: dist.ProcessGroup) -> dist.ProcessGroup | None:
 
 
 def shard_experts(moe: MoE, *, placement: list[int], ep_rank: int, ep: dist.ProcessGroup,
-                  etp: dist.ProcessGroup, tp: dist.ProcessGroup) -> None:
+                  etp_mesh: DeviceMesh, tp: dist.ProcessGroup) -> None:
     """Keep ep_rank's experts (their etp shard) and route this layer's slots through the groups."""
     owned = local_experts(placement, ep_rank=ep_rank)
+    etp = etp_mesh.get_group()
     etp_size, etp_rank = dist.get_world_size(etp), dist.get_rank(etp)
     for name in EXPERT_PARAMS:
         full = getattr(moe.experts, name)
@@ -71,6 +73,7 @@ def shard_experts(moe: MoE, *, placement: list[int], ep_rank: int, ep: dist.Proc
             shard = rows.chunk(etp_size, dim=ETP_SHARD_DIM[name])[etp_rank]
             setattr(moe.experts, name, nn.Parameter(shard.clone()))
     moe.experts.global_ids = owned
+    moe.experts.etp_mesh = etp_mesh if etp_size > 1 else None  # checkpoints save etp shards as DTensors
     send_order = sorted(range(len(placement)), key=lambda e: (placement[e], owned_row(placement, e)))
     groups = MoEGroups(ep=_group(ep), etp=_group(etp), tp=_group(tp), send_order=send_order)
     moe.forward = partial(_parallel_forward, moe, groups=groups)

@@ -83,7 +83,7 @@ def moe_ordinals(spec: ModelSpec) -> dict[int, int]:
 def apply_moe(model: Transformer, *, plan: Plan, meshes: Meshes) -> None:
     """Experts on the folded grid (EP, ETP); routed slots split over the attention tp group."""
     ordinals = moe_ordinals(model.spec)
-    groups = {"ep": meshes.group(Axis.EP), "etp": meshes.group(Axis.ETP), "tp": meshes.group(Axis.TP)}
+    groups = {"ep": meshes.group(Axis.EP), "etp_mesh": meshes.expert[Axis.ETP.value], "tp": meshes.group(Axis.TP)}
     for key, block in model.layers.items():
         if isinstance(getattr(block, "moe", None), MoE):
             placement = layer_placement(plan, model.spec, moe_ordinal=ordinals[int(key)])

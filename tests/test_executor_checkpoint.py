@@ -57,3 +57,14 @@ def test_killed_rank_restarts_then_resumes_under_another_plan(tmp_path):
     _assert_matches(killed.losses, ref[:4])
     assert resumed.resumed_from_step == 4 and len(resumed.step_times_s) == TOTAL_STEPS - 4
     _assert_matches(resumed.losses, ref)
+
+
+def test_resume_fsdp_experts_under_expert_tp(tmp_path):
+    """Experts FSDP-sharded over edp (ZeRO-3) saved per expert; reloaded column/row-sharded (etp2) under tp2."""
+    saved, resumed = _resume_under_other_plan(
+        MOE, {"dims": {"dp": 2}, "zero_stage": 3, "micro_batch_size": 4},
+        {"dims": {"tp": 2, "etp": 2}, "sequence_parallel": True}, tmp_path)
+    ref = reference_losses(MOE, ADAMW, steps=TOTAL_STEPS)
+    _assert_matches(saved.losses, ref[:4])
+    assert resumed.resumed_from_step == 4
+    _assert_matches(resumed.losses, ref)
