@@ -6,8 +6,10 @@ Runs inside every rank of an initialised process group (the profiler's ranks). T
   medians); the excess over the kernel model, per traced operator, is the host cost
   (profiler_fit turns it into HostOverhead);
 - share: the long pass on every rank at once, wall time over whole passes (time slices
-  included), against the same pass alone just before: the fraction of a core each rank gets,
-  over a few rounds (the median resists load that comes and goes on a shared machine);
+  included), in a few rounds (the median resists load that comes and goes on a shared
+  machine); the model's time for the pass (kernels + host) over it is the share of a core a
+  rank gets. Taken against the model rather than the pass alone because the kernel medians,
+  timed with all ranks at once, already carry part of the time-sharing;
 - DTensor: a column-parallel and a row-parallel Linear on a one-rank mesh against plain
   Linears, the cost of one tensor-parallel module call on top of the op;
 - sync: every rank alternates a short compute burst with a small all-reduce in pairs (TP
@@ -57,7 +59,7 @@ class HostSamples:
     """One rank's host measurements (medians), gathered to rank 0 by the profiler."""
 
     passes: list[PassTiming]
-    shares: list[float]  # per round: this rank's pass alone / the same pass with every rank at once
+    together_s: list[float]  # per round: wall seconds per long pass with every rank at once
     dtensor_fwd_s: float  # extra per TP module call, forward
     dtensor_bwd_s: float
     sync_wait_s: float
@@ -69,10 +71,10 @@ def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: 
     model = _model(spec, dtype=dtype)
     passes = [_in_turn(lambda s=s: _pass(model, spec, seq_len=s, repeats=repeats))
               for s in (SHORT_SEQ, seq_len)]
-    shares = [_share(model, spec, seq_len=seq_len, repeats=max(2, repeats // 3)) for _ in range(SHARE_ROUNDS)]
+    together = [_together(model, spec, seq_len=seq_len, repeats=max(2, repeats // 3)) for _ in range(SHARE_ROUNDS)]
     dt_fwd, dt_bwd = _in_turn(lambda: _dtensor_cost(spec.hidden_size, dtype=dtype, repeats=repeats * 4))
     wait_s, coll_s = _sync_wait(repeats=repeats * 10)
-    return HostSamples(passes=passes, shares=shares, dtensor_fwd_s=dt_fwd, dtensor_bwd_s=dt_bwd,
+    return HostSamples(passes=passes, together_s=together, dtensor_fwd_s=dt_fwd, dtensor_bwd_s=dt_bwd,
                        sync_wait_s=wait_s, collective_s=coll_s)
 
 
@@ -86,6 +88,8 @@ def _model(spec: ModelSpec, *, dtype: torch.dtype) -> Transformer:
 
 def _in_turn(fn: Callable[[], _T]) -> _T:
     """Run fn on each rank in turn (others wait at a barrier); every rank returns its own result."""
+    if not dist.is_initialized():
+        return fn()
     result = None
     for turn in range(dist.get_world_size()):
         dist.barrier()
@@ -93,6 +97,11 @@ def _in_turn(fn: Callable[[], _T]) -> _T:
             result = fn()
     dist.barrier()
     return result
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _batch(spec: ModelSpec, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,27 +126,24 @@ def _pass(model: Transformer, spec: ModelSpec, *, seq_len: int, repeats: int) ->
     return PassTiming(seq_len=seq_len, fwd_s=statistics.median(fwd), bwd_s=statistics.median(bwd))
 
 
-def _share(model: Transformer, spec: ModelSpec, *, seq_len: int, repeats: int) -> float:
-    """Mean fwd+bwd wall seconds per pass alone (in turn) over the same with every rank at once."""
+def _together(model: Transformer, spec: ModelSpec, *, seq_len: int, repeats: int) -> float:
+    """Mean fwd+bwd wall seconds per pass with every rank computing at once."""
     x, y = _batch(spec, seq_len)
-
-    def passes() -> float:
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-        return (time.perf_counter() - t0) / repeats
-
-    alone = _in_turn(passes)
-    dist.barrier()
-    together = passes()
-    dist.barrier()
-    return min(1.0, alone / together)
+    _barrier()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+    elapsed = time.perf_counter() - t0
+    _barrier()
+    return elapsed / repeats
 
 
 def _dtensor_cost(hidden: int, *, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
     """(forward, backward) seconds per TP module call: a column + row parallel pair over a
-    one-rank mesh minus the same plain Linears, halved."""
+    one-rank mesh minus the same plain Linears, halved; 0 in a single process (no TP there)."""
+    if not dist.is_initialized():
+        return 0.0, 0.0
     group = _own_group()
     mesh = DeviceMesh.from_group(group, "cpu")
     plain = nn.Sequential(nn.Linear(hidden, 2 * hidden, bias=False), nn.Linear(2 * hidden, hidden, bias=False))
@@ -182,6 +188,8 @@ def _sync_wait(*, repeats: int) -> tuple[float, float]:
     All ranks at once, in pairs (TP-like groups of two; the whole world when it has fewer than 4
     ranks): a burst alone, the all-reduce alone, then burst + all-reduce; wait = the excess.
     """
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return 0.0, 0.0
     world, rank = dist.get_world_size(), dist.get_rank()
     pairs = [list(range(r, min(r + 2, world))) for r in range(0, world, 2)]
     groups = [dist.new_group(p) for p in pairs]
@@ -246,16 +254,20 @@ def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precisio
     kernel and host time is the cost model's own: the two together reproduce the measured pass.
     """
     short, long = (_median_pass([s.passes[i] for s in samples]) for i in range(2))
-    fits = [_excess_per_op(p, spec=spec, precision=precision, kernels=kernels) for p in (short, long)]
-    (f1, b1, t1), (f2, b2, t2) = fits
-    span_kt = (t2 - t1) / 1e3
+    (k1, n), (k2, _) = (_kernel_model(p.seq_len, spec=spec, precision=precision, kernels=kernels) for p in (short, long))
+    f1, b1 = (short.fwd_s - k1[0]) / n * 1e6, (short.bwd_s - k1[1]) / n * 1e6
+    f2, b2 = (long.fwd_s - k2[0]) / n * 1e6, (long.bwd_s - k2[1]) / n * 1e6
+    span_kt = (long.seq_len - short.seq_len) / 1e3
     fwd_slope, bwd_slope = max(0.0, (f2 - f1) / span_kt), max(0.0, (b2 - b1) / span_kt)
+    fwd_us, bwd_us = max(0.0, f1 - fwd_slope * short.seq_len / 1e3), max(0.0, b1 - bwd_slope * short.seq_len / 1e3)
+    kt = long.seq_len / 1e3
+    model_long_s = sum(k2) + n * (fwd_us + bwd_us + (fwd_slope + bwd_slope) * kt) * 1e-6
+    together = _median(t for s in samples for t in s.together_s)
     return HostOverhead(
-        fwd_us_per_op=max(0.0, f1 - fwd_slope * t1 / 1e3), bwd_us_per_op=max(0.0, b1 - bwd_slope * t1 / 1e3),
-        fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
+        fwd_us_per_op=fwd_us, bwd_us_per_op=bwd_us, fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
         tp_fwd_us_per_module=_median(s.dtensor_fwd_s for s in samples) * 1e6,
         tp_bwd_us_per_module=_median(s.dtensor_bwd_s for s in samples) * 1e6,
-        tp_reduce_per_module=True, overlapped=False, compute_share=_median(share for s in samples for share in s.shares),
+        tp_reduce_per_module=True, overlapped=False, compute_share=min(1.0, model_long_s / together),
         sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
 
 
@@ -268,10 +280,10 @@ def _median_pass(passes: list[PassTiming]) -> PassTiming:
                       bwd_s=_median(p.bwd_s for p in passes))
 
 
-def _excess_per_op(p: PassTiming, *, spec: ModelSpec, precision: Precision,
-                   kernels: HardwareProfile) -> tuple[float, float, int]:
-    """(forward us, backward us) of measured time beyond the kernel model, per traced op; tokens."""
-    graph = extract_graph(spec, seq_len=p.seq_len, batch=1, dtype=TORCH_DTYPES[precision])
+def _kernel_model(seq_len: int, *, spec: ModelSpec, precision: Precision,
+                  kernels: HardwareProfile) -> tuple[tuple[float, float], int]:
+    """((forward s, backward s) the kernel model gives one sequence, traced ops dispatched)."""
+    graph = extract_graph(spec, seq_len=seq_len, batch=1, dtype=TORCH_DTYPES[precision])
     plan = Plan.model_validate({"dims": {"dp": 1}})
     split = split_for(plan, graph=graph, precision=precision)
     key = GraphKey(graph)
@@ -284,4 +296,4 @@ def _excess_per_op(p: PassTiming, *, spec: ModelSpec, precision: Precision,
         t = per_kind[layer.block_kind]
         fwd_s, bwd_s = fwd_s + t.fwd_s, bwd_s + t.bwd_input_s + t.bwd_weight_s
         n_ops += counts[layer.block_kind].ops + counts[layer.block_kind].expert_ops
-    return (p.fwd_s - fwd_s) / n_ops * 1e6, (p.bwd_s - bwd_s) / n_ops * 1e6, p.seq_len
+    return (fwd_s, bwd_s), n_ops

@@ -107,7 +107,8 @@ def test_fit_recovers_the_host_model_from_pass_timings() -> None:
         bwd = sum(per_kind[layer.block_kind].bwd_input_s + per_kind[layer.block_kind].bwd_weight_s
                   for layer in graph.layers)
         passes.append(PassTiming(seq_len=seq, fwd_s=fwd, bwd_s=bwd))
-    samples = [HostSamples(passes=passes, shares=[0.4, 0.5, 0.6], dtensor_fwd_s=2e-4, dtensor_bwd_s=3e-4,
+    solo = passes[1].fwd_s + passes[1].bwd_s
+    samples = [HostSamples(passes=passes, together_s=[solo * 2.5, solo * 2, solo], dtensor_fwd_s=2e-4, dtensor_bwd_s=3e-4,
                            sync_wait_s=5e-4, collective_s=1e-3)] * 3
     fitted = fit_host(samples, spec=spec, precision=Precision.FP32, kernels=CPU)
     for field in ("fwd_us_per_op", "bwd_us_per_op", "fwd_us_per_op_per_ktoken", "bwd_us_per_op_per_ktoken"):
