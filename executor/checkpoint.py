@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
 from executor.expert_parallel import ETP_SHARD_DIM
+from executor.tied import COPY_FQN, TIED_FQN
 
 COMPLETE = "COMPLETE"
 PROGRESS = "progress.json"
@@ -62,6 +63,13 @@ def _split(module: nn.Module, fqn: str, tensor: torch.Tensor, prefix: str) -> di
     return out
 
 
+def _canonical(module: nn.Module, fqn: str) -> str:
+    """A last pipeline stage's copy of a tied embedding is saved as the embedding (executor.tied)."""
+    spec = getattr(module, "spec", None)
+    tied = spec is not None and spec.tie_word_embeddings
+    return TIED_FQN if tied and fqn == COPY_FQN else fqn
+
+
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Create AdamW state ahead of the first step so DCP has tensors to load into."""
     for group in optimizer.param_groups:
@@ -77,6 +85,7 @@ def state_dict(modules: list[nn.Module], optimizer: torch.optim.Optimizer | None
     param_fqn: dict[int, tuple[nn.Module, str]] = {}
     for module in modules:
         for fqn, p in module.named_parameters():
+            fqn = _canonical(module, fqn)
             out |= _split(module, fqn, p.detach(), "model.")
             param_fqn[id(p)] = (module, fqn)
     if optimizer is not None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from executor.expert_parallel import layer_placement, shard_experts
 from executor.mesh import Meshes
 from executor.ring_attention import RingAttention, zigzag_positions
+from executor.tied import use_vocab_parallel_head
 from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import ModelSpec, PositionEmbedding
 from planner.transformer import MoE, Transformer
@@ -38,10 +39,6 @@ def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:
                          "is not implemented); lower tp")
     if d.tp > 1 and spec.vocab_size % d.tp:
         raise ValueError(f"dims.tp: {d.tp} must divide vocab_size={spec.vocab_size} (vocab-parallel embedding)")
-    if spec.tie_word_embeddings and (d.tp > 1 or d.pp > 1):
-        raise ValueError("dims: tied embeddings run with tp=1 and pp=1 in the executor; untie or lower tp/pp")
-    if plan.sequence_parallel and spec.position_embedding == PositionEmbedding.LEARNED:
-        raise ValueError("sequence_parallel: not supported with learned position embeddings; set it false")
     if d.cp > 1 and spec.attention_dropout > 0:
         raise ValueError("dims.cp: ring attention has no attention dropout; set attention_dropout=0")
     if plan.schedule == Schedule.ZERO_BUBBLE and d.pp > 1:
@@ -127,18 +124,31 @@ def _tp_block_plan(spec: ModelSpec, *, sp: bool, moe: bool) -> dict[str, object]
 def apply_tp(model: Transformer, *, tp_mesh: DeviceMesh, sequence_parallel: bool, spec: ModelSpec) -> None:
     seq = Shard(1) if sequence_parallel else Replicate()
     top: dict[str, object] = {}
+    learned = spec.position_embedding == PositionEmbedding.LEARNED
     if model.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        # learned positions are added to the whole sequence, then it is split (Megatron's order)
+        embed_out = Replicate() if learned else seq
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=embed_out)
+        if learned and sequence_parallel:
+            model.embed = partial(_sequence_sharded, model.embed, tp_mesh=tp_mesh)
     if model.output is not None:
         top["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate(), use_local_output=True)
-        if sequence_parallel:
-            top["norm"] = SequenceParallel()
+    if model.norm is not None and sequence_parallel:
+        top["norm"] = SequenceParallel()
     parallelize_module(model, tp_mesh, top)
+    if model.norm is not None and model.output is None:
+        use_vocab_parallel_head(model, tp_mesh=tp_mesh)
     if sequence_parallel:
         # Transformer.forward sizes the RoPE table from its (now sequence-sharded) hidden states.
         model.rope = partial(_full_sequence_rope, model.rope, tp=tp_mesh.size())
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, _tp_block_plan(spec, sp=sequence_parallel, moe=hasattr(block, "moe")))
+
+
+def _sequence_sharded(embed, tokens: torch.Tensor, *, tp_mesh: DeviceMesh) -> torch.Tensor:
+    """This rank's sequence shard of the (replicated) embeddings; backward gathers the shards."""
+    whole = DTensor.from_local(embed(tokens), tp_mesh, [Replicate()], run_check=False)
+    return whole.redistribute(placements=[Shard(1)]).to_local()
 
 
 def _full_sequence_rope(rope, seq_len: int, *, tp: int) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
+from executor.tied import add_output_copy
 from planner.plan import Plan, Schedule
 from planner.transformer import Transformer, loss_fn
 
@@ -36,6 +37,8 @@ def split_chunk(model: Transformer, plan: Plan, *, chunk: int) -> Transformer:
             part.pos_embeddings = nn.Identity()
     if chunk < plan.num_chunks - 1:
         part.norm, part.output = None, None
+    elif chunk > 0 and model.spec.tie_word_embeddings:
+        add_output_copy(part)
     return part
 
 

@@ -22,6 +22,7 @@ from executor.mesh import Meshes, build_meshes
 from executor.parallelize import check_supported, materialise, parallelize
 from executor.pipeline import build_schedule, chunk_ids, run_pipeline_step, split_chunk
 from executor.routing import routing_trace
+from executor.tied import broadcast_tied, sum_tied_gradients, tied_group, tied_params
 from planner.plan import Axis, Plan, ZeroStage
 from planner.scenario import Scenario
 from planner.transformer import Transformer, loss_fn
@@ -71,6 +72,7 @@ class Rank:
     schedule: object | None
     optimizer: PlanOptimizer
     sync: list | None  # replica groups to all-reduce (ZeRO 0/1); None when FSDP reduces
+    tied: dist.ProcessGroup | None = None  # first+last stage pair holding a tied embedding (pp > 1)
 
 
 def device_for_rank() -> torch.device:
@@ -85,8 +87,13 @@ def build_rank(plan: Plan, scenario: Scenario, *, meshes: Meshes, device: torch.
         whole = Transformer(spec)
     chunks = chunk_ids(plan, pp_rank=meshes.local_rank(Axis.PP))
     modules = [split_chunk(whole, plan, chunk=c) if plan.dims.pp > 1 else whole for c in chunks]
+    tied = tied_group(plan) if spec.tie_word_embeddings and plan.dims.pp > 1 else None
     for m in modules:
-        parallelize(materialise(m, device=device, seed=seed), plan, meshes=meshes, seq_len=job.seq_len)
+        materialise(m, device=device, seed=seed)
+    if tied is not None:
+        broadcast_tied(tied_params(modules), group=tied)
+    for m in modules:
+        parallelize(m, plan, meshes=meshes, seq_len=job.seq_len)
     fsdp = plan.zero_stage >= ZeroStage.GRADIENTS and meshes.dp_cp.size() > 1
     groups = replica_groups(modules, meshes=meshes)
     optimizer = PlanOptimizer(groups, job=job, shard=plan.zero_stage == ZeroStage.OPTIMIZER)
@@ -95,7 +102,7 @@ def build_rank(plan: Plan, scenario: Scenario, *, meshes: Meshes, device: torch.
         schedule = build_schedule(modules, plan, chunks=chunks, group=meshes.group(Axis.PP), device=device,
                                   num_micro_batches=plan.num_micro_batches(job.global_batch))
     return Rank(modules=modules, chunks=chunks, schedule=schedule, optimizer=optimizer,
-                sync=None if fsdp else groups)
+                sync=None if fsdp else groups, tied=tied)
 
 
 def forward_backward(rank: Rank, plan: Plan, *, inputs: torch.Tensor, labels: torch.Tensor,
@@ -126,6 +133,8 @@ def train_step(rank: Rank, plan: Plan, scenario: Scenario, *, step: int, options
                                               data_path=options.data_path), plan=plan, meshes=meshes)
     local = forward_backward(rank, plan, inputs=inputs.to(device), labels=labels.to(device),
                              num_micro_batches=plan.num_micro_batches(job.global_batch))
+    if rank.tied is not None:
+        sum_tied_gradients(tied_params(rank.modules), group=rank.tied)
     if rank.sync is not None:
         sync_gradients(rank.sync)
     rank.optimizer.step()

@@ -30,6 +30,8 @@ DENSE = ModelSpec(name="parity-dense", num_hidden_layers=4, hidden_size=32, inte
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
 MOE = DENSE.model_copy(update={"name": "parity-moe", "num_local_experts": 4, "num_experts_per_tok": 2,
                                "moe_intermediate_size": 32})
+# GPT-2 style: tied input/output embeddings, learned positions
+TIED = DENSE.model_copy(update={"name": "parity-tied", "tie_word_embeddings": True, "position_embedding": "learned"})
 # SGD exposes gradient-scale mistakes that Adam's normalisation hides; AdamW checks optimizer-state sharding.
 SGD = JobSpec(seq_len=16, global_batch=8, precision="fp32", optimizer=OptimizerSpec(kind="sgd", lr=0.5))
 ADAMW = JobSpec(seq_len=16, global_batch=8, precision="fp32", optimizer=OptimizerSpec(lr=1e-2))
@@ -53,6 +55,9 @@ TWO_RANKS = {
                                     "expert_placement": [[1, 0, 0, 1]] * 4}),
     "moe-dp2-etp2": (MOE, SGD, {"dims": {"dp": 2, "etp": 2}, "micro_batch_size": 4}),
     "moe-dp2-ep2-zero3": (MOE, SGD, {"dims": {"dp": 2, "ep": 2}, "micro_batch_size": 2, "zero_stage": 3}),
+    # tied embeddings: vocab-parallel head; first/last stage copies; learned positions under SP
+    "tied-tp2-sp": (TIED, SGD, {"dims": {"tp": 2}, "sequence_parallel": True}),
+    "tied-pp2": (TIED, ADAMW, {"dims": {"pp": 2}, "micro_batch_size": 2}),
 }
 FOUR_RANKS = {
     "dp2xtp2": (DENSE, SGD, {"dims": {"dp": 2, "tp": 2}, "micro_batch_size": 4}),
@@ -69,6 +74,8 @@ FOUR_RANKS = {
     "moe-tp2xpp2-ep2": (MOE, SGD, {"dims": {"tp": 2, "pp": 2, "ep": 2}, "micro_batch_size": 2}),
     "moe-dp2xtp2-etp2-zero3": (MOE, SGD, {"dims": {"dp": 2, "tp": 2, "etp": 2}, "micro_batch_size": 2,
                                           "zero_stage": 3}),
+    "tied-tp2xpp2-sp": (TIED, SGD, {"dims": {"tp": 2, "pp": 2}, "micro_batch_size": 2, "sequence_parallel": True}),
+    "tied-dp2xpp2-zero3": (TIED, ADAMW, {"dims": {"dp": 2, "pp": 2}, "micro_batch_size": 2, "zero_stage": 3}),
 }
 
 
