@@ -51,8 +51,9 @@ def test_check_launch_world_size_and_unsupported_layouts():
         check_launch(Plan.model_validate({"dims": {"tp": 4}}), scenario, launch=Launch())
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         check_launch(Plan.model_validate({"dims": {"dp": 4}}), scenario, launch=Launch(nnodes=2))
-    with pytest.raises(ValueError, match="dims.tp"):
-        check_launch(Plan.model_validate({"dims": {"tp": 2}}), load_scenario(MOE), launch=Launch())
+    assert check_launch(Plan.model_validate({"dims": {"tp": 2, "etp": 2}}), load_scenario(MOE), launch=Launch()) == 2
+    with pytest.raises(ValueError, match="schedule"):
+        check_launch(Plan.model_validate({"dims": {"pp": 2}, "schedule": "zero-bubble"}), scenario, launch=Launch())
 
 
 def test_torchrun_command_multi_node(tmp_path):
