@@ -52,7 +52,7 @@ def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:
 def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int) -> nn.Module:
     """Apply the plan to one materialised (pipeline-stage) model, in this order:
 
-    EP first (it replaces expert weights with local rows, before anything wraps them); TP next
+    MoE first (EP/ETP replace expert weights with local rows/shards before anything wraps them); TP next
     (DTensor plans address modules by FQN); CP swaps attention cores, which TP left alone;
     recompute wraps block forwards before FSDP registers its hooks around them (torchtitan's
     order); FSDP last, because it shards whatever parameters the earlier steps left.
