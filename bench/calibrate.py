@@ -5,6 +5,7 @@ the executor, predicts each with planner.cost.estimate and a measured profile, a
 error per plan and the Spearman rank correlation per scenario and overall.
 
     python bench/calibrate.py [--profile profiles/cpu-2core.json] [--steps 8] [--out DIR]
+    python bench/calibrate.py --reuse DIR/calibration.json   # re-predict against earlier measurements
 
 Targets (issue 7): every prediction within 25% of the measurement, same ranking (rho = 1).
 The machine is shared: the load average at the start and end is printed, and the profile's
@@ -79,8 +80,15 @@ def predict(scenario: Scenario, plan: Plan, *, profile_path: Path) -> tuple[floa
 
 
 def measure(scenario: Scenario, plan: Plan, *, steps: int, out_dir: Path) -> float:
-    """Median step time after warm-up, slowest rank per step (executor's Measurement)."""
-    return run_plan(plan, scenario, out_dir=out_dir, options=RunOptions(steps=steps)).step_time_s
+    """Median step time after warm-up, slowest rank per step (executor's Measurement); one retry
+    (a rank killed by a shared machine's memory pressure), NaN when the plan fails twice."""
+    for attempt in range(2):
+        try:
+            return run_plan(plan, scenario, out_dir=out_dir / f"try{attempt}",
+                            options=RunOptions(steps=steps)).step_time_s
+        except RuntimeError as err:
+            print(f"{scenario.name} {plan.describe()}: {err}", flush=True)
+    return float("nan")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -88,14 +96,15 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
-def run(profile_path: Path, *, steps: int, out_dir: Path) -> list[Row]:
+def run(profile_path: Path, *, steps: int, out_dir: Path, reuse: dict[tuple[str, str], float]) -> list[Row]:
     rows = []
     for name, plans in PLANS.items():
         scenario = load_scenario(REPO / "scenarios" / f"{name}.toml")
         for label, raw in plans.items():
             plan = Plan.model_validate(raw)
             predicted_s, breakdown, clamped = predict(scenario, plan, profile_path=profile_path)
-            measured_s = measure(scenario, plan, steps=steps, out_dir=out_dir / name / label.replace(" ", "_"))
+            measured_s = reuse.get((name, label)) or measure(scenario, plan, steps=steps,
+                                                             out_dir=out_dir / name / label.replace(" ", "_"))
             rows.append(Row(scenario=name, plan=label, predicted_ms=predicted_s * 1e3, measured_ms=measured_s * 1e3,
                             error_pct=100 * (predicted_s - measured_s) / measured_s, breakdown_ms=breakdown,
                             out_of_range_queries=clamped))
@@ -125,12 +134,17 @@ def main() -> None:
     p.add_argument("--profile", type=Path, default=REPO / "profiles" / "cpu-2core.json")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", type=Path, default=None, help="keep runs and write calibration.json here")
+    p.add_argument("--reuse", type=Path, default=None, help="take measurements from this calibration.json")
     a = p.parse_args()
+    reuse = {}
+    if a.reuse:
+        reuse = {(r["scenario"], r["plan"]): r["measured_ms"] / 1e3 for r in json.loads(a.reuse.read_text())["rows"]
+                 if r["measured_ms"] == r["measured_ms"]}
     out = a.out or Path(tempfile.mkdtemp(prefix="calibrate-"))
     host = load_profile(a.profile).host
     print(f"profile {a.profile}: host term {host.model_dump() if host else None}")
     start = os.getloadavg()[0]
-    rows = run(a.profile, steps=a.steps, out_dir=out)
+    rows = run(a.profile, steps=a.steps, out_dir=out, reuse=reuse)
     summary = summarise(rows, load=(start, os.getloadavg()[0]))
     (out / "calibration.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "summary": summary},
                                                      indent=1))

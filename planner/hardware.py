@@ -166,9 +166,12 @@ class HostOverhead(BaseModel):
     # every column-parallel module on its own, not once per fused block input (Megatron's f operator).
     tp_reduce_per_module: bool = False
     overlapped: bool
-    # Fraction of one device's compute a rank gets while every rank computes: 1 on GPUs; on a CPU
-    # with more ranks than cores the OS time-shares the cores (measured, so background load counts).
-    compute_share: float = Field(1.0, gt=0, le=1)
+    # Processor sharing (cost/sharing.py): cores' worth of progress the ranks on one node make
+    # together while all of them compute, in units of one rank running alone (the speed the
+    # kernel + host terms above price). None: one process per device (GPUs), nothing shared.
+    # Measured on a CPU as ranks x (solo pass time / pass time with every rank at once), so
+    # background load on a shared machine counts.
+    shared_cores: float | None = Field(None, gt=0)
     # Extra time per blocking collective when peers that compute between collectives time-share
     # cores (a peer descheduled at the call must be rescheduled first); 0 on GPUs.
     sync_wait_us: float = Field(0.0, ge=0)
@@ -195,6 +198,11 @@ class HardwareProfile(BaseModel):
     kernel_samples: list[KernelSample] = []
     collectives: list[CollectiveFit] = []
     host: HostOverhead | None = None  # None: kernels only (profiles written before it existed)
+    # Bytes every process holds before the model exists (the `runtime` memory term): on a CPU the
+    # resident set after `import torch` and process-group init, which the executor's peak RSS
+    # includes. 0 on GPUs: the CUDA context and NCCL buffers (~0.5-1 GiB) sit outside the caching
+    # allocator's peak the executor reports and are covered by cost.memory.RESERVED_BYTES.
+    runtime_bytes: float = Field(0.0, ge=0)
 
     def peak_flops(self, precision: Precision) -> float:
         if precision not in self.peak_tflops:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import resource
 import socket
 import subprocess
 import tempfile
@@ -88,6 +89,7 @@ class RankReport:
     skipped_kernels: int
     host: list[ph.HostSamples] = field(default_factory=list)  # one per rank (CPU runs)
     notes: list[str] = field(default_factory=list)
+    runtime_bytes: float = 0.0  # resident set after torch import + process-group init (CPU)
 
 
 def profile_machine(config: ProfileConfig, *, progress: Progress | None = None) -> HardwareProfile | None:
@@ -96,7 +98,9 @@ def profile_machine(config: ProfileConfig, *, progress: Progress | None = None) 
         report = _run_rank(config, tick=_progress_tick(progress) if _rank() == 0 else _no_tick)
         return build_profile(report, config) if _rank() == 0 else None
     if config.nproc == 1:
+        runtime_bytes = _resident_bytes()
         report = _measure(config, world_size=1, local_world_size=1, tick=_progress_tick(progress))
+        report.runtime_bytes = runtime_bytes
         return build_profile(report, config)
     return build_profile(_spawn(config, progress), config)
 
@@ -173,11 +177,19 @@ def _run_rank(config: ProfileConfig, *, tick: Tick) -> RankReport:
     if config.cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if config.cuda else "gloo", init_method="env://")
+    runtime_bytes = _resident_bytes()
     try:
-        return _measure(config, world_size=world, local_world_size=local_world, tick=tick)
+        report = _measure(config, world_size=world, local_world_size=local_world, tick=tick)
+        report.runtime_bytes = runtime_bytes
+        return report
     finally:
         dist.barrier()  # without it, teardown can race another rank's last collective
         dist.destroy_process_group()
+
+
+def _resident_bytes() -> float:
+    """Peak resident set so far (ru_maxrss, KiB on Linux): the quantity the executor reports on a CPU."""
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _measure(config: ProfileConfig, *, world_size: int, local_world_size: int, tick: Tick) -> RankReport:
@@ -265,6 +277,7 @@ def build_profile(report: RankReport, config: ProfileConfig) -> HardwareProfile:
         memory_bound_curve=_memory_curve(report.kernels, bandwidth_gbs),
         kernel_samples=[_sample(r) for r in report.kernels],
         collectives=collective_fits(report.links),
+        runtime_bytes=0.0 if config.cuda else report.runtime_bytes,  # see HardwareProfile.runtime_bytes
     )
     return kernels_only.model_copy(update={"host": _host_overhead(report, config, kernels_only)})
 

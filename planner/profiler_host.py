@@ -7,9 +7,10 @@ Runs inside every rank of an initialised process group (the profiler's ranks). T
   (profiler_fit turns it into HostOverhead);
 - share: the long pass on every rank at once, wall time over whole passes (time slices
   included), in a few rounds (the median resists load that comes and goes on a shared
-  machine); the model's time for the pass (kernels + host) over it is the share of a core a
-  rank gets. Taken against the model rather than the pass alone because the kernel medians,
-  timed with all ranks at once, already carry part of the time-sharing;
+  machine); ranks x the model's time for the pass (kernels + host, solo speed) over it is
+  the cores' worth of progress the node makes (HostOverhead.shared_cores, cost/sharing.py).
+  Taken against the model rather than the pass alone because the kernel medians, timed with
+  all ranks at once, already carry part of the time-sharing;
 - DTensor: a column-parallel and a row-parallel Linear on a one-rank mesh against plain
   Linears, the cost of one tensor-parallel module call on top of the op;
 - sync: every rank alternates a short compute burst with a small all-reduce in pairs (TP
@@ -267,8 +268,16 @@ def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precisio
         fwd_us_per_op=fwd_us, bwd_us_per_op=bwd_us, fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
         tp_fwd_us_per_module=_median(s.dtensor_fwd_s for s in samples) * 1e6,
         tp_bwd_us_per_module=_median(s.dtensor_bwd_s for s in samples) * 1e6,
-        tp_reduce_per_module=True, overlapped=False, compute_share=min(1.0, model_long_s / together),
+        tp_reduce_per_module=True, overlapped=False,
+        shared_cores=_shared_cores(model_long_s, together, ranks=len(samples)),
         sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
+
+
+def _shared_cores(solo_s: float, together_s: float, *, ranks: int) -> float | None:
+    """Cores' worth of solo-speed progress the ranks make together (cost/sharing.py):
+    ranks x solo / together; None when every rank runs at solo speed (no sharing to model)."""
+    cores = ranks * solo_s / together_s
+    return None if cores >= ranks else cores
 
 
 def _median(values) -> float:

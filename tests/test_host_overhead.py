@@ -73,8 +73,8 @@ def test_ep_tp_tokens_and_core_sharing_change_the_host_term() -> None:
     dense, plan = _graph("tiny-dense"), _plan(dp=4)
     split = split_for(plan, graph=dense, precision=Precision.FP32)
     full = block_kind_times(dense, split=split, hw=_with(host))["dense"]
-    half = block_kind_times(dense, split=split, hw=_with(host.model_copy(update={"compute_share": 0.5})))["dense"]
-    assert half.fwd_s == pytest.approx(2 * full.fwd_s)
+    shared = block_kind_times(dense, split=split, hw=_with(host.model_copy(update={"shared_cores": 1.0})))["dense"]
+    assert shared.fwd_s == pytest.approx(full.fwd_s)  # layers stay at solo speed; sharing is per node
 
 
 def test_gpu_launch_overhead_overlaps_big_kernels_but_bounds_tiny_ones() -> None:
@@ -113,5 +113,5 @@ def test_fit_recovers_the_host_model_from_pass_timings() -> None:
     fitted = fit_host(samples, spec=spec, precision=Precision.FP32, kernels=CPU)
     for field in ("fwd_us_per_op", "bwd_us_per_op", "fwd_us_per_op_per_ktoken", "bwd_us_per_op_per_ktoken"):
         assert getattr(fitted, field) == pytest.approx(getattr(truth, field), rel=1e-6)
-    assert fitted.compute_share == pytest.approx(0.5)
+    assert fitted.shared_cores == pytest.approx(3 * 0.5)  # 3 ranks, each at half its solo speed
     assert (fitted.tp_fwd_us_per_module, fitted.sync_wait_us) == (pytest.approx(200.0), pytest.approx(500.0))

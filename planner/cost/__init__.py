@@ -37,6 +37,7 @@ from planner.cost.memory import (
 )
 from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
+from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
 from planner.hardware import HardwareProfile
 from planner.plan import Plan, Recompute, ZeroStage
@@ -146,6 +147,8 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs)
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
                              num_micro_batches=m)
+    if hw.runtime_bytes:
+        memory = [terms | {"runtime": hw.runtime_bytes} for terms in memory]
     return _assemble(ctx, cluster=cluster, chunk_costs=chunk_costs, pipe=pipe, tail=tail, m=m, p2p_s=p2p,
                      memory=memory)
 
@@ -246,23 +249,25 @@ def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spa
 
 @dataclass(frozen=True, slots=True)
 class _Tail:
-    """After the pipeline drains, on the slowest stage: exposed gradient sync and optimizer step."""
+    """After the pipeline drains, on the slowest stage: exposed gradient sync and optimizer step;
+    and every pipeline rank's optimizer seconds (busy work for core sharing)."""
 
     exposed_s: float
     dp_total_s: float
     optimizer_s: float
+    stage_optimizer_s: tuple[float, ...] = ()
 
 
 def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost]) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
     d = plan.parallel_dims
-    worst, seen = _Tail(0.0, 0.0, 0.0), set()
+    worst, seen, stage_opt = _Tail(0.0, 0.0, 0.0), {}, []
     for stage, counts in enumerate(stages):
         chunks = chunk_costs[stage::p]
         signature = (tuple(counts.items()), tuple(map(id, chunks)))  # ranks alike in kinds and chunk costs
         if signature in seen:
+            stage_opt.append(seen[signature])
             continue
-        seen.add(signature)
         params = stage_params(ctx.memory, counts)
         dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=ctx.spans,
                           hw=ctx.hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
@@ -270,21 +275,30 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_
         local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
         opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
                           param_bytes=job.precision.bytes, hw=ctx.hw)
+        seen[signature] = opt
+        stage_opt.append(opt)
         worst = max(worst, _Tail(dp.exposed_s + opt, dp.total_s, opt), key=lambda t: t.exposed_s)
-    return worst
+    return _Tail(worst.exposed_s, worst.dp_total_s, worst.optimizer_s, tuple(stage_opt))
 
 
 def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCost], pipe: PipelineResult,
               tail: _Tail, m: int, p2p_s: float, memory: list[dict[str, float]]) -> Estimate:
     p, job, graph = ctx.plan.dims.pp, ctx.job, ctx.graph
-    critical = max(_stage_costs(chunk_costs, pp=p), key=lambda c: c.total_s) * m
-    step_s = pipe.makespan_s + tail.exposed_s
+    per_stage = _stage_costs(chunk_costs, pp=p)
+    critical = max(per_stage, key=lambda c: c.total_s) * m
+    solo_s = pipe.makespan_s + tail.exposed_s
+    blocked_s = critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s
+    work = NodeWork(stage_busy_s=[m * (c.compute_s + c.recompute_s) + opt
+                                  for c, opt in zip(per_stage, tail.stage_optimizer_s, strict=True)],
+                    blocked_s=blocked_s)
+    step_s = shared_step_s(solo_s, work, hw=ctx.hw, cluster=cluster)
     breakdown = {"compute": critical.compute_s, "recompute": critical.recompute_s}
     breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
     breakdown["dp"] += tail.dp_total_s
     breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0,
                   "exposed_comm": critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
-                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s}
+                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s,
+                  "core_sharing": step_s - solo_s}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
     peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s

@@ -149,7 +149,7 @@ def _eager_attention(fwd_flops: float, bwd_flops: float, *, split: Split, hw: Ha
 def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, recomputed: bool,
                 counts: OpCounts | None = None) -> PassTimes:
     """Sum of operator times and host time for one layer, plus what recompute replays before its
-    backward; divided by the share of the device this rank gets (HostOverhead.compute_share)."""
+    backward, at the speed of one rank alone on its device (core sharing: cost/sharing.py)."""
     total = PassTimes()
     for op in ops:
         t = op_times(op, split=split, hw=hw)
@@ -184,8 +184,7 @@ def optimizer_s(num_params: float, *, state_bytes: float, grad_bytes: float, par
                 hw: HardwareProfile) -> float:
     """Adam-style update is memory bound: read grad + state, write state + low-precision weights."""
     traffic = num_params * (grad_bytes + 2 * state_bytes + param_bytes)
-    share = 1.0 if hw.host is None else hw.host.compute_share
-    return hw.memory_bound_s(traffic) / share
+    return hw.memory_bound_s(traffic)
 
 
 # -- host (framework) time per operator --------------------------------------------------------
@@ -253,12 +252,12 @@ def host_times(counts: OpCounts, *, split: Split, host: HostOverhead) -> PassTim
 
 
 def _with_host(kernels: PassTimes, host_t: PassTimes, host: HostOverhead) -> PassTimes:
-    """CPU eager: the core runs the host work and the kernels in turn, then the rank gets only
-    compute_share of the core. Async device: the host enqueues ahead, the layer takes the longer."""
+    """CPU eager: the core runs the host work and the kernels in turn (their sum). Async device:
+    the host enqueues ahead of the kernels, the layer takes the longer of the two."""
     if host.overlapped:
         fwd_s = max(kernels.fwd_s, host_t.fwd_s)
         bwd_total = kernels.bwd_input_s + kernels.bwd_weight_s
         extra_bwd = max(0.0, host_t.bwd_input_s - bwd_total)
         return PassTimes(fwd_s, kernels.bwd_input_s + extra_bwd, kernels.bwd_weight_s, kernels.recompute_s,
-                         kernels.attention_fwd_s, kernels.attention_bwd_s).scaled(1 / host.compute_share)
-    return (kernels + host_t).scaled(1 / host.compute_share)
+                         kernels.attention_fwd_s, kernels.attention_bwd_s)
+    return kernels + host_t
