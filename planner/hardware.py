@@ -175,6 +175,12 @@ class HostOverhead(BaseModel):
     # Extra time per blocking collective when peers that compute between collectives time-share
     # cores (a peer descheduled at the call must be rescheduled first); 0 on GPUs.
     sync_wait_us: float = Field(0.0, ge=0)
+    # Extra blocked time per tensor-parallel (DTensor) collective on such a node, fitted to a real
+    # TP pass with every rank at once against the model's own time for it (profiler_host); it
+    # carries whatever a 2-rank mesh costs beyond the one-rank DTensor probe and the plain
+    # collective fits (functional collectives hand off to gloo's worker thread and back: two
+    # wake-ups that wait for a time slice). 0 on GPUs.
+    tp_sync_wait_us: float = Field(0.0, ge=0)
 
 
 class HardwareProfile(BaseModel):
@@ -255,6 +261,11 @@ class HardwareProfile(BaseModel):
             return 0.0
         fit = self.collective_fit(collective, tier=tier, num_ranks=num_ranks)
         return self.sync_wait_s + fit.time_s(size_bytes, num_ranks=num_ranks)
+
+    @property
+    def tp_sync_wait_s(self) -> float:
+        """Extra wait per tensor-parallel collective (HostOverhead.tp_sync_wait_us)."""
+        return 0.0 if self.host is None else self.host.tp_sync_wait_us * _US
 
     @property
     def sync_wait_s(self) -> float:

@@ -14,7 +14,10 @@ Runs inside every rank of an initialised process group (the profiler's ranks). T
 - DTensor: a column-parallel and a row-parallel Linear on a one-rank mesh against plain
   Linears, the cost of one tensor-parallel module call on top of the op;
 - sync: every rank alternates a short compute burst with a small all-reduce in pairs (TP
-  groups of two): the wait per collective beyond its back-to-back time when peers compute.
+  groups of two): the wait per collective beyond its back-to-back time when peers compute;
+- TP pass: the long pass tensor-parallel over rank pairs (DTensor, the executor's layout), every
+  pair at once; its excess over the model's time for that plan, per TP collective the model
+  charges, is HostOverhead.tp_sync_wait_us (fitted in fit_host).
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from planner.clusters import cluster_preset
+from planner.cost import estimate
 from planner.cost.compute import layer_times, op_counts, split_for
 from planner.cost.ops import GraphKey, layer_ops
 from planner.graph import extract_graph
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.plan import Plan
 from planner.profiler_kernels import TORCH_DTYPES
-from planner.scenario import ModelSpec, Precision
+from planner.scenario import JobSpec, ModelSpec, Precision
 from planner.transformer import Transformer, loss_fn
 
 SHORT_SEQ = 16  # tokens where kernels are negligible next to dispatch
@@ -65,6 +71,7 @@ class HostSamples:
     dtensor_bwd_s: float
     sync_wait_s: float
     collective_s: float  # the same all-reduce back to back
+    tp_pass_s: float | None = None  # wall seconds per TP-pair pass, every pair at once (None: not run)
 
 
 def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: int) -> HostSamples:
@@ -75,8 +82,9 @@ def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: 
     together = [_together(model, spec, seq_len=seq_len, repeats=max(2, repeats // 3)) for _ in range(SHARE_ROUNDS)]
     dt_fwd, dt_bwd = _in_turn(lambda: _dtensor_cost(spec.hidden_size, dtype=dtype, repeats=repeats * 4))
     wait_s, coll_s = _sync_wait(repeats=repeats * 10)
+    tp_s = _tp_pass(spec, seq_len=seq_len, dtype=dtype, repeats=max(2, repeats // 3))
     return HostSamples(passes=passes, together_s=together, dtensor_fwd_s=dt_fwd, dtensor_bwd_s=dt_bwd,
-                       sync_wait_s=wait_s, collective_s=coll_s)
+                       sync_wait_s=wait_s, collective_s=coll_s, tp_pass_s=tp_s)
 
 
 def _model(spec: ModelSpec, *, dtype: torch.dtype) -> Transformer:
@@ -213,6 +221,34 @@ def _sync_wait(*, repeats: int) -> tuple[float, float]:
     return max(0.0, both_s - alone_s - coll_s), coll_s
 
 
+def _tp_ready(spec: ModelSpec, world: int) -> bool:
+    """Pairs of ranks can run the model tensor-parallel (even world, heads split in two, no MLA)."""
+    return (world >= 2 and world % 2 == 0 and not spec.uses_mla and spec.num_attention_heads % 2 == 0
+            and spec.kv_heads % 2 == 0 and spec.vocab_size % 2 == 0 and not spec.tie_word_embeddings)
+
+
+def _tp_pass(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: int) -> float | None:
+    """Mean fwd+bwd wall seconds per pass of the model split over rank pairs (Megatron layout:
+    q/k/v and gate/up column-parallel, output projections row-parallel, vocab-parallel embedding
+    and head, MoE experts replicated), every pair at once; None where pairs cannot split it."""
+    if not dist.is_initialized() or not _tp_ready(spec, dist.get_world_size()):
+        return None
+    world, rank = dist.get_world_size(), dist.get_rank()
+    groups = [dist.new_group([r, r + 1]) for r in range(0, world, 2)]
+    mesh = DeviceMesh.from_group(groups[rank // 2], "cpu")
+    model = _model(spec, dtype=dtype)
+    parallelize_module(model, mesh, {"tok_embeddings": RowwiseParallel(input_layouts=Replicate()),
+                                     "output": ColwiseParallel(output_layouts=Replicate())})
+    for block in model.layers.values():
+        plan = {f"attention.{w}": ColwiseParallel() for w in ("wq", "wk", "wv")} | {"attention.wo": RowwiseParallel()}
+        if getattr(block, "feed_forward", None) is not None:
+            plan |= {f"feed_forward.{w}": ColwiseParallel() for w in ("w1", "w3") if hasattr(block.feed_forward, w)}
+            plan["feed_forward.w2"] = RowwiseParallel()
+        parallelize_module(block, mesh, plan)
+    _together(model, spec, seq_len=seq_len, repeats=1)  # warm-up: DTensor sharding-propagation caches
+    return _together(model, spec, seq_len=seq_len, repeats=repeats)
+
+
 def _burst(seconds: float) -> Callable[[], None]:
     """A compute burst of about `seconds` on an uncontended core (small GEMMs, like a tiny layer)."""
     a, b = torch.randn(256, 128), torch.randn(128, 352)
@@ -264,13 +300,39 @@ def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precisio
     kt = long.seq_len / 1e3
     model_long_s = sum(k2) + n * (fwd_us + bwd_us + (fwd_slope + bwd_slope) * kt) * 1e-6
     together = _median(t for s in samples for t in s.together_s)
-    return HostOverhead(
+    host = HostOverhead(
         fwd_us_per_op=fwd_us, bwd_us_per_op=bwd_us, fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
         tp_fwd_us_per_module=_median(s.dtensor_fwd_s for s in samples) * 1e6,
         tp_bwd_us_per_module=_median(s.dtensor_bwd_s for s in samples) * 1e6,
         tp_reduce_per_module=True, overlapped=False,
         shared_cores=_shared_cores(model_long_s, together, ranks=len(samples)),
         sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
+    tp_passes = [s.tp_pass_s for s in samples if s.tp_pass_s is not None]
+    if not tp_passes:
+        return host
+    wait_us = _fit_tp_wait(max(tp_passes), spec=spec, precision=precision, seq_len=long.seq_len,
+                           kernels=kernels.model_copy(update={"host": host}), ranks=len(samples))
+    return host.model_copy(update={"tp_sync_wait_us": wait_us})
+
+
+def _fit_tp_wait(measured_s: float, *, spec: ModelSpec, precision: Precision, seq_len: int,
+                 kernels: HardwareProfile, ranks: int) -> float:
+    """Wait per TP collective that makes the model's step for the probe's plan (tp 2 x dp ranks/2,
+    one sequence per pair, one node) match the TP pass measured on the slowest rank. The model
+    is linear in the wait (each TP collective carries it once), so two estimates give the slope;
+    gradient sync and the optimizer, which the probe does not run, are left out of the step."""
+    graph = extract_graph(spec, seq_len=seq_len, batch=1, dtype=TORCH_DTYPES[precision])
+    plan = Plan.model_validate({"dims": {"tp": 2, "dp": ranks // 2}})
+    job = JobSpec(seq_len=seq_len, global_batch=ranks // 2, precision=precision)
+    cluster = cluster_preset("cpu-local").model_copy(update={"gpus_per_node": ranks})
+
+    def step_s(wait_us: float) -> float:
+        host = kernels.host.model_copy(update={"tp_sync_wait_us": wait_us})
+        est = estimate(graph, plan, hw=kernels.model_copy(update={"host": host}), cluster=cluster, job=job)
+        return est.step_time_s - est.time_breakdown_s["dp"] - est.time_breakdown_s["optimizer"]
+
+    base_s, slope_s = step_s(0.0), step_s(1e3) - step_s(0.0)
+    return max(0.0, (measured_s - base_s) / slope_s * 1e3) if slope_s > 0 else 0.0
 
 
 def _shared_cores(solo_s: float, together_s: float, *, ranks: int) -> float | None:
