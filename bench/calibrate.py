@@ -9,7 +9,7 @@ error per plan and the Spearman rank correlation per scenario and overall.
 
 Targets (issue 7): every prediction within 25% of the measurement, same ranking (rho = 1).
 The machine is shared: the load average at the start and end is printed, and the profile's
-host term (per-op dispatch, core share, DTensor cost) is only right for the load it was
+host term (per-op dispatch, shared cores, TP collective wait) is only right for the load it was
 measured under, so profile and calibrate back to back.
 """
 
@@ -65,10 +65,13 @@ class Row:
     error_pct: float
     breakdown_ms: dict[str, float]
     out_of_range_queries: int
+    predicted_gib: float = float("nan")  # peak per-rank memory; the profile's runtime term included
+    measured_gib: float = float("nan")  # executor: peak RSS of the largest rank
 
 
-def predict(scenario: Scenario, plan: Plan, *, profile_path: Path) -> tuple[float, dict[str, float], int]:
-    """Step seconds, the model's time breakdown (ms) and how many kernel queries left the measured range."""
+def predict(scenario: Scenario, plan: Plan, *, profile_path: Path) -> tuple[float, dict[str, float], int, float]:
+    """Step seconds, the model's time breakdown (ms), how many kernel queries left the measured range
+    and the peak memory (GiB)."""
     hw = load_profile(profile_path)
     graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len, batch=1,
                           dtype=TORCH_DTYPE[scenario.job.precision])
@@ -76,19 +79,20 @@ def predict(scenario: Scenario, plan: Plan, *, profile_path: Path) -> tuple[floa
         warnings.simplefilter("always", ProfileRangeWarning)
         est = estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job)
     clamped = sum(issubclass(w.category, ProfileRangeWarning) for w in caught)
-    return est.step_time_s, {k: round(v * 1e3, 1) for k, v in est.time_breakdown_s.items() if v}, clamped
+    breakdown = {k: round(v * 1e3, 1) for k, v in est.time_breakdown_s.items() if v}
+    return est.step_time_s, breakdown, clamped, est.peak_memory_bytes / 2**30
 
 
-def measure(scenario: Scenario, plan: Plan, *, steps: int, out_dir: Path) -> float:
-    """Median step time after warm-up, slowest rank per step (executor's Measurement); one retry
-    (a rank killed by a shared machine's memory pressure), NaN when the plan fails twice."""
+def measure(scenario: Scenario, plan: Plan, *, steps: int, out_dir: Path) -> tuple[float, float]:
+    """(Median step seconds after warm-up, slowest rank per step; peak GiB of the largest rank) from
+    the executor's Measurement; one retry (a rank lost on a shared machine), NaN when it fails twice."""
     for attempt in range(2):
         try:
-            return run_plan(plan, scenario, out_dir=out_dir / f"try{attempt}",
-                            options=RunOptions(steps=steps)).step_time_s
+            m = run_plan(plan, scenario, out_dir=out_dir / f"try{attempt}", options=RunOptions(steps=steps))
+            return m.step_time_s, m.peak_memory_gib
         except RuntimeError as err:
             print(f"{scenario.name} {plan.describe()}: {err}", flush=True)
-    return float("nan")
+    return float("nan"), float("nan")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -102,12 +106,12 @@ def run(profile_path: Path, *, steps: int, out_dir: Path, reuse: dict[tuple[str,
         scenario = load_scenario(REPO / "scenarios" / f"{name}.toml")
         for label, raw in plans.items():
             plan = Plan.model_validate(raw)
-            predicted_s, breakdown, clamped = predict(scenario, plan, profile_path=profile_path)
-            measured_s = reuse.get((name, label)) or measure(scenario, plan, steps=steps,
-                                                             out_dir=out_dir / name / label.replace(" ", "_"))
+            predicted_s, breakdown, clamped, predicted_gib = predict(scenario, plan, profile_path=profile_path)
+            measured_s, measured_gib = reuse.get((name, label)) or measure(
+                scenario, plan, steps=steps, out_dir=out_dir / name / label.replace(" ", "_"))
             rows.append(Row(scenario=name, plan=label, predicted_ms=predicted_s * 1e3, measured_ms=measured_s * 1e3,
                             error_pct=100 * (predicted_s - measured_s) / measured_s, breakdown_ms=breakdown,
-                            out_of_range_queries=clamped))
+                            out_of_range_queries=clamped, predicted_gib=predicted_gib, measured_gib=measured_gib))
             print(f"{name:16s} {label:22s} predicted {predicted_s * 1e3:8.1f} ms  measured {measured_s * 1e3:8.1f} ms"
                   f"  error {rows[-1].error_pct:+6.1f}%", flush=True)
     return rows
@@ -115,8 +119,8 @@ def run(profile_path: Path, *, steps: int, out_dir: Path, reuse: dict[tuple[str,
 
 def summarise(rows: list[Row], *, load: tuple[float, float]) -> dict[str, float]:
     frame = pd.DataFrame([asdict(r) for r in rows])
-    print(frame[["scenario", "plan", "predicted_ms", "measured_ms", "error_pct"]].to_string(index=False,
-                                                                                           float_format="%.1f"))
+    columns = ["scenario", "plan", "predicted_ms", "measured_ms", "error_pct", "predicted_gib", "measured_gib"]
+    print(frame[columns].to_string(index=False, float_format="%.2f"))
     summary = {"max_abs_error_pct": float(frame.error_pct.abs().max()),
                "median_abs_error_pct": float(frame.error_pct.abs().median()),
                "within_25pct": int((frame.error_pct.abs() <= 25).sum()), "plans": len(frame),
@@ -138,8 +142,8 @@ def main() -> None:
     a = p.parse_args()
     reuse = {}
     if a.reuse:
-        reuse = {(r["scenario"], r["plan"]): r["measured_ms"] / 1e3 for r in json.loads(a.reuse.read_text())["rows"]
-                 if r["measured_ms"] == r["measured_ms"]}
+        reuse = {(r["scenario"], r["plan"]): (r["measured_ms"] / 1e3, r.get("measured_gib", float("nan")))
+                 for r in json.loads(a.reuse.read_text())["rows"] if r["measured_ms"] == r["measured_ms"]}
     out = a.out or Path(tempfile.mkdtemp(prefix="calibrate-"))
     host = load_profile(a.profile).host
     print(f"profile {a.profile}: host term {host.model_dump() if host else None}")

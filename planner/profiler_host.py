@@ -7,10 +7,10 @@ Runs inside every rank of an initialised process group (the profiler's ranks). T
   (profiler_fit turns it into HostOverhead);
 - share: the long pass on every rank at once, wall time over whole passes (time slices
   included), in a few rounds (the median resists load that comes and goes on a shared
-  machine); ranks x the model's time for the pass (kernels + host, solo speed) over it is
-  the cores' worth of progress the node makes (HostOverhead.shared_cores, cost/sharing.py).
-  Taken against the model rather than the pass alone because the kernel medians, timed with
-  all ranks at once, already carry part of the time-sharing;
+  machine); ranks x the solo pass time over it is the cores' worth of solo-speed progress the
+  node makes (HostOverhead.shared_cores, cost/sharing.py). Two wall times of the same pass,
+  so no model enters it (an earlier fit against the model's own pass time inflated it by
+  however far the clamped host fit misses the solo pass);
 - DTensor: a column-parallel and a row-parallel Linear on a one-rank mesh against plain
   Linears, the cost of one tensor-parallel module call on top of the op;
 - sync: every rank alternates a short compute burst with a small all-reduce in pairs (TP
@@ -297,15 +297,13 @@ def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precisio
     span_kt = (long.seq_len - short.seq_len) / 1e3
     fwd_slope, bwd_slope = max(0.0, (f2 - f1) / span_kt), max(0.0, (b2 - b1) / span_kt)
     fwd_us, bwd_us = max(0.0, f1 - fwd_slope * short.seq_len / 1e3), max(0.0, b1 - bwd_slope * short.seq_len / 1e3)
-    kt = long.seq_len / 1e3
-    model_long_s = sum(k2) + n * (fwd_us + bwd_us + (fwd_slope + bwd_slope) * kt) * 1e-6
     together = _median(t for s in samples for t in s.together_s)
     host = HostOverhead(
         fwd_us_per_op=fwd_us, bwd_us_per_op=bwd_us, fwd_us_per_op_per_ktoken=fwd_slope, bwd_us_per_op_per_ktoken=bwd_slope,
         tp_fwd_us_per_module=_median(s.dtensor_fwd_s for s in samples) * 1e6,
         tp_bwd_us_per_module=_median(s.dtensor_bwd_s for s in samples) * 1e6,
         tp_reduce_per_module=True, overlapped=False,
-        shared_cores=_shared_cores(model_long_s, together, ranks=len(samples)),
+        shared_cores=_shared_cores(long.fwd_s + long.bwd_s, together, ranks=len(samples)),
         sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
     tp_passes = [s.tp_pass_s for s in samples if s.tp_pass_s is not None]
     if not tp_passes:

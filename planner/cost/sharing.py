@@ -16,12 +16,14 @@ Two bounds hold for any schedule under processor sharing:
   least W / C, plus the collective time during which every rank is blocked at once.
 step = max(T_sim, W / C + E) is exact for the two ends (every rank always busy: data or tensor
 parallelism, W / C + E; a single busy rank at a time: T_sim) and the lower bound between them.
-E is the exposed TP / EP / CP / DP collective time of the critical rank, charged for the part
-of it the node's capacity goes unused. Without pipelining every rank reaches a collective
-together and none computes meanwhile: all of E. With pp stages out of step, a stage blocked in
-its group's collectives leaves the other stages' G (1 - 1/pp) ranks runnable, and they fill
-min(C, G (1 - 1/pp)) of the C cores: the node loses the fraction max(0, 1 - G (1 - 1/pp) / C)
-of E. Pipeline send/recv is left out of E: a stage waiting on its neighbour frees its core.
+E, the exposed TP / EP / CP / DP collective time of the critical rank, is charged in full:
+without pipelining every rank reaches a collective together and none computes meanwhile. With
+pipelining the other stages could in principle fill the cores a blocked stage leaves, but in
+1F1B's steady state the stages advance in lockstep (each forward waits on the previous stage)
+and reach their collectives at nearly the same times; measured on 2 cores x 4 gloo ranks
+(bench/calibrate.py), tp2 x pp2 and dp2 ep2 x pp2 take as long as tp2 x dp2 and dp4 ep4, i.e.
+nothing of E was hidden. Pipeline send/recv is left out of E: a stage waiting on its
+neighbour's activations frees its core for the ranks that produce them.
 
 Inactive (returns T_sim) without a measured `shared_cores` or when the node has no more ranks
 than cores: GPUs run one process per device and share nothing.
@@ -58,10 +60,8 @@ def capacity_s(work: NodeWork, *, hw: HardwareProfile, cluster: ClusterSpec) -> 
     g = ranks_per_node(cluster)
     if cores is None or g <= cores:
         return 0.0
-    pp = len(work.stage_busy_s)
-    mean_busy_s = sum(work.stage_busy_s) / pp
-    lost = max(0.0, 1.0 - g * (1 - 1 / pp) / cores)
-    return g * mean_busy_s / cores + lost * work.blocked_s
+    mean_busy_s = sum(work.stage_busy_s) / len(work.stage_busy_s)
+    return g * mean_busy_s / cores + work.blocked_s
 
 
 def shared_step_s(critical_path_s: float, work: NodeWork, *, hw: HardwareProfile, cluster: ClusterSpec) -> float:
