@@ -53,7 +53,6 @@ TWO_RANKS = {
     "moe-tp2": (MOE, SGD, {"dims": {"tp": 2}}),
     "moe-tp2-sp-ep2": (MOE, ADAMW, {"dims": {"tp": 2, "ep": 2}, "sequence_parallel": True,
                                     "expert_placement": [[1, 0, 0, 1]] * 4}),
-    "moe-dp2-etp2": (MOE, SGD, {"dims": {"dp": 2, "etp": 2}, "micro_batch_size": 4}),
     "moe-dp2-ep2-zero3": (MOE, SGD, {"dims": {"dp": 2, "ep": 2}, "micro_batch_size": 2, "zero_stage": 3}),
     # tied embeddings: vocab-parallel head; first/last stage copies; learned positions under SP
     "tied-tp2-sp": (TIED, SGD, {"dims": {"tp": 2}, "sequence_parallel": True}),
