@@ -173,14 +173,10 @@ class HostOverhead(BaseModel):
     # background load on a shared machine counts.
     shared_cores: float | None = Field(None, gt=0)
     # Extra time per blocking collective when peers that compute between collectives time-share
-    # cores (a peer descheduled at the call must be rescheduled first); 0 on GPUs.
+    # cores (a peer descheduled at the call must be rescheduled first; the caller sleeps and waits
+    # for a slice to wake up); 0 on GPUs. Fitted to a real tensor-parallel pass with every rank at
+    # once (profiler_host), else from a burst + all-reduce probe.
     sync_wait_us: float = Field(0.0, ge=0)
-    # Extra blocked time per tensor-parallel (DTensor) collective on such a node, fitted to a real
-    # TP pass with every rank at once against the model's own time for it (profiler_host); it
-    # carries whatever a 2-rank mesh costs beyond the one-rank DTensor probe and the plain
-    # collective fits (functional collectives hand off to gloo's worker thread and back: two
-    # wake-ups that wait for a time slice). 0 on GPUs.
-    tp_sync_wait_us: float = Field(0.0, ge=0)
 
 
 class HardwareProfile(BaseModel):
@@ -261,11 +257,6 @@ class HardwareProfile(BaseModel):
             return 0.0
         fit = self.collective_fit(collective, tier=tier, num_ranks=num_ranks)
         return self.sync_wait_s + fit.time_s(size_bytes, num_ranks=num_ranks)
-
-    @property
-    def tp_sync_wait_s(self) -> float:
-        """Extra wait per tensor-parallel collective (HostOverhead.tp_sync_wait_us)."""
-        return 0.0 if self.host is None else self.host.tp_sync_wait_us * _US
 
     @property
     def sync_wait_s(self) -> float:

@@ -117,18 +117,21 @@ def test_fit_recovers_the_host_model_from_pass_timings() -> None:
     assert (fitted.tp_fwd_us_per_module, fitted.sync_wait_us) == (pytest.approx(200.0), pytest.approx(500.0))
 
 
-def test_tp_wait_fit_inverts_the_model_and_reaches_tp_plans_only() -> None:
-    """A TP pass priced with a known wait per TP collective gives that wait back; DP plans ignore it."""
-    from planner.profiler_host import _fit_tp_wait
+def test_sync_wait_fit_inverts_the_model_on_the_tp_probe_plan() -> None:
+    """A TP pass priced with a known wait per collective gives that wait back; TP plans, with a
+    collective per sharded module, feel it far more than DP with one gradient all-reduce."""
+    from planner.profiler_host import _fit_sync_wait
 
     host = HostOverhead(fwd_us_per_op=10.0, bwd_us_per_op=10.0, overlapped=False, shared_cores=1.5)
     graph, job = _graph("tiny-dense"), JobSpec(seq_len=256, global_batch=2, precision=Precision.FP32)
     cluster = cluster_preset("cpu-local")
-    slow = _with(host.model_copy(update={"tp_sync_wait_us": 3000.0}))
+    slow = _with(host.model_copy(update={"sync_wait_us": 3000.0}))
     est = estimate(graph, _plan(tp=2, dp=2), hw=slow, cluster=cluster, job=job)
     measured = est.step_time_s - est.time_breakdown_s["dp"] - est.time_breakdown_s["optimizer"]
-    fitted = _fit_tp_wait(measured, spec=PRESETS["tiny-dense"], precision=Precision.FP32, seq_len=256,
-                          kernels=_with(host), ranks=4)
+    fitted = _fit_sync_wait(measured, spec=PRESETS["tiny-dense"], precision=Precision.FP32, seq_len=256,
+                            kernels=_with(host), ranks=4)
     assert fitted == pytest.approx(3000.0, rel=1e-6)
-    dp = [estimate(graph, _plan(dp=4), hw=hw, cluster=cluster, job=job).step_time_s for hw in (_with(host), slow)]
-    assert dp[0] == dp[1]
+    step = {dims: [estimate(graph, _plan(**dict(dims)), hw=hw, cluster=cluster, job=job).step_time_s
+                   for hw in (_with(host), slow)] for dims in ((("dp", 4),), (("tp", 2), ("dp", 2)))}
+    dp_extra, tp_extra = (b - a for a, b in step.values())
+    assert tp_extra > 10 * dp_extra > 0

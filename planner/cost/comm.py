@@ -118,7 +118,6 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     tok = token_bytes(plan, job=job)
     hidden = tok * graph.hidden_size
     tp_one = tp_time_s(plan, hidden_bytes=hidden, span=spans.tp, hw=hw)
-    tp_one += hw.tp_sync_wait_s if plan.dims.tp > 1 else 0.0
     tp_fwd = TP_COLLECTIVES_PER_BLOCK * tp_one
     replay = plan.recompute == Recompute.FULL
     tp_bwd = tp_fwd * (2 if replay else 1)
