@@ -45,9 +45,10 @@ def test_pipeline_and_data_parallel_cost_the_same_cpu_work_when_oversubscribed()
     dp_free, pp_free = _step({"dp": 4}, free), _step({"pp": 4}, free)
     assert pp_free.bubble_fraction > 0.2 and pp_free.step_time_s > 1.25 * dp_free.step_time_s
     dp, pp = _step({"dp": 4}, shared), _step({"pp": 4}, shared)
-    work_dp = dp.step_time_s - dp.time_breakdown_s["exposed_comm"]  # minus the blocked all-reduce
-    assert pp.time_breakdown_s["exposed_comm"] == 0.0
-    assert pp.step_time_s == pytest.approx(work_dp, rel=0.05)  # DP also replicates the optimizer step
+    work_dp = dp.step_time_s - dp.time_breakdown_s["exposed_comm"]  # minus the blocked all-reduces
+    work_pp = pp.step_time_s - pp.time_breakdown_s["exposed_comm"]  # minus the loss all-reduce
+    assert pp.time_breakdown_s["exposed_comm"] < 0.01 * pp.step_time_s
+    assert work_pp == pytest.approx(work_dp, rel=0.05)  # DP also replicates the optimizer step
     assert dp.time_breakdown_s["core_sharing"] > 0 and pp.time_breakdown_s["core_sharing"] > 0
 
 

@@ -134,4 +134,4 @@ def test_sync_wait_fit_inverts_the_model_on_the_tp_probe_plan() -> None:
     step = {dims: [estimate(graph, _plan(**dict(dims)), hw=hw, cluster=cluster, job=job).step_time_s
                    for hw in (_with(host), slow)] for dims in ((("dp", 4),), (("tp", 2), ("dp", 2)))}
     dp_extra, tp_extra = (b - a for a, b in step.values())
-    assert tp_extra > 10 * dp_extra > 0
+    assert tp_extra > 5 * dp_extra > 0  # DP: gradient and loss all-reduces

@@ -39,7 +39,7 @@ from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
-from planner.hardware import HardwareProfile
+from planner.hardware import Collective, HardwareProfile, composite_span, group_collective_s
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
 
@@ -144,7 +144,7 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
         pipe = simulate(plan, times=times, p2p_s=p2p, num_micro_batches=m, timeline=True)
     else:
         pipe = closed_form(plan, times=times, p2p_s=p2p, num_micro_batches=m)
-    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs)
+    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=_loss_sync_s(hw, cluster))
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
                              num_micro_batches=m)
     if hw.runtime_bytes:
@@ -258,7 +258,20 @@ class _Tail:
     stage_optimizer_s: tuple[float, ...] = ()
 
 
-def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost]) -> _Tail:
+# The step's mean loss, reduced over every rank for logging (Megatron's
+# average_losses_across_data_parallel_group; this project's executor: one all-reduce over the world).
+LOSS_SYNC_BYTES = 16.0  # loss and a count, fp64
+
+
+def _loss_sync_s(hw: HardwareProfile, cluster: ClusterSpec) -> float:
+    """One tiny blocking all-reduce over the world per step: latency bound (~tens of us on GPUs,
+    milliseconds on an oversubscribed CPU node, where it also waits for descheduled peers)."""
+    world = composite_span(cluster, [(cluster.world_size, 1)])
+    return group_collective_s(hw, Collective.ALL_REDUCE, LOSS_SYNC_BYTES, span=world)
+
+
+def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost],
+               loss_sync_s: float) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
     d = plan.parallel_dims
     worst, seen, stage_opt = _Tail(0.0, 0.0, 0.0), {}, []
@@ -278,7 +291,7 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_
         seen[signature] = opt
         stage_opt.append(opt)
         worst = max(worst, _Tail(dp.exposed_s + opt, dp.total_s, opt), key=lambda t: t.exposed_s)
-    return _Tail(worst.exposed_s, worst.dp_total_s, worst.optimizer_s, tuple(stage_opt))
+    return _Tail(worst.exposed_s + loss_sync_s, worst.dp_total_s + loss_sync_s, worst.optimizer_s, tuple(stage_opt))
 
 
 def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCost], pipe: PipelineResult,
