@@ -382,7 +382,9 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
 
 def one_line(err: ValidationError) -> str:
     """The first pydantic error as `section.field: message`, which names the field to fix."""
-    first = err.errors()[0]
+    # An unknown (misspelt) key also shows up as a missing required one; name the typo first,
+    # whatever order this pydantic version reports them in.
+    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = ".".join(str(p) for p in first["loc"] if p != "[key]")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
