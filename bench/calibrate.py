@@ -145,6 +145,7 @@ def main() -> None:
         reuse = {(r["scenario"], r["plan"]): (r["measured_ms"] / 1e3, r.get("measured_gib", float("nan")))
                  for r in json.loads(a.reuse.read_text())["rows"] if r["measured_ms"] == r["measured_ms"]}
     out = a.out or Path(tempfile.mkdtemp(prefix="calibrate-"))
+    out.mkdir(parents=True, exist_ok=True)
     host = load_profile(a.profile).host
     print(f"profile {a.profile}: host term {host.model_dump() if host else None}")
     start = os.getloadavg()[0]

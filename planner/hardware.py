@@ -177,6 +177,14 @@ class HostOverhead(BaseModel):
     # for a slice to wake up); 0 on GPUs. Fitted to a real tensor-parallel pass with every rank at
     # once (profiler_host), else from a burst + all-reduce probe.
     sync_wait_us: float = Field(0.0, ge=0)
+    # Per forward or backward action of a pipeline schedule, per stage and micro-batch, beyond its
+    # compute: torch.distributed.pipelining's Python per action, the p2p send/recv, and (ranks
+    # sharing cores) the wake-up of a rank blocked on its neighbour's activations, which waits for
+    # a time slice. Measured on a CPU (profiler_host, two-stage pipelines of every rank pair at
+    # once, compute removed at the shared speed). 0 on GPU datasheet profiles: each rank owns a
+    # core and a device, the schedule's Python runs ahead of the asynchronous kernels and NCCL p2p
+    # does not deschedule the host, so nothing of it lands on the critical path at these sizes.
+    pipe_action_us: float = Field(0.0, ge=0)
 
 
 class HardwareProfile(BaseModel):

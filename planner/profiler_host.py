@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -54,6 +55,8 @@ SHARE_ROUNDS = 3
 SYNC_BURST_S = 2e-3  # compute between collectives, about a TP layer's share of work on a CPU rank
 SYNC_BYTES = 128 * 1024  # a tiny model's hidden states: latency-bound
 _DTENSOR_TOKENS = 16
+PIPE_MICRO_BATCHES = 16  # actions per stage = 2 x this; enough that fill and drain are a small part
+_PIPE_WIDTH = 256
 _T = TypeVar("_T")
 
 
@@ -75,6 +78,8 @@ class HostSamples:
     sync_wait_s: float
     collective_s: float  # the same all-reduce back to back
     tp_pass_s: float | None = None  # wall seconds per TP-pair pass, every pair at once (None: not run)
+    pipe_action_s: float = 0.0  # wall seconds per pipeline action, every pair a pipeline at once
+    pipe_compute_s: float = 0.0  # solo seconds of one action's compute in that probe
 
 
 def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: int) -> HostSamples:
@@ -86,8 +91,10 @@ def measure_host(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: 
     dt_fwd, dt_bwd = _in_turn(lambda: _dtensor_cost(spec.hidden_size, dtype=dtype, repeats=repeats * 4))
     wait_s, coll_s = _sync_wait(repeats=repeats * 10)
     tp_s = _tp_pass(spec, seq_len=seq_len, dtype=dtype, repeats=max(2, repeats // 3))
+    action_s, action_compute_s = _pipe_action(repeats=max(2, repeats // 3))
     return HostSamples(passes=passes, together_s=together, dtensor_fwd_s=dt_fwd, dtensor_bwd_s=dt_bwd,
-                       sync_wait_s=wait_s, collective_s=coll_s, tp_pass_s=tp_s)
+                       sync_wait_s=wait_s, collective_s=coll_s, tp_pass_s=tp_s, pipe_action_s=action_s,
+                       pipe_compute_s=action_compute_s)
 
 
 def _model(spec: ModelSpec, *, dtype: torch.dtype) -> Transformer:
@@ -252,6 +259,36 @@ def _tp_pass(spec: ModelSpec, *, seq_len: int, dtype: torch.dtype, repeats: int)
     return _together(model, spec, seq_len=seq_len, repeats=repeats)
 
 
+def _pipe_action(*, repeats: int) -> tuple[float, float]:
+    """(wall seconds per action of a torch.distributed.pipelining 1F1B schedule, every rank pair a
+    two-stage pipeline and every pair at once; solo seconds of one action's compute).
+
+    The stages compute about as much per action as a tiny model's pipeline stage (two 256-wide
+    Linears on 256 rows, ~1-3 ms), so peers keep the cores busy and a rank blocked on its
+    neighbour's p2p waits for a time slice to wake up, as in the executor; fit_host removes the
+    compute (at the shared speed) and keeps the schedule's Python, send/recv and wake-up cost.
+    (0, 0) where pairs cannot be formed.
+    """
+    if not dist.is_initialized() or dist.get_world_size() < 2 or dist.get_world_size() % 2:
+        return 0.0, 0.0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    groups = [dist.new_group([r, r + 1]) for r in range(0, world, 2)]
+    torch.manual_seed(rank)
+    module = nn.Sequential(nn.Linear(_PIPE_WIDTH, _PIPE_WIDTH), nn.Linear(_PIPE_WIDTH, _PIPE_WIDTH))
+    x = torch.randn(PIPE_MICRO_BATCHES * _PIPE_WIDTH, _PIPE_WIDTH)
+    solo_s = _in_turn(lambda: sum(_module_times(module, x[:_PIPE_WIDTH], repeats=repeats * 3)) / 2)
+    stage = PipelineStage(module, rank % 2, 2, torch.device("cpu"), group=groups[rank // 2])
+    schedule = Schedule1F1B(stage, PIPE_MICRO_BATCHES, loss_fn=lambda out, target: out.sum())
+
+    def step() -> None:
+        if rank % 2 == 0:
+            schedule.step(x)
+        else:
+            schedule.step(target=x)
+
+    return _mean_together(step, repeats=repeats) / (2 * PIPE_MICRO_BATCHES), solo_s
+
+
 def _burst(seconds: float) -> Callable[[], None]:
     """A compute burst of about `seconds` on an uncontended core (small GEMMs, like a tiny layer)."""
     a, b = torch.randn(256, 128), torch.randn(128, 352)
@@ -308,6 +345,7 @@ def fit_host(samples: list[HostSamples], *, spec: ModelSpec, precision: Precisio
         tp_reduce_per_module=True, overlapped=False,
         shared_cores=_shared_cores(long.fwd_s + long.bwd_s, together, ranks=len(samples)),
         sync_wait_us=_median(s.sync_wait_s for s in samples) * 1e6)
+    host = host.model_copy(update={"pipe_action_us": _pipe_action_us(samples, shared_cores=host.shared_cores)})
     tp_passes = [s.tp_pass_s for s in samples if s.tp_pass_s is not None]
     if not tp_passes:
         return host
@@ -334,6 +372,16 @@ def _fit_sync_wait(measured_s: float, *, spec: ModelSpec, precision: Precision, 
 
     base_s, slope_s = step_s(0.0), step_s(1e3) - step_s(0.0)
     return max(0.0, (measured_s - base_s) / slope_s * 1e3) if slope_s > 0 else 0.0
+
+
+def _pipe_action_us(samples: list[HostSamples], *, shared_cores: float | None) -> float:
+    """Action time of the pipeline probe minus its compute at the shared speed: every rank is a
+    stage doing the same work, so the node retires it at ranks / shared_cores x the solo compute
+    per action (cost/sharing.py's capacity bound); what remains is per-action host time. Median
+    over ranks, microseconds."""
+    ranks = len(samples)
+    slowdown = ranks / shared_cores if shared_cores is not None else 1.0
+    return _median(max(0.0, s.pipe_action_s - slowdown * s.pipe_compute_s) for s in samples) * 1e6
 
 
 def _shared_cores(solo_s: float, together_s: float, *, ranks: int) -> float | None:

@@ -135,3 +135,27 @@ def test_sync_wait_fit_inverts_the_model_on_the_tp_probe_plan() -> None:
                    for hw in (_with(host), slow)] for dims in ((("dp", 4),), (("tp", 2), ("dp", 2)))}
     dp_extra, tp_extra = (b - a for a, b in step.values())
     assert tp_extra > 5 * dp_extra > 0  # DP: gradient and loss all-reduces
+
+
+def test_pipeline_action_time_is_charged_per_action_and_only_with_pipelining() -> None:
+    graph, job = _graph("tiny-dense"), JobSpec(seq_len=256, global_batch=8, precision=Precision.FP32)
+    cluster = cluster_preset("cpu-local")
+    host = HostOverhead(fwd_us_per_op=10.0, bwd_us_per_op=10.0, overlapped=False)
+    with_actions = host.model_copy(update={"pipe_action_us": 1000.0})
+    for dims, charged in (({"pp": 4}, True), ({"dp": 2, "pp": 2}, True), ({"dp": 4}, False)):
+        plan = _plan(**dims)
+        base = estimate(graph, plan, hw=_with(host), cluster=cluster, job=job)
+        more = estimate(graph, plan, hw=_with(with_actions), cluster=cluster, job=job)
+        m, p = plan.num_micro_batches(job.global_batch), plan.dims.pp
+        assert more.time_breakdown_s["pipeline_actions"] == pytest.approx(2 * m * 1e-3 if charged else 0.0)
+        # 1F1B's critical path holds (m + p - 1) forward + backward pairs, each paying two actions
+        delta = more.step_time_s - base.step_time_s
+        assert delta == pytest.approx(2 * (m + p - 1) * 1e-3 if charged else 0.0)
+
+
+def test_fit_removes_the_probe_compute_at_the_shared_speed() -> None:
+    from planner.profiler_host import _pipe_action_us
+    samples = [HostSamples(passes=[], together_s=[], dtensor_fwd_s=0.0, dtensor_bwd_s=0.0, sync_wait_s=0.0,
+                           collective_s=0.0, pipe_action_s=5e-3, pipe_compute_s=1e-3) for _ in range(4)]
+    assert _pipe_action_us(samples, shared_cores=2.0) == pytest.approx(3000.0)  # 5 ms - 4 / 2 x 1 ms
+    assert _pipe_action_us(samples, shared_cores=None) == pytest.approx(4000.0)

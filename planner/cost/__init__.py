@@ -215,11 +215,22 @@ def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindC
 
 
 def _chunk_cost(ctx: _Context, counts: Counter[str]) -> _KindCost:
-    fwd, bwd, weight_s = Cost(), Cost(), 0.0
+    action = Cost(exposed_comm_s=_pipe_action_s(ctx.plan, ctx.hw))
+    fwd, bwd, weight_s = action, action, 0.0
     for kind, n in counts.items():
         c = ctx.costs[kind]
         fwd, bwd, weight_s = fwd + c.fwd * n, bwd + c.bwd * n, weight_s + c.weight_s * n
     return _KindCost(fwd, bwd, weight_s)
+
+
+def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
+    """Host time of one pipeline action (a chunk's forward or backward of one micro-batch) beyond
+    its compute (HostOverhead.pipe_action_us). Charged as exposed time: every stage pays it in
+    lockstep and its core does no model work meanwhile, so it lengthens the critical path and,
+    on shared cores, the node's blocked time; 0 without pipelining."""
+    if plan.dims.pp == 1 or hw.host is None:
+        return 0.0
+    return hw.host.pipe_action_us * 1e-6
 
 
 def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec) -> tuple[Cost, Cost]:
@@ -309,6 +320,7 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
     breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
     breakdown["dp"] += tail.dp_total_s
     breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0,
+                  "pipeline_actions": 2 * m * ctx.plan.virtual_stages * _pipe_action_s(ctx.plan, ctx.hw),
                   "exposed_comm": critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
                   "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s,
                   "core_sharing": step_s - solo_s}
