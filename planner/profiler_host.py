@@ -1,6 +1,6 @@
 """Times what kernel microbenchmarks miss: framework cost per operator and how ranks share a CPU.
 
-Runs inside every rank of an initialised process group (the profiler's ranks). Three probes:
+Runs inside every rank of an initialised process group (the profiler's ranks). Probes:
 - passes: the real model (planner.transformer) forward and backward at a short and a long
   sequence, each rank in turn while the others wait (an uncontended core, like the kernel
   medians); the excess over the kernel model, per traced operator, is the host cost
@@ -17,6 +17,9 @@ Runs inside every rank of an initialised process group (the profiler's ranks). T
   pair at once; its excess over the model's time for that plan, per collective the model
   charges, is HostOverhead.sync_wait_us (fitted in fit_host): the wait for peers that compute
   between collectives, measured where it happens, inside a training pass;
+- pipeline: every rank pair a two-stage torch.distributed.pipelining 1F1B pipeline of small
+  Linear stages, every pair at once; wall time per action minus its compute at the shared
+  speed is HostOverhead.pipe_action_us (the schedule's Python, p2p calls and wake-ups);
 - sync (the fallback where pairs cannot split the model): every rank alternates a short
   compute burst with a small all-reduce in pairs; the wait per collective beyond its
   back-to-back time. Its regular rhythm lets the scheduler line peers up, so it reads low and

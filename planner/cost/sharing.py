@@ -22,8 +22,12 @@ pipelining the other stages could in principle fill the cores a blocked stage le
 1F1B's steady state the stages advance in lockstep (each forward waits on the previous stage)
 and reach their collectives at nearly the same times; measured on 2 cores x 4 gloo ranks
 (bench/calibrate.py), tp2 x pp2 and dp2 ep2 x pp2 take as long as tp2 x dp2 and dp4 ep4, i.e.
-nothing of E was hidden. Pipeline send/recv is left out of E: a stage waiting on its
-neighbour's activations frees its core for the ranks that produce them.
+nothing of E was hidden. Pipeline send/recv bytes are left out of E: a stage waiting on its
+neighbour's activations frees its core for the ranks that produce them. The per-action host
+time of the pipeline schedule (HostOverhead.pipe_action_us: Python per action, p2p calls, the
+wake-up of a rank blocked on its neighbour) is in E, through the chunks' exposed time: every
+stage pays it on every action, in lockstep, doing no model work meanwhile (measured: pp4 on
+2 cores x 4 ranks ran slower than dp4 although both do the same compute).
 
 Inactive (returns T_sim) without a measured `shared_cores` or when the node has no more ranks
 than cores: GPUs run one process per device and share nothing.
