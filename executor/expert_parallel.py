@@ -143,12 +143,8 @@ def _parallel_forward(moe: MoE, x: torch.Tensor, *, groups: MoEGroups) -> torch.
     """MoE.forward with the slots split over tp and the experts spread over ep x etp."""
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
-    weights, indices = moe.route(flat)
-    order, counts = moe._plan_dispatch(indices, moe.capacity(flat.shape[0]))
-    if moe.record_routing:
-        moe._record(indices, counts)
-    token_of_slot = order // moe.top_k
-    slots, expert_of_slot = flat[token_of_slot], indices.flatten()[order]
+    weights, indices, order, _ = moe.dispatch(flat)
+    slots, expert_of_slot = flat[order // moe.top_k], indices.flatten()[order]
     if groups.tp is not None:
         bounds = split_bounds(slots.shape[0], parts=dist.get_world_size(groups.tp))
         lo, hi = bounds[dist.get_rank(groups.tp)]
@@ -156,8 +152,4 @@ def _parallel_forward(moe: MoE, x: torch.Tensor, *, groups: MoEGroups) -> torch.
     expert_out = _dispatch_compute_combine(moe, slots, expert_of_slot, groups=groups)
     if groups.tp is not None:
         expert_out = gather_rows(expert_out, bounds=bounds, group=groups.tp)
-    expert_out = expert_out * weights.flatten()[order].unsqueeze(-1)
-    out = torch.zeros_like(flat).index_add(0, token_of_slot, expert_out)
-    if moe.shared_experts is not None:
-        out = out + moe.shared_experts(flat)
-    return out.view(shape)
+    return moe.combine(flat, expert_out, weights=weights, order=order).view(shape)

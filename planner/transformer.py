@@ -245,20 +245,33 @@ class MoE(nn.Module):
         self.expert_tokens = self.expert_tokens + torch.tensor(counts, dtype=torch.long)
         self.last_indices = indices.detach().cpu()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
+    def dispatch(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Route [T, h] tokens and order their expert slots: (weights, indices, order, counts).
+
+        Shared with the executor's expert-parallel forward, which moves the ordered slots
+        between ranks before the experts and back before combine().
+        """
         weights, indices = self.route(flat)
         order, counts = self._plan_dispatch(indices, self.capacity(flat.shape[0]))
         if self.record_routing:
             self._record(indices, counts)
-        token_of_slot = order // self.top_k
-        expert_out = self.experts(flat[token_of_slot], counts)
+        return weights, indices, order, counts
+
+    def combine(self, flat: torch.Tensor, expert_out: torch.Tensor, *, weights: torch.Tensor,
+                order: torch.Tensor) -> torch.Tensor:
+        """Weight each slot's expert output, sum the slots back into their tokens, add shared experts."""
         expert_out = expert_out * weights.flatten()[order].unsqueeze(-1)
-        out = torch.zeros_like(flat).index_add(0, token_of_slot, expert_out)
+        out = torch.zeros_like(flat).index_add(0, order // self.top_k, expert_out)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
-        return out.view(shape)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, _, order, counts = self.dispatch(flat)
+        expert_out = self.experts(flat[order // self.top_k], counts)
+        return self.combine(flat, expert_out, weights=weights, order=order).view(shape)
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
