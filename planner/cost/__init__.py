@@ -39,7 +39,8 @@ from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
-from planner.hardware import Collective, HardwareProfile, composite_span, group_collective_s
+from planner.hardware import Collective, HardwareProfile
+from planner.topology import composite_span, group_collective_s
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
 
