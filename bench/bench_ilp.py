@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from planner import experts as ex
-from planner import ilp, ilp_devices
+from planner import ilp, ilp_devices, ilp_experts
 
 
 def bench_partition() -> None:
@@ -34,7 +34,7 @@ def bench_placement() -> None:
     topo = ex.Topology(num_ranks=64, ranks_per_node=8, compute_s_per_token=0.27e-6,
                        intra_s_per_token=hidden_bytes / 160e9, inter_s_per_token=hidden_bytes / 50e9)
     start = time.perf_counter()
-    result = ilp.place_experts(ilp.ExpertPlacementProblem(routing=routing, topology=topo))
+    result = ilp_experts.place_experts(ilp_experts.ExpertPlacementProblem(routing=routing, topology=topo))
     wall = time.perf_counter() - start
     rr = result.round_robin
     print(f"placement 256 experts x 64 ranks x 58 layers: {wall:.2f} s, {result.method}, gap {result.solve.gap:.1%} "

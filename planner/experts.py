@@ -5,7 +5,7 @@ Cost model (MoETuner, Go et al. 2025; ExFlow, Yao et al. 2024): a token routed t
 MoE layer l and to expert b in layer l+1 travels from a's rank to b's rank: free on the same
 rank, `intra_s_per_token` inside a node, `inter_s_per_token` across nodes. All ranks send at
 once, so a layer pair costs its total traffic time / num_ranks. Each layer also waits for its
-busiest rank: max_r (tokens on r) * compute_s_per_token. ilp.place_experts refines the result.
+busiest rank: max_r (tokens on r) * compute_s_per_token. ilp_experts.place_experts refines the result.
 """
 
 from __future__ import annotations

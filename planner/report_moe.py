@@ -75,7 +75,7 @@ def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any]
 
 
 def _ilp_summary(result: dict[str, Any]) -> dict[str, Any] | None:
-    """The search's expert-placement solve (ilp.place_experts), when it ran."""
+    """The search's expert-placement solve (ilp_experts.place_experts), when it ran."""
     moe = result.get("moe") or {}
     if "round_robin_s" not in moe:
         return None

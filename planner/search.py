@@ -13,7 +13,7 @@ Where the time goes and how it is kept small (estimate() costs ~0.5-1 ms; 405B o
    for each ZeRO stage, since recompute only ever adds time). Dominated knobs are never costed:
    sequence parallelism moves the same bytes as plain TP and saves memory.
 5. the top plans get an uneven stage partition (ilp.partition_stages) and, for MoE, an expert
-   placement (ilp.place_experts); the cost model re-prices them and keeps what is faster.
+   placement (ilp_experts.place_experts); the cost model re-prices them and keeps what is faster.
 """
 
 from __future__ import annotations

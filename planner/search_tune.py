@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from planner import experts as ex
-from planner import ilp, ilp_devices
+from planner import ilp, ilp_devices, ilp_experts
 from planner.graph import LayerKind
 from planner.plan import Axis, Plan, Recompute
 
@@ -116,7 +116,7 @@ def _partition_summary(cand: Candidate, counts: list[int], result: ilp.StagePart
             "uneven_fits": tuned.fits if tuned is not None else cand.fits}
 
 
-def placement_problem(run: _Run, plan: Plan, routing: ex.RoutingStats | None) -> ilp.ExpertPlacementProblem:
+def placement_problem(run: _Run, plan: Plan, routing: ex.RoutingStats | None) -> ilp_experts.ExpertPlacementProblem:
     """Per-token costs from the graph's MoE stats and the cluster; a Zipf trace when none given."""
     model, cluster, job = run.scenario.model, run.scenario.cluster, run.scenario.job
     d = plan.dims
@@ -134,12 +134,12 @@ def placement_problem(run: _Run, plan: Plan, routing: ex.RoutingStats | None) ->
                        compute_s_per_token=3 * moe.expert_fwd_flops_per_token / d.etp / peak,
                        intra_s_per_token=hidden_bytes / (cluster.network.intra_node_gbs * 1e9),
                        inter_s_per_token=hidden_bytes / (cluster.network.inter_node_gbs * 1e9))
-    return ilp.ExpertPlacementProblem(routing=routing, topology=topo)
+    return ilp_experts.ExpertPlacementProblem(routing=routing, topology=topo)
 
 
 def _place(run: _Run, best: Candidate, routing: ex.RoutingStats | None) -> dict:
     problem = placement_problem(run, best.plan, routing)
-    result = ilp.place_experts(problem, time_limit_s=_PLACEMENT_LIMIT_S)
+    result = ilp_experts.place_experts(problem, time_limit_s=_PLACEMENT_LIMIT_S)
     placed = best.plan.model_copy(update={"expert_placement": result.ranks})
     run.cost(placed)
     return {"expert_tokens": problem.routing.expert_tokens.round().tolist(), "method": result.method,

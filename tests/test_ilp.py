@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from planner import experts as ex
-from planner.ilp import ExpertPlacementProblem, SolveStatus, StagePartitionProblem, partition_stages, place_experts
+from planner.ilp import SolveStatus, StagePartitionProblem, partition_stages
+from planner.ilp_experts import ExpertPlacementProblem, place_experts
 from planner.ilp_devices import DeviceMappingProblem, map_devices
 
 
