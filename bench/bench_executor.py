@@ -34,7 +34,7 @@ from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, load_profile
 from planner.plan import Plan
 from planner.scenario import Precision, Scenario, load_scenario
-from planner.transformer import Transformer, loss_fn
+from planner.graph import Transformer, loss_fn
 
 REPO = Path(__file__).resolve().parents[1]
 DP_RANKS = 2

@@ -14,8 +14,8 @@ import time
 import torch
 
 from planner.graph import extract_graph, trace_module
-from planner.models import PRESETS
-from planner.transformer import Transformer, loss_fn
+from planner.scenario import PRESETS
+from planner.graph import Transformer, loss_fn
 
 TARGETS_S = {"llama3-70b": 10.0, "llama3.1-405b": 20.0}
 CASES = [("llama3-8b", 8192), ("llama3-70b", 4096), ("llama3.1-405b", 8192), ("gpt3-175b", 2048),

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from planner import experts as ex
-from planner import ilp, ilp_devices, ilp_experts
+from planner.search.ilp import routing as ex
+from planner.search import ilp
 
 
 def bench_partition() -> None:
@@ -34,7 +34,7 @@ def bench_placement() -> None:
     topo = ex.Topology(num_ranks=64, ranks_per_node=8, compute_s_per_token=0.27e-6,
                        intra_s_per_token=hidden_bytes / 160e9, inter_s_per_token=hidden_bytes / 50e9)
     start = time.perf_counter()
-    result = ilp_experts.place_experts(ilp_experts.ExpertPlacementProblem(routing=routing, topology=topo))
+    result = ilp.place_experts(ilp.ExpertPlacementProblem(routing=routing, topology=topo))
     wall = time.perf_counter() - start
     rr = result.round_robin
     print(f"placement 256 experts x 64 ranks x 58 layers: {wall:.2f} s, {result.method}, gap {result.solve.gap:.1%} "
@@ -47,11 +47,11 @@ def bench_mapping() -> None:
     rng = np.random.default_rng(0)
     n = 16
     nic = tuple(12.5 if i == 3 else 50.0 for i in range(n))
-    problem = ilp_devices.DeviceMappingProblem(node_bytes=tuple(rng.uniform(1e9, 8e9, n)),
+    problem = ilp.DeviceMappingProblem(node_bytes=tuple(rng.uniform(1e9, 8e9, n)),
                                        edges=tuple((u, u + 1, 4e9) for u in range(n - 1)), nic_gbs=nic,
                                        pair_gbs={(0, 1): 10.0})
     start = time.perf_counter()
-    result = ilp_devices.map_devices(problem)
+    result = ilp.map_devices(problem)
     print(f"device mapping 16 nodes: {time.perf_counter() - start:.2f} s, {result.solve.status.value}; "
           f"slowest link {result.identity_s:.3f} s (identity) -> {result.slowest_link_s:.3f} s")
 

@@ -26,7 +26,7 @@ from torch.distributed._functional_collectives import all_to_all_single_autograd
 from executor.token_split import gather_rows, split_bounds, split_rows
 from planner.plan import Plan
 from planner.scenario import ModelSpec
-from planner.transformer import MoE
+from planner.graph import MoE
 
 EXPERT_PARAMS = ("w1", "w2", "w3")
 # stacked expert weights [E, out, in]: the dim etp shards (w1/w3 column-parallel, w2 row-parallel)

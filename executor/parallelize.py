@@ -1,4 +1,4 @@
-"""One function per parallel axis, applied to planner.transformer modules in a fixed order."""
+"""One function per parallel axis, applied to planner.graph.transformer modules in a fixed order."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from executor.ring_attention import RingAttention, zigzag_positions
 from executor.tied import use_vocab_parallel_head
 from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import ModelSpec, PositionEmbedding
-from planner.transformer import MoE, Transformer
+from planner.graph import MoE, Transformer
 
 
 def check_supported(plan: Plan, spec: ModelSpec, *, seq_len: int) -> None:

@@ -11,7 +11,7 @@ from torch.distributed.pipelining.schedules import _PipelineSchedule
 
 from executor.tied import add_output_copy
 from planner.plan import Plan, Schedule
-from planner.transformer import Transformer, loss_fn
+from planner.graph import Transformer, loss_fn
 
 
 def chunk_ids(plan: Plan, *, pp_rank: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""MoE routing traces (per-expert loads, inter-layer expert affinity) for planner.ilp.place_experts."""
+"""MoE routing traces (per-expert loads, inter-layer expert affinity) for planner.search.ilp.solver.place_experts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from executor.mesh import Meshes
 from planner.plan import Axis
 from planner.scenario import ModelSpec
-from planner.transformer import MoE
+from planner.graph import MoE
 
 
 def _local_records(modules: list[nn.Module]) -> dict[int, tuple[list[int], torch.Tensor | None]]:

@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from executor.mesh import attention_grid
 from planner.plan import Axis, Plan
-from planner.transformer import Transformer
+from planner.graph import Transformer
 
 COPY_FQN, TIED_FQN = "output.weight", "tok_embeddings.weight"
 

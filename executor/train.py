@@ -25,7 +25,7 @@ from executor.routing import routing_trace
 from executor.tied import broadcast_tied, sum_tied_gradients, tied_group, tied_params
 from planner.plan import Axis, Plan, ZeroStage
 from planner.scenario import Scenario
-from planner.transformer import Transformer, loss_fn
+from planner.graph import Transformer, loss_fn
 
 GIB = 2**30
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
-from planner.models import PRESETS
+from planner.scenario import PRESETS
 from planner.scenario import load_scenario
 
 from conftest import SCENARIOS

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.cost import estimate, memory_lower_bound_bytes
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
-from planner.models import PRESETS
+from planner.scenario import PRESETS
 from planner.plan import Axis, Plan
 from planner.scenario import JobSpec
 

@@ -8,14 +8,14 @@ from dataclasses import replace
 
 import pytest
 
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.cost import estimate, memory_lower_bound_bytes
 from planner.cost.compute import layer_times, split_for
 from planner.cost.ops import GraphKey, graph_summary, layer_ops
 from planner.cost.schedule import chunk_layers
 from planner.graph import OpKind, extract_graph
 from planner.hardware import datasheet_profile
-from planner.models import PRESETS
+from planner.scenario import PRESETS
 from planner.plan import Plan
 from planner.scenario import JobSpec
 

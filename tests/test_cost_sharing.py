@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.cost import estimate
 from planner.cost.sharing import NodeWork, capacity_s, shared_step_s
 from planner.graph import extract_graph
 from planner.hardware import HostOverhead, datasheet_profile
-from planner.models import PRESETS
+from planner.scenario import PRESETS
 from planner.plan import Plan
 from planner.scenario import JobSpec, Precision
 

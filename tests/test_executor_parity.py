@@ -18,10 +18,10 @@ from executor.data import global_batch
 from executor.data_parallel import make_optimizer
 from executor.ring_attention import RingAttention, zigzag_positions
 from executor.train import RunOptions, train
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.plan import Plan
 from planner.scenario import JobSpec, ModelSpec, OptimizerSpec, Scenario
-from planner.transformer import Transformer, loss_fn
+from planner.graph import Transformer, loss_fn
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from planner.cli import app
 from planner.graph import LayerKind, ModelGraph, OpKind, extract_graph, trace_module
-from planner.graph_load import graph_for
-from planner.models import PRESETS
-from planner.transformer import Transformer, loss_fn
+from planner.graph import graph_for
+from planner.scenario import PRESETS
+from planner.graph import Transformer, loss_fn
 
 
 @cache

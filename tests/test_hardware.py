@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.hardware import Collective, Curve, Tier, datasheet_profile, load_profile
-from planner.topology import group_collective_s, group_span, p2p_s
+from planner.hardware import group_collective_s, group_span, p2p_s
 from planner.scenario import ClusterSpec, Precision
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"

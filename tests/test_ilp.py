@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from planner import experts as ex
-from planner.ilp import SolveStatus, StagePartitionProblem, partition_stages
-from planner.ilp_experts import ExpertPlacementProblem, place_experts
-from planner.ilp_devices import DeviceMappingProblem, map_devices
+from planner.search.ilp import routing as ex
+from planner.search.ilp import SolveStatus, StagePartitionProblem, partition_stages
+from planner.search.ilp import ExpertPlacementProblem, place_experts
+from planner.search.ilp import DeviceMappingProblem, map_devices
 
 
 def _compositions(n: int, parts: int):

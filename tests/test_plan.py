@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from planner.clusters import cluster_preset
-from planner.models import model_preset
+from planner.scenario import cluster_preset
+from planner.scenario import model_preset
 from planner.plan import Axis, ParallelDims, Plan, Recompute, Schedule, ZeroStage, even_split
 from planner.scenario import JobSpec, Scenario
 

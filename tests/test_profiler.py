@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from planner import profiler_kernels as pk
+from planner.profiler import kernels as pk
 from planner.cli import app
 from planner.hardware import Collective, DeviceKind, HardwareProfile, ProfileRangeWarning, Tier, load_profile
-from planner.models import PRESETS
-from planner.profile_build import build_profile, collective_fits
+from planner.scenario import PRESETS
+from planner.profiler import build_profile, collective_fits
 from planner.profiler import ProfileConfig, profile_machine, write_profile
-from planner.profiler_links import LinkResult, fit_alpha_beta, tier_groups
+from planner.profiler import LinkResult, fit_alpha_beta, tier_groups
 from planner.scenario import Precision
 
 REPO = Path(__file__).resolve().parents[1]

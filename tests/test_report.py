@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import planner.report_html
+import planner.report.html
 from conftest import REPO
 from planner.cli import app
-from planner.devicemap import attention_grid, expert_grid, plan_groups
+from planner.report import attention_grid, expert_grid, plan_groups
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.plan import Plan
 from planner.report import PLAN_COLUMNS, write_search_outputs
-from planner.report_figures import STEP_TERMS, coalesce
+from planner.report import STEP_TERMS, coalesce
 from planner.scenario import Scenario, load_scenario, scenario_from_dict
 from planner.search import search
-from planner.search_cli import with_best_timeline
+from planner.cli.search import with_best_timeline
 
 GIB = 2**30
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -119,14 +119,14 @@ def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: p
     def boom(_: Path) -> str:
         raise error("interrupted while rendering")
 
-    monkeypatch.setattr(planner.report_html, "render_html", boom)
+    monkeypatch.setattr(planner.report.html, "render_html", boom)
     with pytest.raises(error):
         write_search_outputs(result, sc, out)
     assert list(tmp_path.iterdir()) == []  # neither out nor a temporary sibling
     monkeypatch.undo()
     write_search_outputs(result, sc, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(planner.report_html, "render_html", boom)
+    monkeypatch.setattr(planner.report.html, "render_html", boom)
     with pytest.raises(error):
         write_search_outputs(result, sc, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report is intact
@@ -198,7 +198,7 @@ def test_moe_loads_against_round_robin() -> None:
     """Contiguous placement of a skewed trace overloads rank 0; round-robin spreads the hot experts."""
     import plotly.graph_objects as go
 
-    from planner.report_moe import moe_section
+    from planner.report import moe_section
 
     sc = load_scenario(REPO / "scenarios" / "mixtral-8x7b_h100x64.toml")
     plan = Plan.model_validate({"dims": {"dp": 16, "tp": 4, "ep": 4}})
@@ -232,7 +232,7 @@ def test_405b_report_stays_under_5mb(tmp_path: Path) -> None:
     html = (tmp_path / "r" / "report.html").read_text()
     assert len(html.encode()) < 5_000_000
     assert "plans.csv lists all" in html  # the table says how many rows it left out
-    if len(result.best.estimate.timeline) > planner.report_html.MAX_TRACE_EVENTS:
+    if len(result.best.estimate.timeline) > planner.report.html.MAX_TRACE_EVENTS:
         assert "steady-state spans" in html
 
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
-from planner.models import count_params, load_hf_config
+from planner.scenario import count_params, load_hf_config
 from planner.scenario import ScenarioError, load_scenario
 
 from conftest import FIXTURES, SCENARIOS

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner import search_space as ss
+from planner.search import space as ss
 from planner.cli import app
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
-from planner.models import model_preset
+from planner.scenario import model_preset
 from planner.plan import Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import JobSpec, ModelSpec, Scenario, SearchSpace
 from planner.search import pareto_front, search

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from planner.models import PRESETS, count_params
-from planner.transformer import MoE, Transformer, expand_kv, loss_fn
+from planner.scenario import PRESETS, count_params
+from planner.graph import MoE, Transformer, expand_kv, loss_fn
 
 
 def _cpu_model(name: str, seed: int = 0, **update) -> Transformer:

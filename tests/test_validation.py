@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from planner.clusters import cluster_preset
+from planner.scenario import cluster_preset
 from planner.graph import extract_graph
 from planner.cost import estimate
 from planner.cost.memory import GIB, activation_bytes, layer_activation

@@ -40,7 +40,7 @@ from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simul
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
-from planner.topology import composite_span, group_collective_s
+from planner.hardware import composite_span, group_collective_s
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from planner.cost.compute import extra_tp_reductions
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
-from planner.topology import GroupSpan, composite_span, group_collective_s, p2p_s
+from planner.hardware import GroupSpan, composite_span, group_collective_s, p2p_s
 from planner.plan import Axis, Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec, ShardingRuntime
 

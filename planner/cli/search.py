@@ -1,0 +1,76 @@
+"""`planner search`: trace, search with a progress bar, print the ranked table, write outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner.scenario import Scenario
+from planner.search import SearchResult, search
+
+GIB = 2**30
+
+
+def hardware_for(scenario: Scenario, profile: Path | None):
+    from planner.hardware import datasheet_profile, load_profile
+
+    return datasheet_profile(scenario.cluster) if profile is None else load_profile(profile)
+
+
+def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path | None,
+               routing_trace: Path | None, console: Console) -> SearchResult:
+    """Everything the verb does; returns the result (cli turns nothing-fits into exit 2)."""
+    from planner.search.ilp import load_routing_trace
+    from planner.graph import extract_graph
+    from planner.report import write_search_outputs
+
+    hw = hardware_for(scenario, profile)
+    routing = load_routing_trace(routing_trace) if routing_trace is not None else None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("tracing model", total=None, note="")
+        graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
+        bar.update(task, description="searching")
+        result = search(graph, scenario, hw=hw, top_k=top, routing=routing,
+                        progress=lambda costed, _: bar.update(task, note=f"{costed} plans costed"))
+    console.print(result_table(result, scenario, top=top))
+    console.print(stats_line(result))
+    if result.best is not None:
+        with_best_timeline(result, graph=graph, scenario=scenario, hw=hw)
+        write_search_outputs(result, scenario, out or Path("reports") / scenario.name)
+    return result
+
+
+def with_best_timeline(result: SearchResult, *, graph, scenario: Scenario, hw) -> SearchResult:
+    """Re-price the best plan with the event simulator's timeline: trace.json and the report's
+    pipeline Gantt need it, and search() skips it for speed (report.py matches the copy by plan)."""
+    from dataclasses import replace
+
+    from planner.cost import estimate
+
+    if result.best is not None and result.best.estimate.timeline is None:
+        timed = estimate(graph, result.best.plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=True)
+        result.best = replace(result.best, estimate=timed)
+    return result
+
+
+def stats_line(result: SearchResult) -> str:
+    s = result.stats
+    return (f"{s.enumerated:,} plans enumerated over {s.layouts:,} layouts: {s.invalid:,} invalid layouts, "
+            f"{s.pruned:,} pruned, {s.costed:,} costed, {s.fitting:,} fit ({s.seconds:.1f} s)")
+
+
+def result_table(result: SearchResult, scenario: Scenario, *, top: int) -> Table:
+    table = Table("#", "plan", "step s", "tokens/s/GPU", "MFU", "peak GiB", "compute", "comm exposed", "bubble",
+                  title=f"best plans: {scenario.name} ({scenario.cluster.world_size} x {scenario.cluster.gpu.name})")
+    for cand in result.top[:top]:
+        e = cand.estimate
+        br = e.time_breakdown_s
+        table.add_row(str(cand.rank), cand.plan.describe() + (" uneven" if cand.plan.blocks_per_stage else "")
+                      + (" placed" if cand.plan.expert_placement else ""), f"{e.step_time_s:.3f}",
+                      f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}", f"{e.peak_memory_bytes / GIB:.1f}",
+                      f"{br.get('compute', 0):.2f}", f"{br.get('exposed_comm', 0):.2f}", f"{br.get('bubble', 0):.2f}")
+    return table

@@ -1,0 +1,27 @@
+"""Hardware: the typed profile of a machine (profile.py, a leaf), datasheet profiles, and the topology
+that says which links a group of ranks crosses."""
+
+from planner.hardware.datasheets import DATASHEET_CITATIONS, GPU_LAUNCH_US, datasheet_profile, gemm_ceiling
+from planner.hardware.profile import (
+    Collective,
+    CollectiveFit,
+    CollectiveSample,
+    Curve,
+    DeviceInfo,
+    DeviceKind,
+    HardwareProfile,
+    HostOverhead,
+    KernelSample,
+    ProfileRangeWarning,
+    ProfileSource,
+    Tier,
+    load_profile,
+)
+from planner.hardware.topology import GroupSpan, composite_span, group_collective_s, group_span, p2p_s
+
+__all__ = [
+    "DATASHEET_CITATIONS", "GPU_LAUNCH_US", "Collective", "CollectiveFit", "CollectiveSample", "Curve",
+    "DeviceInfo", "DeviceKind", "GroupSpan", "HardwareProfile", "HostOverhead", "KernelSample",
+    "ProfileRangeWarning", "ProfileSource", "Tier", "composite_span", "datasheet_profile", "gemm_ceiling",
+    "group_collective_s", "group_span", "load_profile", "p2p_s",
+]

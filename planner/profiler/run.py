@@ -1,0 +1,275 @@
+"""`planner profile`: measures this machine's kernels and links and returns a HardwareProfile.
+
+Every rank (N local processes spawned here, or the ranks of a torchrun launch) runs the same
+kernel sweep at the same time, one case per barrier, so each "device" is timed as a training
+job's rank sees it (on a CPU the ranks share the cores; on GPUs each has its own). The kernel
+medians are then taken across ranks, the collectives are timed per tier, alpha-beta curves are
+fitted, and rank 0 builds the profile (profiler_kernels / profiler_links hold the measuring).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from rich.progress import Progress, TaskID
+
+from planner.profiler import host as ph
+from planner.profiler.build import build_profile, host_workload
+from planner.profiler import kernels as pk
+from planner.profiler import links as pl
+from planner.hardware import (
+    DeviceKind,
+    HardwareProfile,
+    load_profile,
+)
+from planner.scenario import Scenario
+
+Tick = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileConfig:
+    name: str
+    device: DeviceKind
+    nproc: int = 2
+    quick: bool = False
+    scenarios: tuple[Scenario, ...] = ()
+    threads: int | None = None  # CPU threads per rank; None = cores // ranks
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise ValueError(f"--nproc: must be >= 1, got {self.nproc}")
+        if self.device == DeviceKind.CUDA and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu")
+        if self.device == DeviceKind.CUDA and self.nproc > torch.cuda.device_count():
+            raise ValueError(f"--nproc {self.nproc}: only {torch.cuda.device_count()} CUDA devices; lower --nproc")
+
+    @property
+    def cuda(self) -> bool:
+        return self.device != DeviceKind.CPU
+
+    def threads_per_rank(self, world_size: int) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // world_size)
+
+
+@dataclass(slots=True, kw_only=True)
+class RankReport:
+    """What rank 0 sends home: medians across ranks and its own link timings."""
+
+    kernels: list[pk.KernelResult]
+    links: list[pl.LinkResult]
+    world_size: int
+    threads: int
+    skipped_kernels: int
+    host: list[ph.HostSamples] = field(default_factory=list)  # one per rank (CPU runs)
+    notes: list[str] = field(default_factory=list)
+    runtime_bytes: float = 0.0  # resident set after torch import + process-group init (CPU)
+
+
+def profile_machine(config: ProfileConfig, *, progress: Progress | None = None) -> HardwareProfile | None:
+    """Measure and build the profile. Under torchrun only rank 0 returns it (others get None)."""
+    if _under_torchrun():
+        report = _run_rank(config, tick=_progress_tick(progress) if _rank() == 0 else _no_tick)
+        return build_profile(report, config) if _rank() == 0 else None
+    if config.nproc == 1:
+        runtime_bytes = _resident_bytes()
+        report = _measure(config, world_size=1, local_world_size=1, tick=_progress_tick(progress))
+        report.runtime_bytes = runtime_bytes
+        return build_profile(report, config)
+    return build_profile(_spawn(config, progress), config)
+
+
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _no_tick(_: str) -> None:
+    return None
+
+
+def _progress_tick(progress: Progress | None) -> Tick:
+    """A tick that advances one rich task; the first message ("total N") sets its length."""
+    if progress is None:
+        return _no_tick
+    task: TaskID = progress.add_task("profiling", total=None)
+
+    def tick(message: str) -> None:
+        if message.startswith("total "):
+            progress.update(task, total=int(message.split()[1]))
+        else:
+            progress.update(task, advance=1, description=message)
+
+    return tick
+
+
+# -- process management ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(config: ProfileConfig, progress: Progress | None) -> RankReport:
+    """Start nproc local ranks; relay rank 0's progress ticks and collect its report."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = mp.start_processes(_spawn_worker, args=(config, _free_port(), queue), nprocs=config.nproc,
+                               join=False, start_method="spawn")
+    tick = _progress_tick(progress)
+    report: RankReport | None = None
+    done = False
+    while not done:
+        done = procs.join(timeout=0.1)
+        while not queue.empty():
+            kind, payload = queue.get()
+            if kind == "tick":
+                tick(payload)
+            else:
+                report = payload
+    assert report is not None, "rank 0 exited without a report"
+    return report
+
+
+def _spawn_worker(rank: int, config: ProfileConfig, port: int, queue: mp.Queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(config.nproc), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(config.nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    tick: Tick = (lambda msg: queue.put(("tick", msg))) if rank == 0 else _no_tick
+    report = _run_rank(config, tick=tick)
+    if rank == 0:
+        queue.put(("report", report))
+
+
+def _run_rank(config: ProfileConfig, *, tick: Tick) -> RankReport:
+    """Join the process group from the env:// variables, measure, leave cleanly."""
+    world, local_world = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    if config.cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if config.cuda else "gloo", init_method="env://")
+    runtime_bytes = _resident_bytes()
+    try:
+        report = _measure(config, world_size=world, local_world_size=local_world, tick=tick)
+        report.runtime_bytes = runtime_bytes
+        return report
+    finally:
+        dist.barrier()  # without it, teardown can race another rank's last collective
+        dist.destroy_process_group()
+
+
+def _resident_bytes() -> float:
+    """Peak resident set so far (ru_maxrss, KiB on Linux): the quantity the executor reports on a CPU."""
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _measure(config: ProfileConfig, *, world_size: int, local_world_size: int, tick: Tick) -> RankReport:
+    threads = config.threads_per_rank(local_world_size)
+    torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 GEMMs as frameworks run them (TF32)
+    torch.backends.cudnn.allow_tf32 = True
+    device = torch.device("cuda", torch.cuda.current_device()) if config.cuda else torch.device("cpu")
+    sweep = pk.default_sweep(cuda=config.cuda, quick=config.quick)
+    all_cases = list(pk.sweep_cases(sweep, list(config.scenarios)))
+    cases = [c for c in all_cases if c.flops <= sweep.max_flops]
+    link_sweep = pl.default_link_sweep(cuda=config.cuda, quick=config.quick)
+    tiers = pl.tier_groups(world_size=world_size, local_world_size=local_world_size) if world_size > 1 else []
+    tick(f"total {len(cases) + len(tiers) * len(pl.link_cases(link_sweep)) + (not config.cuda)}")
+    kernels = _kernel_sweep(cases, sweep=sweep, device=device, tick=tick)
+    links = [r for tg in tiers for r in pl.measure_tier(tg, sweep=link_sweep, device=device, tick=tick)]
+    host = [] if config.cuda else _host_probe(config, tick=tick)
+    return RankReport(kernels=kernels, links=links, world_size=world_size, threads=threads,
+                      skipped_kernels=len(all_cases) - len(cases), host=host)
+
+
+def _host_probe(config: ProfileConfig, *, tick: Tick) -> list[ph.HostSamples]:
+    """Host overhead probes on every rank (CPU only: on GPUs launches overlap the kernels)."""
+    tick("host overhead per op")
+    spec, seq, precision = host_workload(config)
+    mine = ph.measure_host(spec, seq_len=seq, dtype=pk.TORCH_DTYPES[precision], repeats=3 if config.quick else 9)
+    if not dist.is_initialized():
+        return [mine]
+    every: list[ph.HostSamples | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return [s for s in every if s is not None]
+
+
+def _kernel_sweep(cases: list[pk.KernelCase], *, sweep: pk.KernelSweep, device: torch.device,
+                  tick: Tick) -> list[pk.KernelResult]:
+    """Each case on every rank at once (a barrier per case); per-case median across ranks."""
+    distributed = dist.is_initialized()
+    mine = []
+    for case in cases:
+        tick(f"{case.op.value} {case.dtype.value} {'x'.join(map(str, case.shape))}")
+        if distributed:
+            dist.barrier()
+        mine.append(pk.run_case(case, sweep=sweep, device=device))
+    if not distributed:
+        return mine
+    every: list[list[pk.KernelResult]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every, mine)
+    return [_median_across(list(per_rank)) for per_rank in zip(*every, strict=True)]
+
+
+def _median_across(results: list[pk.KernelResult]) -> pk.KernelResult:
+    """The rank whose median is the median (keeps its own spread)."""
+    ordered = sorted(results, key=lambda r: r.timing.median_us)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+# -- building the profile ----------------------------------------------------------------------
+
+
+def write_profile(profile: HardwareProfile, path: Path) -> HardwareProfile:
+    """Write atomically (temp file, validate by loading it back, rename) and return the reloaded profile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        f.write(profile.model_dump_json(indent=1))
+        tmp = Path(f.name)
+    try:
+        loaded = load_profile(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return loaded
+
+
+def summary_rows(profile: HardwareProfile) -> list[tuple[str, str]]:
+    """(quantity, value) lines for the CLI table: peaks, bandwidth, collective fits."""
+    rows = [(f"peak {p.value}", f"{t * 1e3:.1f} GFLOP/s") for p, t in sorted(profile.peak_tflops.items())]
+    rows.append(("memory bandwidth", f"{profile.memory_bandwidth_gbs:.1f} GB/s x {profile.memory_bound_efficiency:.2f}"))
+    for fit in profile.collectives:
+        rows.append((f"{fit.collective.value} {fit.tier.value} x{fit.num_ranks}",
+                     f"{fit.latency_us:.0f} us + bytes / {fit.bandwidth_gbs:.2f} GB/s"))
+    return rows
+
+
+def config_from_cli(*, out: Path, nproc: int, device: str | None, scenarios: list[Path], quick: bool,
+                    threads: int | None = None) -> ProfileConfig:
+    """Validate `planner profile` arguments; ValueError names the flag to fix."""
+    if out.suffix != ".json":
+        raise ValueError(f"--out: {out} should end in .json (profiles/NAME.json)")
+    if device is None:
+        kind = DeviceKind.CUDA if torch.cuda.is_available() else DeviceKind.CPU
+    elif device in (DeviceKind.CUDA.value, DeviceKind.CPU.value):
+        kind = DeviceKind(device)
+    else:
+        raise ValueError(f"--device: '{device}' is not one of cuda, cpu")
+    from planner.scenario import load_scenario
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {threads}")
+    return ProfileConfig(name=out.stem, device=kind, nproc=nproc, quick=quick, threads=threads,
+                         scenarios=tuple(load_scenario(p) for p in scenarios))

@@ -1,0 +1,324 @@
+"""Search results as files: plans.csv (every candidate), plan.json, result.json, trace.json.
+
+The report never calls the search or the cost model: `write_search_outputs` turns a SearchResult
+into these files once, and the HTML is rendered from them, so `planner report DIR` re-renders
+exactly what a search wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import enum
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from planner.plan import Plan
+from planner.scenario import Scenario
+
+RESULT_FORMAT_VERSION = 1
+GIB = 2**30
+OUTPUT_FILES = ("plans.csv", "plan.json", "result.json", "trace.json", "report.html")
+DETAILED_TOP = 20  # fitting plans whose full breakdown result.json keeps (the rest: plans.csv)
+DETAILED_PARETO = 40
+
+# Step-time terms copied into plans.csv as time_<term>_s (Estimate.time_breakdown_s keys, fixed
+# by CONTRACTS.md). Terms the cost model adds later stay in result.json only, so the CSV header
+# never changes under its readers.
+TIME_TERMS = ("compute", "recompute", "tp", "cp", "ep", "pp", "dp", "exposed_comm", "bubble", "optimizer")
+
+PLAN_COLUMNS: tuple[str, ...] = (
+    "candidate", "rank", "status", "fits", "pareto", "reason", "plan",
+    "dp", "tp", "pp", "cp", "ep", "etp", "edp",
+    "micro_batch_size", "num_micro_batches", "virtual_stages", "schedule", "zero_stage",
+    "recompute", "sequence_parallel", "rank_order", "expert_rank_order", "blocks_per_stage",
+    "expert_placement",
+    "step_time_s", "tokens_per_s_per_gpu", "mfu", "hfu", "peak_memory_gib",
+    "memory_capacity_gib", "bubble_fraction",
+    *(f"time_{t}_s" for t in TIME_TERMS),
+)
+
+
+class Status(enum.StrEnum):
+    """A candidate's fate: the winner, a fitting plan, costed but out of memory, or pruned/invalid."""
+
+    BEST = "best"
+    FITS = "fits"
+    OOM = "oom"
+    PRUNED = "pruned"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types for dataclasses, pydantic models, enums, numpy scalars and tuples."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(to_jsonable(k)): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def estimate_dict(estimate: Any) -> dict[str, Any] | None:
+    """Estimate.to_dict() without the timeline (that goes to trace.json), JSON-ready."""
+    if estimate is None:
+        return None
+    raw = estimate.to_dict() if hasattr(estimate, "to_dict") else to_jsonable(estimate)
+    return {k: to_jsonable(v) for k, v in raw.items() if k != "timeline"}
+
+
+def same_candidate(a: Any, b: Any) -> bool:
+    """Identity, or the same plan: a caller may swap in a re-priced copy (e.g. with a timeline)."""
+    return a is b or (a is not None and b is not None and a.plan == b.plan)
+
+
+def status_of(candidate: Any, best: Any) -> Status:
+    if same_candidate(candidate, best):
+        return Status.BEST
+    if candidate.fits:
+        return Status.FITS
+    return Status.OOM if candidate.estimate is not None else Status.PRUNED
+
+
+def csv_row(cid: int, candidate: Any, *, status: Status, pareto: bool, global_batch: int) -> dict[str, Any]:
+    """One plans.csv row; metric columns stay empty for candidates that were never costed."""
+    plan: Plan = candidate.plan
+    dims = plan.parallel_dims
+    est = estimate_dict(candidate.estimate) or {}
+    breakdown = est.get("time_breakdown_s") or {}
+    row: dict[str, Any] = {
+        "candidate": cid, "rank": candidate.rank, "status": status.value, "fits": bool(candidate.fits),
+        "pareto": pareto, "reason": candidate.reason or "", "plan": plan.describe(),
+        "dp": dims.dp, "tp": dims.tp, "pp": dims.pp, "cp": dims.cp, "ep": dims.ep, "etp": dims.etp,
+        "edp": dims.edp, "micro_batch_size": plan.micro_batch_size,
+        "num_micro_batches": est.get("num_micro_batches", plan.num_micro_batches(global_batch)),
+        "virtual_stages": plan.virtual_stages, "schedule": plan.schedule.value,
+        "zero_stage": int(plan.zero_stage), "recompute": plan.recompute.value,
+        "sequence_parallel": plan.sequence_parallel,
+        "rank_order": "-".join(a.value for a in plan.rank_order),
+        "expert_rank_order": "-".join(a.value for a in plan.expert_rank_order),
+        "blocks_per_stage": " ".join(map(str, plan.blocks_per_stage or [])),
+        "expert_placement": "custom" if plan.expert_placement else "contiguous",
+    }
+    for key in ("step_time_s", "tokens_per_s_per_gpu", "mfu", "hfu", "bubble_fraction"):
+        row[key] = est.get(key)
+    row["peak_memory_gib"] = _gib(est.get("peak_memory_bytes"))
+    row["memory_capacity_gib"] = _gib(est.get("memory_capacity_bytes"))
+    for term in TIME_TERMS:
+        row[f"time_{term}_s"] = breakdown.get(term) if est else None
+    return row
+
+
+def _gib(value: float | None) -> float | None:
+    return None if value is None else value / GIB
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, ".6g")
+    return str(value)
+
+
+def write_plans_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PLAN_COLUMNS)
+        for row in rows:
+            writer.writerow([_cell(row[c]) for c in PLAN_COLUMNS])
+
+
+def sort_key(row: dict[str, Any]) -> tuple[int, float]:
+    """Fitting plans by throughput, then OOM ones by memory, then pruned ones."""
+    order = {"best": 0, "fits": 1, "oom": 2, "pruned": 3}[row["status"]]
+    match row["status"]:
+        case "best" | "fits":
+            return order, -(row["tokens_per_s_per_gpu"] or 0.0)
+        case "oom":
+            return order, row["peak_memory_gib"] or math.inf
+        case _:
+            return order, 0.0
+
+
+def write_json(path: Path, data: Any, *, compact: bool = False) -> None:
+    """Indented JSON for people, compact for big machine files (the C encoder only runs
+    without indent: a 12 MB trace takes ~1 s instead of ~5 s)."""
+    text = json.dumps(data, allow_nan=False, default=to_jsonable,
+                      **({"separators": (",", ":")} if compact else {"indent": 1}))
+    path.write_text(text + "\n")
+
+
+def chrome_trace(best: Any, scenario: Scenario) -> dict[str, Any]:
+    """The best plan's simulated timeline as a Chrome trace (open in chrome://tracing or Perfetto)."""
+    events = []
+    if best is not None and best.estimate is not None:
+        events = getattr(best.estimate, "timeline", None) or []
+    meta = {"scenario": scenario.name, "plan": best.plan.describe() if best is not None else None}
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}
+
+
+def is_dp_zero3(plan: Plan) -> bool:
+    d = plan.dims
+    return (d.tp, d.pp, d.cp, d.ep, d.etp) == (1, 1, 1, 1, 1) and int(plan.zero_stage) == 3
+
+
+def is_megatron_default(plan: Plan, *, gpus_per_node: int) -> bool:
+    """TP fills one node (up to 8), the rest is PP/DP: the usual hand-written Megatron layout."""
+    return plan.dims.tp == min(8, gpus_per_node) and plan.dims.cp == 1
+
+
+def pick_baselines(candidates: list[Any], *, gpus_per_node: int) -> dict[str, int]:
+    """Candidate ids of the naive baselines the summary compares against (fastest that fits,
+    else the smallest-memory costed one so the report can say by how much it fails)."""
+    rules = {"dp_zero3": is_dp_zero3,
+             "megatron_tp": lambda p: is_megatron_default(p, gpus_per_node=gpus_per_node)}
+    out = {}
+    for name, rule in rules.items():
+        costed = [(i, c) for i, c in enumerate(candidates) if c.estimate is not None and rule(c.plan)]
+        fitting = [(i, c) for i, c in costed if c.fits]
+        if fitting:
+            out[name] = max(fitting, key=lambda ic: ic[1].estimate.tokens_per_s_per_gpu)[0]
+        elif costed:
+            out[name] = min(costed, key=lambda ic: ic[1].estimate.peak_memory_bytes)[0]
+    return out
+
+
+def write_search_outputs(result: Any, scenario: Scenario, out_dir: Path, *,
+                         measurement: dict[str, Any] | None = None) -> Path:
+    """Write out_dir/{plans.csv, plan.json, result.json, trace.json, report.html} atomically.
+
+    Everything is written into a temporary sibling directory which then replaces out_dir, so a
+    failed or interrupted run leaves the previous directory (or none), never a half-written one.
+    Files in an existing out_dir that this function does not write (measurement.json, routing
+    traces) are carried over. Returns out_dir.
+    """
+    from planner.report.html import render_html
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the report dir is meant to be shared
+        _write_files(tmp, result, scenario, measurement=measurement)
+        _carry_over(out_dir, tmp)
+        (tmp / "report.html").write_text(render_html(tmp), encoding="utf-8")
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def render_report(out_dir: Path) -> Path:
+    """Re-render out_dir/report.html from the saved JSON/CSV (no search); atomic file replace."""
+    from planner.report.html import render_html
+
+    out_dir = Path(out_dir)
+    for name in ("result.json", "plans.csv"):
+        if not (out_dir / name).is_file():
+            raise ValueError(f"{out_dir}: no {name} here; run `planner search --out {out_dir}` first")
+    html = render_html(out_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=".report.html.", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(html)
+        os.replace(tmp_name, out_dir / "report.html")
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out_dir / "report.html"
+
+
+def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dict[str, Any] | None) -> None:
+    candidates = list(result.candidates)
+    best = result.best
+    pareto_ids = {_index_of(candidates, c) for c in (result.pareto or [])}
+    rows = [csv_row(i, c, status=status_of(c, best), pareto=i in pareto_ids,
+                    global_batch=scenario.job.global_batch) for i, c in enumerate(candidates)]
+    write_plans_csv(tmp / "plans.csv", sorted(rows, key=sort_key))
+    if best is not None:
+        (tmp / "plan.json").write_text(best.plan.to_json() + "\n")
+    write_json(tmp / "result.json", result_dict(result, scenario, candidates))
+    write_json(tmp / "trace.json", chrome_trace(best, scenario), compact=True)
+    if measurement is not None:
+        write_json(tmp / "measurement.json", to_jsonable(measurement))
+
+
+def result_dict(result: Any, scenario: Scenario, candidates: list[Any]) -> dict[str, Any]:
+    """result.json: the scenario, search stats and full estimates of the plans the report draws."""
+    index = {id(c): i for i, c in enumerate(candidates)}
+    best_id = _index_of(candidates, result.best) if result.best is not None else None
+    baselines = pick_baselines(candidates, gpus_per_node=scenario.cluster.gpus_per_node)
+    ranked = sorted((c for c in candidates if c.fits and c.estimate is not None),
+                    key=lambda c: -c.estimate.tokens_per_s_per_gpu)[:DETAILED_TOP]
+    keep = {best_id, *baselines.values(), *(index[id(c)] for c in ranked),
+            *(_index_of(candidates, c) for c in (result.pareto or [])[:DETAILED_PARETO])} - {None}
+    detailed = {str(i): _candidate_dict(candidates[i]) for i in sorted(keep)}
+    return {
+        "format_version": RESULT_FORMAT_VERSION,
+        "scenario": scenario.model_dump(mode="json"),
+        "stats": to_jsonable(getattr(result, "stats", None)),
+        "num_candidates": len(candidates),
+        "best": best_id,
+        "top": [index[id(c)] for c in ranked],
+        "baselines": baselines,
+        "detailed": detailed,
+        "moe": to_jsonable(getattr(result, "moe", None)),
+        "partition": to_jsonable(getattr(result, "partition", None)),
+        "device_mapping": to_jsonable(getattr(result, "device_mapping", None)),
+        "nothing_fits": getattr(result, "nothing_fits", None),
+    }
+
+
+def _index_of(candidates: list[Any], wanted: Any) -> int | None:
+    """Position of `wanted` in candidates: by identity, else by plan (see same_candidate)."""
+    by_identity = next((i for i, c in enumerate(candidates) if c is wanted), None)
+    if by_identity is not None or wanted is None:
+        return by_identity
+    return next((i for i, c in enumerate(candidates) if same_candidate(c, wanted)), None)
+
+
+def _candidate_dict(candidate: Any) -> dict[str, Any]:
+    return {
+        "rank": candidate.rank,
+        "fits": bool(candidate.fits),
+        "reason": candidate.reason,
+        "plan": candidate.plan.model_dump(mode="json"),
+        "estimate": estimate_dict(candidate.estimate),
+    }
+
+
+def _carry_over(out_dir: Path, tmp: Path) -> None:
+    """Keep files a previous run or the executor left in out_dir (e.g. measurement.json)."""
+    if not out_dir.is_dir():
+        return
+    for path in out_dir.iterdir():
+        if path.name not in OUTPUT_FILES and not (tmp / path.name).exists() and not path.name.startswith("."):
+            copy = shutil.copytree if path.is_dir() else shutil.copy2
+            copy(path, tmp / path.name)
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp with renames only (each atomic); the old tree is deleted last."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "dir")
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,261 @@
+"""report.html from a results directory (plans.csv, result.json, trace.json, measurement.json).
+
+The page is one self-contained file: plotly.js is embedded gzip-compressed and base64-encoded
+(the raw 4.8 MB bundle alone would use up the 5 MB budget) and the browser inflates it with the
+standard DecompressionStream API, so the page opens from disk with no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+
+from planner.report import figures as figs
+from planner.report.devicemap import group_summary, plan_groups
+from planner.scenario import count_params
+from planner.plan import Axis, Plan
+from planner.report.files import GIB, PLAN_COLUMNS
+from planner.report.moe import moe_section
+from planner.scenario import Scenario
+
+MAX_POINTS = 3000  # Pareto scatter points; the front, the best and the top plans always stay
+TABLE_FITS, TABLE_REJECTED = 200, 150
+MAX_TRACE_EVENTS = 6000
+TRACE_EMBED_BYTES = 1_000_000  # larger traces are linked, not embedded as a data: URI
+DEVICE_MAP_GPUS = 256
+
+
+@functools.cache
+def plotly_js_gzip_b64() -> str:
+    return base64.b64encode(gzip.compress(plotly.offline.get_plotlyjs().encode(), 9, mtime=0)).decode()
+
+
+def load_plans(path: Path) -> pd.DataFrame:
+    """plans.csv with its documented column types."""
+    df = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in PLAN_COLUMNS if c not in ("reason", "plan")})
+    missing = [c for c in PLAN_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; re-run the search to rewrite it")
+    for col in ("fits", "pareto", "sequence_parallel"):
+        df[col] = df[col].astype(str).str.lower() == "true"
+    return df
+
+
+def render_html(out_dir: Path) -> str:
+    """The whole page as a string (the caller writes it atomically)."""
+    result = json.loads((out_dir / "result.json").read_text())
+    df = load_plans(out_dir / "plans.csv")
+    trace_path = out_dir / "trace.json"
+    trace_text = trace_path.read_text() if trace_path.is_file() else '{"traceEvents": []}'
+    measurement = _read_json(out_dir / "measurement.json")
+    context = build_context(result, df, trace_text=trace_text, measurement=measurement)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("planner.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(**context)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace_text: str,
+                  measurement: dict[str, Any] | None) -> dict[str, Any]:
+    scenario = Scenario.model_validate(result["scenario"])
+    best_id = result["best"]
+    best = result["detailed"].get(str(best_id)) if best_id is not None else None
+    charts: dict[str, go.Figure] = {}
+    notes: dict[str, str] = {}
+    _pareto_chart(df, charts, notes)
+    _breakdown_charts(result, charts)
+    trace_info = _timeline_chart(trace_text, charts, notes)
+    devices = _device_map(best, scenario, charts) | {"mapping": result.get("device_mapping")} if best else None
+    routing = (measurement or {}).get("routing")
+    moe = moe_section(result, scenario, best, charts, routing=routing) if best and scenario.model.is_moe else None
+    measured = _measured(measurement, result, charts, notes) if measurement else None
+    return {
+        "title": f"planner report: {scenario.name}",
+        "summary": _summary(scenario, result, best, df),
+        "baselines": _baselines(result, best),
+        "table": _table(df, notes),
+        "charts": {k: _fig_json(f) for k, f in charts.items()},
+        "notes": notes, "trace": trace_info, "devices": devices, "moe": moe, "measured": measured,
+        "plotly_gz_b64": plotly_js_gzip_b64(),
+    }
+
+
+def _fig_json(fig: go.Figure) -> str:
+    """Figure JSON safe inside a <script> element."""
+    return fig.to_json().replace("</", "<\\/")
+
+
+def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | None, df: pd.DataFrame) -> dict[str, Any]:
+    model, cluster, job = scenario.model, scenario.cluster, scenario.job
+    total, active = count_params(model)
+    out = {
+        "model": f"{model.name}: {total / 1e9:.1f}B parameters" + (f" ({active / 1e9:.1f}B active)" if model.is_moe else ""),
+        "cluster": f"{cluster.name}: {cluster.num_nodes} x {cluster.gpus_per_node} {cluster.gpu.name} = {cluster.world_size} GPUs",
+        "job": f"seq_len {job.seq_len}, global batch {job.global_batch}, {job.precision.value}",
+        "counts": {s: int((df["status"] == s).sum()) for s in ("best", "fits", "oom", "pruned")},
+        "stats": result.get("stats") or {},
+        "nothing_fits": result.get("nothing_fits"),
+        "partition": result.get("partition"),
+        "best": None,
+    }
+    if best is not None:
+        est, plan = best["estimate"], Plan.model_validate(best["plan"])
+        out["best"] = {
+            "words": plan.describe(), "step_time_s": est["step_time_s"],
+            "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"], "mfu": est["mfu"], "hfu": est.get("hfu"),
+            "peak_gib": est["peak_memory_bytes"] / GIB, "capacity_gib": est["memory_capacity_bytes"] / GIB,
+            "bubble_fraction": est.get("bubble_fraction"),
+        }
+    return out
+
+
+BASELINE_NAMES = {"dp_zero3": "pure data parallel + ZeRO-3", "megatron_tp": "Megatron default (TP fills a node)"}
+
+
+def _baselines(result: dict[str, Any], best: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Speed-up of the best plan over each naive baseline the search costed."""
+    out = []
+    for key, cid in result.get("baselines", {}).items():
+        cand = result["detailed"][str(cid)]
+        est = cand["estimate"]
+        gain = None
+        if best is not None and cand["fits"]:
+            gain = best["estimate"]["tokens_per_s_per_gpu"] / est["tokens_per_s_per_gpu"]
+        out.append({"name": BASELINE_NAMES.get(key, key), "plan": Plan.model_validate(cand["plan"]).describe(),
+                    "fits": cand["fits"], "gain": gain, "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"],
+                    "peak_gib": est["peak_memory_bytes"] / GIB, "reason": cand["reason"]})
+    return out
+
+
+def _pareto_chart(df: pd.DataFrame, charts: dict[str, go.Figure], notes: dict[str, str]) -> None:
+    costed = df[df["status"].isin(["best", "fits", "oom"]) & df["peak_memory_gib"].notna()]
+    if costed.empty:
+        return
+    points = decimate(costed, MAX_POINTS)
+    if len(points) < len(costed):
+        notes["pareto"] = f"{len(costed) - len(points)} of {len(costed)} costed plans not drawn (evenly thinned; plans.csv has all)"
+    capacity = costed["memory_capacity_gib"].dropna()
+    charts["pareto"] = figs.pareto(points, capacity_gib=float(capacity.iloc[0]) if len(capacity) else None)
+
+
+def decimate(costed: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` rows: every Pareto/best/top-100 row, the rest thinned with an even stride."""
+    if len(costed) <= limit:
+        return costed
+    keep = costed["pareto"] | (costed["status"] == "best") | costed.index.isin(costed.index[:100])
+    rest = costed[~keep]
+    room = max(0, limit - int(keep.sum()))
+    stride = max(1, -(-len(rest) // room)) if room else len(rest) + 1
+    return pd.concat([costed[keep], rest.iloc[::stride]])
+
+
+def _breakdown_charts(result: dict[str, Any], charts: dict[str, go.Figure]) -> None:
+    detailed = result["detailed"]
+    ids = list(dict.fromkeys([result["best"], *result.get("top", [])[:7], *result.get("baselines", {}).values()]))
+    ids = [i for i in ids if i is not None and detailed[str(i)]["estimate"] is not None]
+    if ids:
+        roles = {v: k for k, v in result.get("baselines", {}).items()} | {result["best"]: "best"}
+        labels = [f"#{i} {roles.get(i, '')}".strip() for i in ids]
+        plans = [Plan.model_validate(detailed[str(i)]["plan"]).describe() for i in ids]
+        charts["time"] = figs.time_breakdown(labels, plans, [detailed[str(i)]["estimate"] for i in ids])
+    best = detailed.get(str(result["best"]))
+    if best and best["estimate"] and best["estimate"].get("stage_memory"):
+        charts["memory"] = figs.memory_stages(best["estimate"])
+
+
+def _timeline_chart(trace_text: str, charts: dict[str, go.Figure], notes: dict[str, str]) -> dict[str, Any]:
+    events = json.loads(trace_text).get("traceEvents", [])
+    raw = trace_text.encode()
+    info = {"num_events": len(events), "bytes": len(raw), "data_uri": None}
+    if len(raw) <= TRACE_EMBED_BYTES:
+        info["data_uri"] = "data:application/json;base64," + base64.b64encode(raw).decode()
+    if any(e.get("ph") == "X" for e in events):
+        charts["timeline"], note = figs.timeline(events, max_events=MAX_TRACE_EVENTS)
+        if note:
+            notes["timeline"] = note
+    return info
+
+
+def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, go.Figure]) -> dict[str, Any]:
+    plan, cluster = Plan.model_validate(best["plan"]), scenario.cluster
+    groups = [g for g in plan_groups(plan) if g.degree > 1] or plan_groups(plan)[:1]
+    gpn = cluster.gpus_per_node
+    nodes_shown = max(1, min(cluster.num_nodes, DEVICE_MAP_GPUS // gpn))
+    charts["devicemap"] = figs.device_map(groups, gpus_per_node=gpn, num_nodes_shown=nodes_shown)
+    rows = [group_summary(g, gpus_per_node=gpn, nvlink_domain=cluster.nvlink_domain) for g in groups]
+    return {"rows": rows, "nodes_shown": nodes_shown, "num_nodes": cluster.num_nodes}
+
+
+def _table(df: pd.DataFrame, notes: dict[str, str]) -> dict[str, Any]:
+    """Top fitting plans and a sample of rejected ones (closest to fitting first, then one per reason)."""
+    fits = df[df["status"].isin(["best", "fits"])].head(TABLE_FITS)
+    oom = df[df["status"] == "oom"].head(TABLE_REJECTED // 2)
+    pruned = df[df["status"] == "pruned"]
+    pruned = pd.concat([pruned.drop_duplicates("reason"), pruned]).drop_duplicates("candidate")
+    rejected = pd.concat([oom, pruned.head(TABLE_REJECTED - len(oom))])
+    shown = pd.concat([fits, rejected])
+    if len(shown) < len(df):
+        notes["table"] = f"showing {len(shown)} of {len(df)} candidates ({len(fits)} fitting, {len(rejected)} rejected); plans.csv lists all"
+    cols = ["candidate", "rank", "status", "plan", "step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_gib",
+            "bubble_fraction", "reason"]
+    rows = [[_fmt(r[c]) for c in cols] for r in shown[cols].to_dict("records")]
+    return {"columns": cols, "rows": rows}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else (f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}")
+    return str(value)
+
+
+def _error_row(term: str, predicted: float, measured: float) -> dict[str, Any]:
+    measured = float(measured)
+    return {"term": term, "predicted": predicted, "measured": measured,
+            "error": (predicted - measured) / measured if measured else None}
+
+
+def _memory_rows(plan: Plan, est: dict[str, Any], measured_gib: list[float]) -> list[dict[str, Any]]:
+    """Measured memory of each rank (up to 16) against the predicted total of that rank's stage."""
+    stages = est.get("stage_memory") or []
+    if not stages or len(measured_gib) != plan.parallel_dims.world_size:
+        return []
+    pp = next(g for g in plan_groups(plan) if g.axis == Axis.PP)
+    stage_of = {int(r): s for row in pp.members for s, r in enumerate(row)}
+    return [_error_row(f"memory_gib rank {r} (stage {stage_of[r]})", sum(stages[stage_of[r]].values()) / GIB, gib)
+            for r, gib in enumerate(measured_gib[:16])]
+
+
+def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[str, go.Figure],
+              notes: dict[str, str]) -> dict[str, Any] | None:
+    """Predicted vs measured for the measured plan (or the best plan when it is not a candidate)."""
+    detailed = result["detailed"]
+    plan = measurement.get("plan")
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    match = next((c for c in detailed.values() if plan is not None and c["plan"] == plan), None)
+    if match is None:
+        match = detailed.get(str(result["best"]))
+        notes["measured"] = "the measured plan is not among this search's detailed plans; compared with the best plan"
+    if match is None or match["estimate"] is None:
+        return None
+    est = match["estimate"]
+    predicted = {"step_time_s": est["step_time_s"], "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"],
+                 "peak_memory_gib": est["peak_memory_bytes"] / GIB}
+    rows = [_error_row(k, v, measurement.get(k)) for k, v in predicted.items() if measurement.get(k) is not None]
+    if rows:
+        charts["measured"] = figs.predicted_vs_measured(rows)
+    rows += _memory_rows(Plan.model_validate(match["plan"]), est, measurement.get("memory_gib") or [])
+    return {"rows": rows, "plan": Plan.model_validate(match["plan"]).describe(),
+            "device": measurement.get("device"), "backend": measurement.get("backend"),
+            "world_size": measurement.get("world_size")}

@@ -1,0 +1,35 @@
+"""Scenario: the user's model, cluster, job and search space, from TOML, presets or HF configs.
+
+spec.py is the schema (a leaf); models.py and clusters.py are the cited presets; load.py reads files.
+"""
+
+from planner.errors import ScenarioError, one_line
+from planner.scenario.clusters import CLUSTER_PRESETS, GPU_PRESETS, cluster_preset, gpu_preset
+from planner.scenario.load import load_scenario, scenario_from_dict
+from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
+from planner.scenario.spec import (
+    Activation,
+    ClusterSpec,
+    GpuSpec,
+    JobSpec,
+    ModelSpec,
+    NetworkSpec,
+    NodeLinkOverride,
+    NormKind,
+    OptimizerKind,
+    OptimizerSpec,
+    PairLinkOverride,
+    PositionEmbedding,
+    Precision,
+    Scenario,
+    SearchSpace,
+    ShardingRuntime,
+)
+
+__all__ = [
+    "CLUSTER_PRESETS", "GPU_PRESETS", "PRESETS", "Activation", "ClusterSpec", "GpuSpec", "JobSpec",
+    "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
+    "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace",
+    "ShardingRuntime", "cluster_preset", "count_params", "gpu_preset", "load_hf_config", "load_scenario",
+    "model_preset", "one_line", "scenario_from_dict",
+]

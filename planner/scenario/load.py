@@ -1,0 +1,46 @@
+"""TOML scenario files (and already-parsed tables) -> a validated Scenario.
+
+Presets and HF configs are resolved here, so the schema in spec.py stays a leaf that the preset
+modules import, never the reverse.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from planner.errors import ScenarioError, one_line
+from planner.scenario import clusters, models
+from planner.scenario.spec import Scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a TOML scenario, resolve presets and HF configs, validate; ScenarioError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: scenario file not found; pass an existing .toml file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{path}: not valid TOML ({err})") from None
+    return scenario_from_dict(raw, base_dir=path.parent, name=path.stem, source=str(path))
+
+
+def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source: str) -> Scenario:
+    """Validate an already-parsed scenario table (used by load_scenario and the embedded default)."""
+    for section in ("model", "cluster", "job"):
+        if section not in raw:
+            raise ScenarioError(f"{source}: missing [{section}] section; add it (see scenarios/*.toml)")
+    data = dict(raw)
+    data.setdefault("name", name)
+    try:
+        data["model"] = models.resolve_model_table(data["model"], base_dir=base_dir)
+        data["cluster"] = clusters.resolve_cluster_table(data["cluster"])
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(f"{source}: {one_line(err)}") from None
+    except ValueError as err:
+        raise ScenarioError(f"{source}: {err}") from None

@@ -1,0 +1,344 @@
+"""Scenario files: the schema of [model], [cluster], [job], [search] and load_scenario()."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.plan import Axis, Recompute, Schedule, ZeroStage
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Precision(StrEnum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    FP32 = "fp32"
+
+    @property
+    def bytes(self) -> int:
+        match self:
+            case Precision.FP8:
+                return 1
+            case Precision.FP32:
+                return 4
+            case _:
+                return 2
+
+
+class Activation(StrEnum):
+    """HF `hidden_act` names; silu means a gated (SwiGLU) MLP, as in Llama."""
+
+    SILU = "silu"
+    GELU = "gelu"
+    GELU_NEW = "gelu_new"
+    GELU_PYTORCH_TANH = "gelu_pytorch_tanh"
+    RELU = "relu"
+
+    @property
+    def gated(self) -> bool:
+        return self == Activation.SILU
+
+
+class NormKind(StrEnum):
+    RMSNORM = "rmsnorm"
+    LAYERNORM = "layernorm"
+
+
+class PositionEmbedding(StrEnum):
+    ROPE = "rope"
+    LEARNED = "learned"
+
+
+class ModelSpec(BaseModel):
+    """A decoder-only transformer, with Hugging Face config.json field names where they exist."""
+
+    model_config = _FROZEN
+
+    name: str = "custom"
+    num_hidden_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int | None = Field(None, gt=0)
+    head_dim: int | None = Field(None, gt=0)
+    vocab_size: int = Field(gt=0)
+    hidden_act: Activation = Activation.SILU
+    norm: NormKind = NormKind.RMSNORM
+    position_embedding: PositionEmbedding = PositionEmbedding.ROPE
+    max_position_embeddings: int = Field(4096, gt=0)
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    hidden_dropout: float = Field(0.0, ge=0, lt=1)
+    # MoE (Mixtral / Qwen2-MoE / DeepSeek names)
+    num_local_experts: int = Field(0, ge=0)
+    num_experts_per_tok: int = Field(0, ge=0)
+    moe_intermediate_size: int | None = Field(None, gt=0)
+    n_shared_experts: int = Field(0, ge=0)
+    first_k_dense_replace: int = Field(0, ge=0, description="leading dense layers (DeepSeek)")
+    moe_layer_freq: int = Field(1, ge=1, description="every k-th layer is MoE")
+    capacity_factor: float | None = Field(None, gt=0, description="None = dropless")
+    # Multi-head latent attention (DeepSeek-V2/V3 names)
+    q_lora_rank: int | None = Field(None, gt=0)
+    kv_lora_rank: int | None = Field(None, gt=0)
+    qk_nope_head_dim: int | None = Field(None, gt=0)
+    qk_rope_head_dim: int | None = Field(None, gt=0)
+    v_head_dim: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        kv = self.kv_heads
+        if self.num_attention_heads % kv:
+            raise ValueError(
+                f"num_key_value_heads={kv} must divide num_attention_heads={self.num_attention_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads and not self.uses_mla:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; set head_dim"
+            )
+        if self.num_local_experts and not 0 < self.num_experts_per_tok <= self.num_local_experts:
+            raise ValueError(
+                f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..num_local_experts="
+                f"{self.num_local_experts}"
+            )
+        if self.uses_mla and None in (self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim):
+            raise ValueError("kv_lora_rank: MLA also needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_local_experts > 0
+
+    @property
+    def uses_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block `index` (0-based) has an MoE MLP (DeepSeek/Qwen layer rules)."""
+        if not self.is_moe or index < self.first_k_dense_replace:
+            return False
+        return (index - self.first_k_dense_replace) % self.moe_layer_freq == 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_hidden_layers))
+
+
+class GpuSpec(BaseModel):
+    """Datasheet numbers for one accelerator (dense peaks, no sparsity)."""
+
+    model_config = _FROZEN
+    name: str
+    peak_tflops: dict[Precision, float]
+    memory_gib: float = Field(gt=0)
+    memory_bandwidth_gbs: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _has_bf16(self) -> GpuSpec:
+        if Precision.BF16 not in self.peak_tflops:
+            raise ValueError("peak_tflops: needs at least a bf16 entry")
+        return self
+
+
+class NodeLinkOverride(BaseModel):
+    """A node whose NIC differs from the rest (Holmes/Pipette heterogeneous clusters)."""
+
+    model_config = _FROZEN
+    node: int = Field(ge=0)
+    inter_node_gbs: float = Field(gt=0)
+
+
+class PairLinkOverride(BaseModel):
+    """A slow or fast path between two specific nodes."""
+
+    model_config = _FROZEN
+    nodes: tuple[int, int]
+    inter_node_gbs: float = Field(gt=0)
+
+
+class NetworkSpec(BaseModel):
+    """Bandwidths are GB/s per GPU per direction; latencies in microseconds."""
+
+    model_config = _FROZEN
+    intra_node_gbs: float = Field(gt=0)
+    inter_node_gbs: float = Field(gt=0)
+    intra_node_latency_us: float = Field(3.0, ge=0)
+    inter_node_latency_us: float = Field(10.0, ge=0)
+    nvlink_domain: int | None = Field(None, gt=0, description="GPUs sharing the fast tier; default gpus_per_node")
+    node_overrides: list[NodeLinkOverride] = []
+    pair_overrides: list[PairLinkOverride] = []
+
+
+class ClusterSpec(BaseModel):
+    model_config = _FROZEN
+    name: str = "custom"
+    gpu: GpuSpec
+    num_nodes: int = Field(gt=0)
+    gpus_per_node: int = Field(gt=0)
+    network: NetworkSpec
+
+    @model_validator(mode="after")
+    def _overrides_in_range(self) -> ClusterSpec:
+        for o in self.network.node_overrides:
+            if o.node >= self.num_nodes:
+                raise ValueError(f"network.node_overrides: node {o.node} >= num_nodes={self.num_nodes}")
+        for p in self.network.pair_overrides:
+            if max(p.nodes) >= self.num_nodes or p.nodes[0] == p.nodes[1]:
+                raise ValueError(f"network.pair_overrides: nodes {p.nodes} must be two distinct nodes < {self.num_nodes}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    @property
+    def nvlink_domain(self) -> int:
+        return self.network.nvlink_domain or self.gpus_per_node
+
+
+class OptimizerKind(StrEnum):
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class OptimizerSpec(BaseModel):
+    """Optimizer state per parameter, fp32 master weights included (Rajbhandari et al. 2020: K=12 for Adam)."""
+
+    model_config = _FROZEN
+    kind: OptimizerKind = OptimizerKind.ADAMW
+    state_bytes_per_param: float | None = Field(None, ge=0)
+    grad_bytes_per_param: float = Field(4, ge=0, description="fp32 main grads as in Megatron")
+    grad_reduce_bytes: float | None = Field(
+        None, gt=0, description="bytes per gradient element the data-parallel reduction moves; "
+        "None = Megatron-LM's default (JobSpec.grad_reduce_bytes)")
+    lr: float = Field(3e-4, gt=0)
+
+    @property
+    def state_bytes(self) -> float:
+        if self.state_bytes_per_param is not None:
+            return self.state_bytes_per_param
+        match self.kind:
+            case OptimizerKind.ADAMW:
+                return 12.0  # fp32 master + m + v
+            case OptimizerKind.SGD:
+                return 8.0  # fp32 master + momentum
+
+
+class ShardingRuntime(StrEnum):
+    """How a ZeRO-3 runtime gathers parameters and reduces gradients (the cost model prices both).
+
+    FSDP: PyTorch FSDP / Megatron-FSDP, one unit per transformer block: gathered for the forward,
+    once more for recompute + backward, reduce-scatter overlapped with the backward.
+    DEEPSPEED_2021: DeepSpeed stage 3 with its 2021 (v0.3-0.4) defaults: parameters gathered and
+    released per sub-module (re-gathered for a recomputed forward unless reused within
+    stage3_max_reuse_distance), gradient reduce-scatter on the compute stream (overlap_comm false).
+    """
+
+    FSDP = "fsdp"
+    DEEPSPEED_2021 = "deepspeed-2021"
+
+
+class JobSpec(BaseModel):
+    model_config = _FROZEN
+    seq_len: int = Field(gt=0)
+    global_batch: int = Field(gt=0, description="sequences per optimizer step")
+    precision: Precision = Precision.BF16
+    optimizer: OptimizerSpec = OptimizerSpec()
+    zero3_runtime: ShardingRuntime = ShardingRuntime.FSDP
+    tp_comm_overlap: bool = Field(False, description="Megatron-Core --tp-comm-overlap (Transformer Engine "
+                                  "userbuffers): sequence-parallel collectives pipelined with their GEMMs")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.global_batch
+
+    @property
+    def grad_reduce_bytes(self) -> float:
+        """Bytes per gradient element in the data-parallel reduction.
+
+        Default = Megatron-LM's: with bf16 (and fp8, whose master params are bf16) parameters it
+        accumulates and reduces fp32 main grads (arguments.py forces accumulate_allreduce_grads_in_fp32
+        for bf16); with fp16 it reduces fp16 grads unless asked otherwise.
+        """
+        if self.optimizer.grad_reduce_bytes is not None:
+            return self.optimizer.grad_reduce_bytes
+        return float(self.precision.bytes) if self.precision == Precision.FP16 else 4.0
+
+
+class SearchSpace(BaseModel):
+    """Optional limits on the search; every field defaults to 'anything valid'."""
+
+    model_config = _FROZEN
+    axes: list[Axis] = Field(default_factory=lambda: [Axis.DP, Axis.TP, Axis.PP, Axis.CP, Axis.EP, Axis.ETP])
+    max_tp: int | None = Field(None, ge=1)
+    max_pp: int | None = Field(None, ge=1)
+    max_cp: int | None = Field(None, ge=1)
+    max_ep: int | None = Field(None, ge=1)
+    max_vp: int = Field(4, ge=1)
+    fixed: dict[Axis, int] = {}
+    micro_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    schedules: list[Schedule] = Field(
+        default_factory=lambda: [Schedule.ONE_F_ONE_B, Schedule.INTERLEAVED_1F1B, Schedule.GPIPE]
+    )
+    zero_stages: list[ZeroStage] = Field(default_factory=lambda: list(ZeroStage))
+    recompute: list[Recompute] = Field(default_factory=lambda: list(Recompute))
+    sequence_parallel: list[bool] = Field(default_factory=lambda: [True, False])
+    memory_fraction: float = Field(1.0, gt=0, le=1, description="usable share of GPU memory")
+    top_k: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _fixed_positive(self) -> SearchSpace:
+        for axis, value in self.fixed.items():
+            if value < 1:
+                raise ValueError(f"fixed.{axis.value}: degree must be >= 1, got {value}")
+        return self
+
+
+class Scenario(BaseModel):
+    model_config = _FROZEN
+    name: str = "scenario"
+    model: ModelSpec
+    cluster: ClusterSpec
+    job: JobSpec
+    search: SearchSpace = SearchSpace()
+
+
+    @model_validator(mode="after")
+    def _fixed_degrees_fit(self) -> Scenario:
+        world = self.cluster.world_size
+        fixed = {a: d for a, d in self.search.fixed.items() if a in (Axis.DP, Axis.TP, Axis.PP, Axis.CP)}
+        product = 1
+        for degree in fixed.values():
+            product *= degree
+        if world % product:
+            names = "*".join(a.value for a in fixed)
+            raise ValueError(
+                f"search.fixed: {names} = {product} does not divide the cluster's {world} GPUs; "
+                "change the fixed degrees or num_nodes"
+            )
+        if Axis.EP in self.search.fixed and self.model.is_moe and self.model.num_local_experts % self.search.fixed[Axis.EP]:
+            raise ValueError(
+                f"search.fixed: ep={self.search.fixed[Axis.EP]} does not divide "
+                f"num_local_experts={self.model.num_local_experts}"
+            )
+        return self

@@ -1,0 +1,373 @@
+"""Search: the fastest plan that fits, with a reason for every plan it rejects.
+
+Where the time goes and how it is kept small (estimate() costs ~0.5-1 ms; 405B on 16,384 GPUs has
+~140k knob combinations and DeepSeek-V3 on 2,048 GPUs ~2.5M):
+1. enumerate layouts (search_space.py) and reject invalid ones with their reason;
+2. prune layouts whose cheapest-memory setting (ZeRO max, full recompute) is over memory by the
+   cost model's model-state lower bound (no activations needed, ~0.03 ms);
+3. probe each attention layout (dp, tp, pp, cp) once at reference knobs; MoE layouts probe the
+   expert folding (ep, etp) of the best attention layouts only (the two parts are separable to
+   first order: attention traffic does not depend on ep/etp);
+4. refine the best probed layouts by coordinate descent over knob groups (micro-batch, then
+   schedule / virtual stages, then the ZeRO x recompute staircase: the least recompute that fits
+   for each ZeRO stage, since recompute only ever adds time). Dominated knobs are never costed:
+   sequence parallelism moves the same bytes as plain TP and saves memory.
+5. the top plans get an uneven stage partition (ilp.partition_stages) and, for MoE, an expert
+   placement (ilp_experts.place_experts); the cost model re-prices them and keeps what is faster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from planner.search import space as ss
+from planner.graph import ModelGraph
+from planner.plan import Plan, Recompute, Schedule, ZeroStage
+from planner.scenario import ClusterSpec, JobSpec, Scenario
+from planner.search.space import Knobs, Layout
+
+GIB = 2**30
+_REFINE_MIN, _REFINE_MAX, _REFINE_WITHIN = 6, 12, 1.3  # layouts refined: top N, all within 30%
+_EXPERT_ATTENTION_LAYOUTS = 6  # attention layouts whose ep x etp variants are probed
+
+
+class Estimator(Protocol):
+    """What search needs from the cost model (planner.cost satisfies it; tests pass stand-ins)."""
+
+    def estimate(self, graph: ModelGraph, plan: Plan, *, hw, cluster: ClusterSpec, job: JobSpec): ...
+
+    def memory_lower_bound_bytes(self, graph: ModelGraph, plan: Plan, job: JobSpec, cluster: ClusterSpec) -> float: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    plan: Plan
+    estimate: object | None  # planner.cost.Estimate when costed
+    fits: bool
+    reason: str | None  # why it is not the answer: invalid, OOM by how much, pruned, dominated
+    rank: int | None = None  # 1 = best fitting plan
+
+
+@dataclass(slots=True, kw_only=True)
+class SearchStats:
+    enumerated: int = 0  # layouts x knob combinations
+    layouts: int = 0
+    invalid: int = 0
+    pruned: int = 0  # memory lower bound, not refined (probe bound) or dominated knobs
+    costed: int = 0
+    fitting: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class SearchResult:
+    candidates: list[Candidate]
+    best: Candidate | None
+    pareto: list[Candidate]
+    stats: SearchStats
+    nothing_fits: str | None = None  # one line: smallest shortfall and what would make it fit
+    moe: dict | None = None  # expert placement summary (report.py reads expert_tokens)
+    partition: dict | None = None  # stage-partition ILP summary for the best plan
+    device_mapping: dict | None = None  # logical -> physical nodes on heterogeneous clusters
+    top: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable state of one search: the inputs, every candidate so far, the costing cache."""
+
+    graph: ModelGraph
+    scenario: Scenario
+    hw: object
+    est: Estimator
+    candidates: list[Candidate] = field(default_factory=list)
+    stats: SearchStats = field(default_factory=SearchStats)
+    cache: dict = field(default_factory=dict)
+    closest_bound: tuple[float, Plan] | None = None  # smallest model-state shortfall (bytes, plan)
+    grids: dict = field(default_factory=dict)  # Layout -> size of its knob grid
+    frugal_plans: dict = field(default_factory=dict)  # Layout -> its least-memory plan
+    tick: Callable[[], None] = lambda: None
+
+    def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
+        """Price a plan once (cached by its JSON); OOM candidates carry how much and where."""
+        key = _plan_key(plan)
+        if key in self.cache:
+            return self.cache[key]
+        e = self.est.estimate(self.graph, plan, hw=self.hw, cluster=self.scenario.cluster, job=self.scenario.job)
+        fits = bool(e.fits) and e.peak_memory_bytes <= self.capacity(e)
+        why = reason if fits else oom_reason(e, capacity=self.capacity(e))
+        cand = Candidate(plan=plan, estimate=e, fits=fits, reason=why)
+        self.cache[key] = cand
+        self.candidates.append(cand)
+        self.stats.costed += 1
+        self.tick()
+        return cand
+
+    def capacity(self, e: object) -> float:
+        return e.memory_capacity_bytes * self.scenario.search.memory_fraction
+
+    def grid(self, lay: Layout) -> int:
+        if lay not in self.grids:
+            self.grids[lay] = ss.knob_grid_size(self.scenario, lay)
+        return self.grids[lay]
+
+    def frugal(self, lay: Layout) -> Plan:
+        """The layout's least-memory plan (built once: it bounds memory and records rejections)."""
+        if lay not in self.frugal_plans:
+            self.frugal_plans[lay] = ss.make_plan(lay, _frugal(self.scenario, lay))
+        return self.frugal_plans[lay]
+
+    def reject(self, plan: Plan, reason: str) -> None:
+        self.candidates.append(Candidate(plan=plan, estimate=None, fits=False, reason=reason))
+
+
+def _plan_key(plan: Plan) -> tuple:
+    """A cheap identity for the costing cache (model_dump_json was 10% of a DeepSeek search)."""
+    placement = None if plan.expert_placement is None else tuple(map(tuple, plan.expert_placement))
+    blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
+    return (tuple(plan.dims.model_dump().values()), plan.micro_batch_size, plan.virtual_stages, plan.schedule,
+            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement)
+
+
+def oom_reason(e: object, *, capacity: float) -> str:
+    stage = max(range(len(e.stage_memory)), key=lambda s: sum(e.stage_memory[s].values()))
+    terms = e.stage_memory[stage]
+    top = max(terms, key=terms.get)
+    over = (e.peak_memory_bytes - capacity) / GIB
+    return f"OOM by {over:.1f} GiB on stage {stage} ({e.peak_memory_bytes / GIB:.1f} of {capacity / GIB:.1f} GiB; largest term {top})"
+
+
+def _cost_module() -> Estimator:
+    import planner.cost as cost
+
+    return cost
+
+
+def search(graph: ModelGraph, scenario: Scenario, *, hw: object, top_k: int = 10,
+           progress: Callable[[int, int], None] | None = None, estimator: Estimator | None = None,
+           routing: object | None = None) -> SearchResult:
+    """Rank every valid plan of `scenario` (see the module docstring for the pipeline)."""
+    start = time.perf_counter()
+    run = _Run(graph=graph, scenario=scenario, hw=hw, est=estimator or _cost_module())
+    if progress is not None:
+        run.tick = lambda: progress(run.stats.costed, 0)
+    survivors = _enumerate_and_prune(run)
+    probes = _probe(run, survivors)
+    for lay in _to_refine(probes):
+        _refine(run, lay)
+    _mark_unrefined(run, probes)
+    from planner.search.tune import tune_top  # ILP post-pass: uneven stages, expert placement
+
+    extras = tune_top(run, top_k=top_k, routing=routing)
+    run.stats.seconds = time.perf_counter() - start
+    return _result(run, top_k=top_k, extras=extras)
+
+
+def _enumerate_and_prune(run: _Run) -> list[Layout]:
+    survivors = []
+    for lay, reason in ss.layouts(run.scenario):
+        run.stats.layouts += 1
+        grid = run.grid(lay) if reason is None else 1
+        run.stats.enumerated += grid
+        if reason is not None:
+            run.stats.invalid += 1
+            run.reject(run.frugal(lay), reason)
+            continue
+        frugal = run.frugal(lay)
+        lower = run.est.memory_lower_bound_bytes(run.graph, frugal, run.scenario.job, run.scenario.cluster)
+        limit = _capacity_bytes(run)
+        if lower > limit:
+            if run.closest_bound is None or lower - limit < run.closest_bound[0]:
+                run.closest_bound = (lower - limit, frugal)
+            run.stats.pruned += grid
+            run.reject(frugal, f"OOM: model states alone need {lower / GIB:.1f} GiB > {limit / GIB:.1f} GiB "
+                               f"even with ZeRO-{int(frugal.zero_stage)} and {frugal.recompute.value} recompute "
+                               f"({grid} knob settings pruned)")
+            continue
+        survivors.append(lay)
+    return survivors
+
+
+def _capacity_bytes(run: _Run) -> float:
+    return (run.hw.memory_gib * GIB - _reserved()) * run.scenario.search.memory_fraction
+
+
+def _reserved() -> float:
+    from planner.cost.memory import RESERVED_BYTES
+
+    return RESERVED_BYTES
+
+
+def _frugal(scenario: Scenario, lay: Layout) -> Knobs:
+    """The least-memory knob setting of a layout (for the lower bound and invalid records)."""
+    mbs = (ss.micro_batch_sizes(scenario, lay) or [min(scenario.search.micro_batch_sizes)])[0]
+    return Knobs(micro_batch_size=mbs, schedule=Schedule.ONE_F_ONE_B, virtual_stages=1,
+                 zero_stage=max(ss.zero_stages(scenario, lay)), recompute=max(scenario.search.recompute, key=_rec_order),
+                 sequence_parallel=ss.sequence_parallel(scenario, lay))
+
+
+def _rec_order(r: Recompute) -> int:
+    return {Recompute.NONE: 0, Recompute.SELECTIVE: 1, Recompute.FULL: 2}[r]
+
+
+def _reference(scenario: Scenario, lay: Layout) -> Knobs | None:
+    """Probe knobs: smallest micro-batch, 1F1B, the lightest ZeRO that shards, no recompute."""
+    sizes = ss.micro_batch_sizes(scenario, lay)
+    if not sizes:
+        return None
+    zeros = ss.zero_stages(scenario, lay)
+    zero = next((z for z in zeros if z == ZeroStage.OPTIMIZER), zeros[0])
+    rec = min(scenario.search.recompute, key=_rec_order)
+    schedule = ss.schedules(scenario, lay, sizes[0])[0]
+    return Knobs(micro_batch_size=sizes[0], schedule=schedule[0], virtual_stages=schedule[1], zero_stage=zero,
+                 recompute=rec, sequence_parallel=ss.sequence_parallel(scenario, lay))
+
+
+def _probe(run: _Run, layouts: list[Layout]) -> dict[Layout, float]:
+    """One estimate per attention layout; MoE expert variants only for the best attention layouts."""
+    by_attention: dict[tuple, list[Layout]] = {}
+    for lay in layouts:
+        by_attention.setdefault((lay.dp, lay.tp, lay.pp, lay.cp), []).append(lay)
+    probes: dict[Layout, float] = {}
+    for group in by_attention.values():
+        for lay in _expert_representatives(run.scenario, group):
+            _probe_one(run, lay, probes)
+    if run.scenario.model.is_moe:
+        best_keys = sorted({(l.dp, l.tp, l.pp, l.cp): t for l, t in probes.items()}.items(), key=lambda kv: kv[1])
+        for key, _ in best_keys[:_EXPERT_ATTENTION_LAYOUTS]:
+            for lay in by_attention[key]:
+                _probe_one(run, lay, probes)
+    for group in by_attention.values():  # layouts never probed are pruned with a reason
+        for lay in group:
+            if lay not in probes:
+                _reject_layout(run, lay, "pruned: its attention layout was not among the best probed; "
+                                         "expert folding variant not priced")
+    return probes
+
+
+def _expert_representatives(scenario: Scenario, group: list[Layout]) -> list[Layout]:
+    """Dense: the layout itself. MoE: etp=1 with the largest ep inside the NVLink domain (the
+    usual sweet spot: expert memory sharded, all-to-all on the fast tier); the other foldings of
+    the best attention layouts are probed afterwards."""
+    if len(group) == 1:
+        return group
+    plain = [lay for lay in group if lay.etp == 1] or group
+    inside = [lay for lay in plain if lay.ep <= scenario.cluster.nvlink_domain] or plain
+    return [max(inside, key=lambda lay: lay.ep)]
+
+
+def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
+    if lay in probes:
+        return
+    knobs = _reference(run.scenario, lay)
+    if knobs is None:
+        _reject_layout(run, lay, "invalid: no micro-batch size divides global_batch / dp")
+        probes[lay] = float("inf")
+        return
+    probes[lay] = run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s
+
+
+def _reject_layout(run: _Run, lay: Layout, reason: str) -> None:
+    grid = run.grid(lay)
+    run.stats.pruned += grid
+    run.reject(run.frugal(lay), f"{reason} ({grid} knob settings)")
+
+
+def _to_refine(probes: dict[Layout, float]) -> list[Layout]:
+    ranked = sorted((t, i, lay) for i, (lay, t) in enumerate(probes.items()) if t < float("inf"))
+    if not ranked:
+        return []
+    best = ranked[0][0]
+    chosen = [lay for k, (t, _, lay) in enumerate(ranked) if k < _REFINE_MIN or t <= _REFINE_WITHIN * best]
+    return chosen[:_REFINE_MAX]
+
+
+def _mark_unrefined(run: _Run, probes: dict[Layout, float]) -> None:
+    """Count the knob settings of layouts only probed; a fitting probe of such a layout stays a
+    ranked candidate, a non-fitting one already carries its OOM reason."""
+    refined = set(_to_refine(probes))
+    for lay, t in probes.items():
+        if lay not in refined and t < float("inf"):
+            run.stats.pruned += max(run.grid(lay) - 1, 0)
+
+
+def _refine(run: _Run, lay: Layout) -> None:
+    """Coordinate descent: micro-batch -> schedule -> ZeRO x recompute staircase."""
+    sc = run.scenario
+    ref = _reference(sc, lay)
+    by_mbs = []
+    for mbs in ss.micro_batch_sizes(sc, lay):
+        sched = ss.schedules(sc, lay, mbs)[0]
+        knobs = replace(ref, micro_batch_size=mbs, schedule=sched[0], virtual_stages=sched[1])
+        by_mbs.append((run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s, mbs))
+    pairs = []
+    for _, mbs in sorted(by_mbs)[:2]:
+        for schedule, vp in ss.schedules(sc, lay, mbs):
+            knobs = replace(ref, micro_batch_size=mbs, schedule=schedule, virtual_stages=vp)
+            pairs.append((run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s, knobs))
+    for _, knobs in sorted(pairs, key=lambda p: p[0])[:2]:
+        _staircase(run, lay, knobs)
+
+
+def _staircase(run: _Run, lay: Layout, base: Knobs) -> None:
+    """For each ZeRO stage, the least recompute that fits (more recompute never runs faster)."""
+    sc = run.scenario
+    recomputes = sorted(sc.search.recompute, key=_rec_order)
+    for zero in ss.zero_stages(sc, lay):
+        for k, rec in enumerate(recomputes):
+            plan = ss.make_plan(lay, replace(base, zero_stage=zero, recompute=rec))
+            lower = run.est.memory_lower_bound_bytes(run.graph, plan, sc.job, sc.cluster)
+            if lower > _capacity_bytes(run):
+                continue
+            if run.cost(plan).fits:
+                run.stats.pruned += len(recomputes) - k - 1  # dominated: more recompute, same memory need
+                break
+
+
+def _result(run: _Run, *, top_k: int, extras: dict) -> SearchResult:
+    # ties go to the ILP-tuned plan (placement / uneven stages) the post-pass derived
+    fitting = sorted((c for c in run.candidates if c.fits),
+                     key=lambda c: (c.estimate.step_time_s, c.plan.expert_placement is None, c.plan.blocks_per_stage is None))
+    ranks = {id(c): i + 1 for i, c in enumerate(fitting)}
+    candidates = [replace(c, rank=ranks.get(id(c))) for c in run.candidates]
+    ranked = sorted((c for c in candidates if c.rank is not None), key=lambda c: c.rank)
+    run.stats.fitting = len(ranked)
+    pareto = pareto_front(ranked)
+    nothing = None if ranked else nothing_fits_line(run.scenario, candidates, closest_bound=run.closest_bound)
+    return SearchResult(candidates=candidates, best=ranked[0] if ranked else None, pareto=pareto,
+                        stats=run.stats, nothing_fits=nothing, top=ranked[:top_k], **extras)
+
+
+def pareto_front(fitting: list[Candidate]) -> list[Candidate]:
+    """Plans no other plan beats on both throughput and peak memory (sorted by throughput)."""
+    front, best_mem = [], float("inf")
+    for c in sorted(fitting, key=lambda c: (-c.estimate.tokens_per_s_per_gpu, c.estimate.peak_memory_bytes)):
+        if c.estimate.peak_memory_bytes < best_mem:
+            front.append(c)
+            best_mem = c.estimate.peak_memory_bytes
+    return front
+
+
+def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
+                      closest_bound: tuple[float, Plan] | None = None) -> str:
+    """One line: the smallest shortfall and what would make it fit."""
+    costed = [c for c in candidates if c.estimate is not None]
+    if costed:
+        closest = min(costed, key=lambda c: c.estimate.peak_memory_bytes - c.estimate.memory_capacity_bytes)
+        e, plan = closest.estimate, closest.plan
+        over = (e.peak_memory_bytes - e.memory_capacity_bytes * scenario.search.memory_fraction) / GIB
+        what = "is"
+    elif closest_bound is not None:
+        over, plan, what = closest_bound[0] / GIB, closest_bound[1], "needs for model states alone at least"
+    else:
+        return "nothing fits: no valid layout; check heads/layers/global_batch against the GPU count"
+    hints = ["more GPUs"]
+    if Recompute.FULL not in scenario.search.recompute:
+        hints.append("allow full recompute")
+    if ZeroStage.PARAMETERS not in scenario.search.zero_stages:
+        hints.append("allow ZeRO-3")
+    hints.append(f"a shorter sequence than {scenario.job.seq_len}")
+    return f"nothing fits: the closest plan ({plan.describe()}) {what} {over:.1f} GiB over; try {', '.join(hints)}"
