@@ -21,7 +21,7 @@ from planner.cost import estimate
 from planner.cost.ops import GraphKey, graph_summary
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
-from planner.plan import Plan
+from planner.plan import Plan, check
 from planner.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -64,7 +64,7 @@ def bench(name: str, plans: dict[str, Plan], *, repeats: int) -> float:
           f"medians of {repeats} (wall / CPU)")
     worst = 0.0
     for label, plan in plans.items():
-        plan.validate_for(scenario)
+        check(plan, scenario)
 
         def run(plan: Plan = plan):
             return estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job)

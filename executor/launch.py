@@ -10,7 +10,7 @@ from pathlib import Path
 
 from executor.parallelize import check_supported
 from executor.train import Measurement, RunOptions
-from planner.plan import Plan
+from planner.plan import Plan, check
 from planner.scenario import Scenario
 
 MEASUREMENT = "measurement.json"
@@ -29,7 +29,7 @@ class Launch:
 
 def check_launch(plan: Plan, scenario: Scenario, *, launch: Launch) -> int:
     """ValueError (one line) unless the plan fits this launch and model; returns nproc per node."""
-    world = plan.parallel_dims.world_size
+    world = plan.dims.world_size
     if launch.nnodes < 1 or world % launch.nnodes:
         raise ValueError(f"nnodes: {launch.nnodes} must divide the plan's dp*tp*pp*cp = {world} ranks")
     nproc = launch.nproc or world // launch.nnodes
@@ -39,8 +39,8 @@ def check_launch(plan: Plan, scenario: Scenario, *, launch: Launch) -> int:
     if launch.nnodes > 1 and not launch.rdzv_endpoint:
         raise ValueError("rdzv_endpoint: multi-node runs need --rdzv-endpoint HOST:PORT of node 0")
     cluster = scenario.cluster.model_copy(update={"num_nodes": launch.nnodes, "gpus_per_node": nproc})
-    plan.validate_for(scenario.model_copy(update={"cluster": cluster}))
-    check_supported(plan, scenario.model, seq_len=scenario.job.seq_len)
+    check(plan, scenario.model_copy(update={"cluster": cluster}))
+    check_supported(plan, scenario.model)
     return nproc
 
 

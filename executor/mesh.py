@@ -1,15 +1,14 @@
-"""Plan.dims -> named DeviceMeshes on the same rank grid as planner.cost (mixed radix, last axis fastest)."""
+"""Plan.dims -> named DeviceMeshes on planner.plan.rank_grid (the cost model's grid, never a copy)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from planner.plan import Axis, Plan
+from planner.plan import Axis, Plan, rank_grid
 
 DP_CP = "dp_cp"
 
@@ -49,37 +48,14 @@ class Meshes:
                 return self.world.get_local_rank(axis.value)
 
 
-def attention_grid(plan: Plan) -> torch.Tensor:
-    """Global rank at every (axis...) coordinate, axes in plan.rank_order, last axis fastest."""
-    dims = plan.parallel_dims
-    shape = [dims.degree(axis) for axis in plan.rank_order]
-    return torch.arange(prod(shape)).view(shape)
-
-
-def expert_grid(plan: Plan) -> torch.Tensor:
-    """Global rank at every expert coordinate, axes in plan.expert_rank_order.
-
-    The GPUs of pipeline stage s (their attention-grid ranks, ascending) are re-numbered 0..n-1
-    and laid out as a mixed radix over the non-pp expert axes; so expert layers of stage s stay on
-    stage s's GPUs whatever the two orders are.
-    """
-    dims = plan.parallel_dims
-    att = attention_grid(plan).movedim(plan.rank_order.index(Axis.PP), 0).reshape(dims.pp, -1)
-    stage_ranks = att.sort(dim=1).values  # [pp, dp*cp*tp]
-    inner = [a for a in plan.expert_rank_order if a != Axis.PP]
-    local = torch.arange(dims.attention_slice).view([dims.degree(a) for a in inner])
-    grid = stage_ranks[:, local.flatten()].view([dims.pp] + [dims.degree(a) for a in inner])
-    order = [Axis.PP] + inner
-    return grid.permute([order.index(a) for a in plan.expert_rank_order])
-
-
 def build_meshes(plan: Plan, *, device_type: str, moe: bool) -> Meshes:
     """Create both meshes (collective: every rank must call this with the same plan)."""
-    world = DeviceMesh(device_type, attention_grid(plan), mesh_dim_names=tuple(a.value for a in plan.rank_order))
+    grid = rank_grid(plan)
+    world = DeviceMesh(device_type, torch.as_tensor(grid.attention), mesh_dim_names=tuple(a.value for a in plan.rank_order))
     expert = None
     if moe:
         names = tuple(a.value for a in plan.expert_rank_order)
-        expert = DeviceMesh(device_type, expert_grid(plan), mesh_dim_names=names)
+        expert = DeviceMesh(device_type, torch.as_tensor(grid.expert), mesh_dim_names=names)
     # dp and cp flattened: the ranks holding replicas of the same (non-expert) weights.
     pair = tuple(a.value for a in plan.rank_order if a in (Axis.DP, Axis.CP))
     dp_cp = world[pair]._flatten(DP_CP)

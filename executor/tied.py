@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,8 +20,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 
-from executor.mesh import attention_grid
-from planner.plan import Axis, Plan
+from planner.plan import Axis, Plan, rank_grid
 from planner.graph import Transformer
 
 COPY_FQN, TIED_FQN = "output.weight", "tok_embeddings.weight"
@@ -27,7 +28,7 @@ COPY_FQN, TIED_FQN = "output.weight", "tok_embeddings.weight"
 
 def tied_group(plan: Plan) -> dist.ProcessGroup | None:
     """This rank's {first stage, last stage} group (collective: every rank builds every pair)."""
-    grid = attention_grid(plan).movedim(plan.rank_order.index(Axis.PP), 0).reshape(plan.dims.pp, -1)
+    grid = np.moveaxis(rank_grid(plan).attention, plan.rank_order.index(Axis.PP), 0).reshape(plan.dims.pp, -1)
     mine = None
     for first, last in zip(grid[0].tolist(), grid[-1].tolist()):
         group = dist.new_group([first, last])

@@ -7,6 +7,7 @@ import resource
 import signal
 import statistics
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from executor.parallelize import check_supported, materialise, parallelize
 from executor.pipeline import build_schedule, chunk_ids, run_pipeline_step, split_chunk
 from executor.routing import routing_trace
 from executor.tied import broadcast_tied, sum_tied_gradients, tied_group, tied_params
-from planner.plan import Axis, Plan, ZeroStage
+from planner.plan import Axis, Plan, ZeroStage, check
 from planner.scenario import Scenario
 from planner.graph import Transformer, loss_fn
 
@@ -157,8 +158,8 @@ def peak_memory_bytes(device: torch.device) -> float:
 def train(plan: Plan, scenario: Scenario, *, options: RunOptions) -> Measurement:
     """Run on the current process group (every rank calls this); every rank returns the Measurement."""
     spec = scenario.model
-    plan.parallel_dims.validate_for(world_size=dist.get_world_size(), model=spec)
-    check_supported(plan, spec, seq_len=scenario.job.seq_len)
+    check(plan, dataclasses.replace(scenario.plan_target(), world_size=dist.get_world_size()))
+    check_supported(plan, spec)
     device = device_for_rank()
     meshes = build_meshes(plan, device_type=device.type, moe=spec.is_moe)
     rank = build_rank(plan, scenario, meshes=meshes, device=device, seed=options.seed)

@@ -8,11 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from executor.launch import Launch, check_launch, torchrun_command
-from executor.mesh import attention_grid, expert_grid
 from executor.ring_attention import zigzag_positions
 from executor.train import RunOptions
 from planner.cli import app
-from planner.plan import Plan
+from planner.plan import Plan, rank_grid
 from planner.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,17 +20,17 @@ MOE = REPO / "scenarios" / "tiny-moe_cpu4.toml"
 
 
 def test_attention_grid_is_mixed_radix_last_axis_fastest():
-    grid = attention_grid(Plan.model_validate({"dims": {"pp": 2, "dp": 2, "tp": 2}}))
+    grid = rank_grid(Plan.model_validate({"dims": {"pp": 2, "dp": 2, "tp": 2}})).attention
     assert grid.shape == (2, 2, 1, 2)  # pp, dp, cp, tp
     assert grid[1, 0, 0, 1].item() == 1 * 4 + 0 * 2 + 1
 
 
 def test_expert_grid_folds_onto_each_stage():
     plan = Plan.model_validate({"dims": {"dp": 4, "ep": 2}})
-    grid = expert_grid(plan)  # pp, edp, ep, etp
+    grid = rank_grid(plan).expert  # pp, edp, ep, etp
     assert grid[0, :, :, 0].tolist() == [[0, 1], [2, 3]]  # ep groups {0,1},{2,3}; edp groups {0,2},{1,3}
     odd = Plan.model_validate({"dims": {"dp": 2, "pp": 2, "ep": 2}, "rank_order": ["dp", "pp", "cp", "tp"]})
-    att, exp = attention_grid(odd), expert_grid(odd)
+    att, exp = rank_grid(odd).attention, rank_grid(odd).expert
     for stage in range(2):
         assert sorted(att[:, stage].flatten().tolist()) == sorted(exp[stage].flatten().tolist())
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from planner.cost import Estimate, estimate
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, load_profile
-from planner.plan import Plan, Recompute, Schedule, ZeroStage
+from planner.plan import Plan, Recompute, Schedule, ZeroStage, check
 from planner.scenario import Scenario
 
 GIB = 2**30
@@ -62,7 +62,7 @@ def _choice(enum, value, flag: str):
 
 
 def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeline: bool) -> Estimate:
-    plan.validate_for(scenario)
+    check(plan, scenario)
     hw = datasheet_profile(scenario.cluster) if profile is None else load_profile(profile)
     graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
     return estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=timeline)

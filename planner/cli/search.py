@@ -39,21 +39,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     console.print(result_table(result, scenario, top=top))
     console.print(stats_line(result))
     if result.best is not None:
-        with_best_timeline(result, graph=graph, scenario=scenario, hw=hw)
         write_search_outputs(result, scenario, out or Path("reports") / scenario.name)
-    return result
-
-
-def with_best_timeline(result: SearchResult, *, graph, scenario: Scenario, hw) -> SearchResult:
-    """Re-price the best plan with the event simulator's timeline: trace.json and the report's
-    pipeline Gantt need it, and search() skips it for speed (report.py matches the copy by plan)."""
-    from dataclasses import replace
-
-    from planner.cost import estimate
-
-    if result.best is not None and result.best.estimate.timeline is None:
-        timed = estimate(graph, result.best.plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=True)
-        result.best = replace(result.best, estimate=timed)
     return result
 
 

@@ -44,7 +44,7 @@ from planner.hardware import composite_span, group_collective_s
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import ClusterSpec, JobSpec
 
-__all__ = ["Cost", "Estimate", "estimate", "memory_lower_bound_bytes"]
+__all__ = ["Cost", "Estimate", "estimate", "layer_compute_s", "memory_lower_bound_bytes"]
 
 GIB = 2**30
 _AXES = ("tp", "cp", "ep", "dp")
@@ -158,8 +158,8 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
              flash: bool) -> _Context:
     if graph.seq_len != job.seq_len:
         raise ValueError(f"graph: traced at seq_len={graph.seq_len} but job.seq_len={job.seq_len}; re-extract it")
-    if plan.parallel_dims.world_size != cluster.world_size:
-        raise ValueError(f"dims: product {plan.parallel_dims.world_size} != cluster world size {cluster.world_size}")
+    if plan.dims.world_size != cluster.world_size:
+        raise ValueError(f"dims: product {plan.dims.world_size} != cluster world size {cluster.world_size}")
     split = split_for(plan, graph=graph, precision=job.precision, flash=flash)
     spans = plan_spans(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
@@ -285,7 +285,7 @@ def _loss_sync_s(hw: HardwareProfile, cluster: ClusterSpec) -> float:
 def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost],
                loss_sync_s: float) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
-    d = plan.parallel_dims
+    d = plan.dims
     worst, seen, stage_opt = _Tail(0.0, 0.0, 0.0), {}, []
     for stage, counts in enumerate(stages):
         chunks = chunk_costs[stage::p]
@@ -369,6 +369,17 @@ def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluste
 
     Needs no hardware profile or timing; `cluster` is accepted for the search's uniform call.
     """
-    assert plan.parallel_dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
+    assert plan.dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
     _, stages = _plan_counts(graph_summary(GraphKey(graph)), plan)
     return model_state_lower_bound(plan, kinds=kind_params(graph, plan), stages=stages, job=job)
+
+
+def layer_compute_s(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, job: JobSpec) -> tuple[float, ...]:
+    """Compute seconds of each graph layer for one micro-batch on one GPU (forward, recompute and
+    backward) as estimate() prices them; the stage-partition ILP balances stages with these."""
+    kinds = block_kind_times(graph, split=split_for(plan, graph=graph, precision=job.precision), hw=hw)
+    return tuple(_pass_total(kinds[layer.block_kind]) for layer in graph.layers)
+
+
+def _pass_total(t: PassTimes) -> float:
+    return t.fwd_s + t.recompute_s + t.bwd_input_s + t.bwd_weight_s

@@ -15,7 +15,7 @@ from planner.cost.compute import extra_tp_reductions
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
 from planner.hardware import GroupSpan, composite_span, group_collective_s, p2p_s
-from planner.plan import Axis, Plan, Recompute, ZeroStage
+from planner.plan import Axis, Plan, Recompute, ZeroStage, rank_grid
 from planner.scenario import ClusterSpec, JobSpec, ShardingRuntime
 
 # Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
@@ -44,26 +44,15 @@ class Spans:
     edp: GroupSpan
 
 
-def axis_strides(order: list[Axis], degrees: dict[Axis, int]) -> dict[Axis, int]:
-    """Stride of each axis on the rank grid; `order` runs outermost to innermost."""
-    strides, stride = {}, 1
-    for axis in reversed(order):
-        strides[axis] = stride
-        stride *= degrees[axis]
-    return strides
-
-
 def plan_spans(plan: Plan, cluster: ClusterSpec) -> Spans:
-    d = plan.parallel_dims
-    deg = {axis: d.degree(axis) for axis in (*plan.rank_order, *plan.expert_rank_order)}
-    s = axis_strides(plan.rank_order, deg)
-    es = axis_strides(plan.expert_rank_order, deg)
+    """Where each axis' groups sit on the cluster, from the plan's rank grid (planner.plan.rank_grid)."""
+    grid, d = rank_grid(plan), plan.dims
 
-    def span(*axes: tuple[Axis, dict[Axis, int]]) -> GroupSpan:
-        return composite_span(cluster, [(deg[a], strides[a]) for a, strides in axes])
+    def span(*axes: Axis) -> GroupSpan:
+        return composite_span(cluster, [(d.degree(a), grid.stride(a)) for a in axes])
 
-    return Spans(tp=span((Axis.TP, s)), cp=span((Axis.CP, s)), dp=span((Axis.CP, s), (Axis.DP, s)),
-                 pp=span((Axis.PP, s)), ep=span((Axis.EP, es)), etp=span((Axis.ETP, es)), edp=span((Axis.EDP, es)))
+    return Spans(tp=span(Axis.TP), cp=span(Axis.CP), dp=span(Axis.CP, Axis.DP), pp=span(Axis.PP),
+                 ep=span(Axis.EP), etp=span(Axis.ETP), edp=span(Axis.EDP))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -157,7 +157,7 @@ def stage_counts(chunk_counts: list[Counter[str]], *, pp: int) -> list[Counter[s
 
 def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[str, float]:
     """weights / gradients / optimizer bytes on one GPU, sharded per ZeRO stage."""
-    d, z = plan.parallel_dims, plan.zero_stage
+    d, z = plan.dims, plan.zero_stage
     sharded = params.dense / (d.dp * d.cp) + params.expert / d.edp
     whole = params.dense + params.expert
     opt = job.optimizer

@@ -1,12 +1,10 @@
 """Reports: the search's files (CSV, JSON, trace), the self-contained HTML, predicted vs measured."""
 
 from planner.report.compare import compare
-from planner.report.devicemap import attention_grid, expert_grid, plan_groups
 from planner.report.figures import STEP_TERMS, coalesce
 from planner.report.files import PLAN_COLUMNS, render_report, write_search_outputs
 from planner.report.moe import moe_section
 
 __all__ = [
-    "PLAN_COLUMNS", "STEP_TERMS", "attention_grid", "coalesce", "compare", "expert_grid", "moe_section",
-    "plan_groups", "render_report", "write_search_outputs",
+    "PLAN_COLUMNS", "STEP_TERMS", "coalesce", "compare", "moe_section", "render_report", "write_search_outputs",
 ]

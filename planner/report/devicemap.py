@@ -1,79 +1,8 @@
-"""Which GPUs form each parallel group: the rank grid of a plan, for the report's device map.
-
-A plan lists its axes outermost first (`rank_order`, e.g. pp, dp, cp, tp). The global rank is the
-mixed-radix number over those coordinates with the last axis fastest, as in picotron's
-`torch.arange(world).view(dp, pp, cp, tp)` grid: rank = ((c0 * d1 + c1) * d2 + c2) * d3 + c3.
-Expert layers re-split the same world over `expert_rank_order` (pp, edp, ep, etp) - MoE
-parallel folding. A group along one axis is the set of ranks that differ only in that
-coordinate. executor/mesh.py builds its DeviceMeshes from the same grids.
-"""
+"""The report's device map: how each parallel group of a plan (planner.plan.rank_grid) sits on the machine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from planner.plan import Axis, Plan
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AxisGroups:
-    """The groups of one axis: group_of[rank] is the group index, members[g] its ranks."""
-
-    axis: Axis
-    degree: int
-    group_of: np.ndarray  # [world] int
-    members: np.ndarray  # [num_groups, degree] int, ranks in coordinate order
-
-    @property
-    def num_groups(self) -> int:
-        return int(self.members.shape[0])
-
-
-def attention_grid(plan: Plan) -> np.ndarray:
-    """Global rank at every coordinate, axes in plan.rank_order, last axis fastest."""
-    dims = plan.parallel_dims
-    shape = [dims.degree(a) for a in plan.rank_order]
-    return np.arange(int(np.prod(shape))).reshape(shape)
-
-
-def expert_grid(plan: Plan) -> np.ndarray:
-    """Global rank at every expert coordinate, axes in plan.expert_rank_order.
-
-    As executor/mesh.py does: the GPUs of pipeline stage s (attention-grid ranks, ascending) are
-    renumbered 0..n-1 and laid out as a mixed radix over the non-pp expert axes, so a stage's
-    expert layers stay on that stage's GPUs whatever the two orders are.
-    """
-    dims = plan.parallel_dims
-    att = np.moveaxis(attention_grid(plan), plan.rank_order.index(Axis.PP), 0).reshape(dims.pp, -1)
-    stage_ranks = np.sort(att, axis=1)
-    inner = [a for a in plan.expert_rank_order if a != Axis.PP]
-    grid = stage_ranks.reshape([dims.pp] + [dims.degree(a) for a in inner])
-    order = [Axis.PP, *inner]
-    return np.transpose(grid, [order.index(a) for a in plan.expert_rank_order])
-
-
-def grid_groups(grid: np.ndarray, order: list[Axis]) -> list[AxisGroups]:
-    """Groups of every axis of a rank grid: ranks that differ only in that axis' coordinate."""
-    out = []
-    for pos, axis in enumerate(order):
-        members = np.moveaxis(grid, pos, -1).reshape(-1, grid.shape[pos])
-        group_of = np.empty(grid.size, dtype=np.int64)
-        group_of[members] = np.arange(members.shape[0])[:, None]
-        out.append(AxisGroups(axis=axis, degree=grid.shape[pos], group_of=group_of, members=members))
-    return out
-
-
-def plan_groups(plan: Plan) -> list[AxisGroups]:
-    """Attention-layer groups (tp, cp, dp, pp) then, for expert-parallel plans, ep, etp, edp."""
-    dims = plan.parallel_dims
-    groups = grid_groups(attention_grid(plan), list(plan.rank_order))
-    if dims.ep > 1 or dims.etp > 1:
-        expert = grid_groups(expert_grid(plan), list(plan.expert_rank_order))
-        groups += [g for g in expert if g.axis != Axis.PP]
-    inner_first = [Axis.TP, Axis.CP, Axis.EP, Axis.ETP, Axis.DP, Axis.EDP, Axis.PP]
-    return sorted(groups, key=lambda g: inner_first.index(g.axis))
+from planner.plan import AxisGroups
 
 
 def rank_ranges(ranks: list[int]) -> str:

@@ -19,8 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from planner.cost import Estimate
 from planner.plan import Plan
 from planner.scenario import Scenario
+from planner.search.result import Candidate, SearchResult
 
 RESULT_FORMAT_VERSION = 1
 GIB = 2**30
@@ -73,7 +75,7 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def estimate_dict(estimate: Any) -> dict[str, Any] | None:
+def estimate_dict(estimate: Estimate | None) -> dict[str, Any] | None:
     """Estimate.to_dict() without the timeline (that goes to trace.json), JSON-ready."""
     if estimate is None:
         return None
@@ -81,23 +83,18 @@ def estimate_dict(estimate: Any) -> dict[str, Any] | None:
     return {k: to_jsonable(v) for k, v in raw.items() if k != "timeline"}
 
 
-def same_candidate(a: Any, b: Any) -> bool:
-    """Identity, or the same plan: a caller may swap in a re-priced copy (e.g. with a timeline)."""
-    return a is b or (a is not None and b is not None and a.plan == b.plan)
-
-
-def status_of(candidate: Any, best: Any) -> Status:
-    if same_candidate(candidate, best):
+def status_of(candidate: Candidate, best: Candidate | None) -> Status:
+    if candidate is best:
         return Status.BEST
     if candidate.fits:
         return Status.FITS
     return Status.OOM if candidate.estimate is not None else Status.PRUNED
 
 
-def csv_row(cid: int, candidate: Any, *, status: Status, pareto: bool, global_batch: int) -> dict[str, Any]:
+def csv_row(cid: int, candidate: Candidate, *, status: Status, pareto: bool, global_batch: int) -> dict[str, Any]:
     """One plans.csv row; metric columns stay empty for candidates that were never costed."""
     plan: Plan = candidate.plan
-    dims = plan.parallel_dims
+    dims = plan.dims
     est = estimate_dict(candidate.estimate) or {}
     breakdown = est.get("time_breakdown_s") or {}
     row: dict[str, Any] = {
@@ -163,7 +160,7 @@ def write_json(path: Path, data: Any, *, compact: bool = False) -> None:
     path.write_text(text + "\n")
 
 
-def chrome_trace(best: Any, scenario: Scenario) -> dict[str, Any]:
+def chrome_trace(best: Candidate | None, scenario: Scenario) -> dict[str, Any]:
     """The best plan's simulated timeline as a Chrome trace (open in chrome://tracing or Perfetto)."""
     events = []
     if best is not None and best.estimate is not None:
@@ -182,7 +179,7 @@ def is_megatron_default(plan: Plan, *, gpus_per_node: int) -> bool:
     return plan.dims.tp == min(8, gpus_per_node) and plan.dims.cp == 1
 
 
-def pick_baselines(candidates: list[Any], *, gpus_per_node: int) -> dict[str, int]:
+def pick_baselines(candidates: list[Candidate], *, gpus_per_node: int) -> dict[str, int]:
     """Candidate ids of the naive baselines the summary compares against (fastest that fits,
     else the smallest-memory costed one so the report can say by how much it fails)."""
     rules = {"dp_zero3": is_dp_zero3,
@@ -198,7 +195,7 @@ def pick_baselines(candidates: list[Any], *, gpus_per_node: int) -> dict[str, in
     return out
 
 
-def write_search_outputs(result: Any, scenario: Scenario, out_dir: Path, *,
+def write_search_outputs(result: SearchResult, scenario: Scenario, out_dir: Path, *,
                          measurement: dict[str, Any] | None = None) -> Path:
     """Write out_dir/{plans.csv, plan.json, result.json, trace.json, report.html} atomically.
 
@@ -244,10 +241,11 @@ def render_report(out_dir: Path) -> Path:
     return out_dir / "report.html"
 
 
-def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dict[str, Any] | None) -> None:
+def _write_files(tmp: Path, result: SearchResult, scenario: Scenario, *, measurement: dict[str, Any] | None) -> None:
     candidates = list(result.candidates)
     best = result.best
-    pareto_ids = {_index_of(candidates, c) for c in (result.pareto or [])}
+    index = {id(c): i for i, c in enumerate(candidates)}
+    pareto_ids = {index[id(c)] for c in result.pareto}
     rows = [csv_row(i, c, status=status_of(c, best), pareto=i in pareto_ids,
                     global_batch=scenario.job.global_batch) for i, c in enumerate(candidates)]
     write_plans_csv(tmp / "plans.csv", sorted(rows, key=sort_key))
@@ -259,41 +257,33 @@ def _write_files(tmp: Path, result: Any, scenario: Scenario, *, measurement: dic
         write_json(tmp / "measurement.json", to_jsonable(measurement))
 
 
-def result_dict(result: Any, scenario: Scenario, candidates: list[Any]) -> dict[str, Any]:
+def result_dict(result: SearchResult, scenario: Scenario, candidates: list[Candidate]) -> dict[str, Any]:
     """result.json: the scenario, search stats and full estimates of the plans the report draws."""
     index = {id(c): i for i, c in enumerate(candidates)}
-    best_id = _index_of(candidates, result.best) if result.best is not None else None
+    best_id = result.best_index
     baselines = pick_baselines(candidates, gpus_per_node=scenario.cluster.gpus_per_node)
     ranked = sorted((c for c in candidates if c.fits and c.estimate is not None),
                     key=lambda c: -c.estimate.tokens_per_s_per_gpu)[:DETAILED_TOP]
     keep = {best_id, *baselines.values(), *(index[id(c)] for c in ranked),
-            *(_index_of(candidates, c) for c in (result.pareto or [])[:DETAILED_PARETO])} - {None}
+            *(index[id(c)] for c in result.pareto[:DETAILED_PARETO])} - {None}
     detailed = {str(i): _candidate_dict(candidates[i]) for i in sorted(keep)}
     return {
         "format_version": RESULT_FORMAT_VERSION,
         "scenario": scenario.model_dump(mode="json"),
-        "stats": to_jsonable(getattr(result, "stats", None)),
+        "stats": to_jsonable(result.stats),
         "num_candidates": len(candidates),
         "best": best_id,
         "top": [index[id(c)] for c in ranked],
         "baselines": baselines,
         "detailed": detailed,
-        "moe": to_jsonable(getattr(result, "moe", None)),
-        "partition": to_jsonable(getattr(result, "partition", None)),
-        "device_mapping": to_jsonable(getattr(result, "device_mapping", None)),
-        "nothing_fits": getattr(result, "nothing_fits", None),
+        "moe": to_jsonable(result.moe),
+        "partition": to_jsonable(result.partition),
+        "device_mapping": to_jsonable(result.device_mapping),
+        "nothing_fits": result.nothing_fits,
     }
 
 
-def _index_of(candidates: list[Any], wanted: Any) -> int | None:
-    """Position of `wanted` in candidates: by identity, else by plan (see same_candidate)."""
-    by_identity = next((i for i, c in enumerate(candidates) if c is wanted), None)
-    if by_identity is not None or wanted is None:
-        return by_identity
-    return next((i for i, c in enumerate(candidates) if same_candidate(c, wanted)), None)
-
-
-def _candidate_dict(candidate: Any) -> dict[str, Any]:
+def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
     return {
         "rank": candidate.rank,
         "fits": bool(candidate.fits),

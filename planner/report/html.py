@@ -20,9 +20,9 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from planner.report import figures as figs
-from planner.report.devicemap import group_summary, plan_groups
+from planner.report.devicemap import group_summary
 from planner.scenario import count_params
-from planner.plan import Axis, Plan
+from planner.plan import Axis, Plan, plan_groups
 from planner.report.files import GIB, PLAN_COLUMNS
 from planner.report.moe import moe_section
 from planner.scenario import Scenario
@@ -229,7 +229,7 @@ def _error_row(term: str, predicted: float, measured: float) -> dict[str, Any]:
 def _memory_rows(plan: Plan, est: dict[str, Any], measured_gib: list[float]) -> list[dict[str, Any]]:
     """Measured memory of each rank (up to 16) against the predicted total of that rank's stage."""
     stages = est.get("stage_memory") or []
-    if not stages or len(measured_gib) != plan.parallel_dims.world_size:
+    if not stages or len(measured_gib) != plan.dims.world_size:
         return []
     pp = next(g for g in plan_groups(plan) if g.axis == Axis.PP)
     stage_of = {int(r): s for row in pp.members for s, r in enumerate(row)}

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from planner.plan import Axis, Recompute, Schedule, ZeroStage
+from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -322,6 +322,14 @@ class Scenario(BaseModel):
     job: JobSpec
     search: SearchSpace = SearchSpace()
 
+
+    def plan_target(self) -> Target:
+        """The numbers a plan must fit (planner.plan.problems reads them, never this schema)."""
+        m = self.model
+        return Target(world_size=self.cluster.world_size, num_layers=m.num_hidden_layers,
+                      num_heads=m.num_attention_heads, kv_heads=m.kv_heads, seq_len=self.job.seq_len,
+                      global_batch=self.job.global_batch, num_experts=m.num_local_experts if m.is_moe else 0,
+                      expert_ffn=m.expert_intermediate_size if m.is_moe else 0)
 
     @model_validator(mode="after")
     def _fixed_degrees_fit(self) -> Scenario:

@@ -20,138 +20,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import replace
 
-from planner.search import space as ss
+from planner import cost
+from planner.cost.memory import RESERVED_BYTES
+from planner.errors import GIB
 from planner.graph import ModelGraph
-from planner.plan import Plan, Recompute, Schedule, ZeroStage
-from planner.scenario import ClusterSpec, JobSpec, Scenario
-from planner.search.space import Knobs, Layout
+from planner.hardware import HardwareProfile
+from planner.plan import ParallelDims, Plan, Recompute, ZeroStage
+from planner.scenario import Scenario
+from planner.search import space as ss
+from planner.search.ilp.routing import RoutingStats
+from planner.search.pricer import Estimator, Pricer
+from planner.search.result import Candidate, SearchResult, TuneResult
+from planner.search.space import Knobs
+from planner.search.tune import tune_top
 
-GIB = 2**30
 _REFINE_MIN, _REFINE_MAX, _REFINE_WITHIN = 6, 12, 1.3  # layouts refined: top N, all within 30%
 _EXPERT_ATTENTION_LAYOUTS = 6  # attention layouts whose ep x etp variants are probed
 
 
-class Estimator(Protocol):
-    """What search needs from the cost model (planner.cost satisfies it; tests pass stand-ins)."""
-
-    def estimate(self, graph: ModelGraph, plan: Plan, *, hw, cluster: ClusterSpec, job: JobSpec): ...
-
-    def memory_lower_bound_bytes(self, graph: ModelGraph, plan: Plan, job: JobSpec, cluster: ClusterSpec) -> float: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Candidate:
-    plan: Plan
-    estimate: object | None  # planner.cost.Estimate when costed
-    fits: bool
-    reason: str | None  # why it is not the answer: invalid, OOM by how much, pruned, dominated
-    rank: int | None = None  # 1 = best fitting plan
-
-
-@dataclass(slots=True, kw_only=True)
-class SearchStats:
-    enumerated: int = 0  # layouts x knob combinations
-    layouts: int = 0
-    invalid: int = 0
-    pruned: int = 0  # memory lower bound, not refined (probe bound) or dominated knobs
-    costed: int = 0
-    fitting: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(slots=True, kw_only=True)
-class SearchResult:
-    candidates: list[Candidate]
-    best: Candidate | None
-    pareto: list[Candidate]
-    stats: SearchStats
-    nothing_fits: str | None = None  # one line: smallest shortfall and what would make it fit
-    moe: dict | None = None  # expert placement summary (report.py reads expert_tokens)
-    partition: dict | None = None  # stage-partition ILP summary for the best plan
-    device_mapping: dict | None = None  # logical -> physical nodes on heterogeneous clusters
-    top: list[Candidate] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Run:
-    """Mutable state of one search: the inputs, every candidate so far, the costing cache."""
-
-    graph: ModelGraph
-    scenario: Scenario
-    hw: object
-    est: Estimator
-    candidates: list[Candidate] = field(default_factory=list)
-    stats: SearchStats = field(default_factory=SearchStats)
-    cache: dict = field(default_factory=dict)
-    closest_bound: tuple[float, Plan] | None = None  # smallest model-state shortfall (bytes, plan)
-    grids: dict = field(default_factory=dict)  # Layout -> size of its knob grid
-    frugal_plans: dict = field(default_factory=dict)  # Layout -> its least-memory plan
-    tick: Callable[[], None] = lambda: None
-
-    def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
-        """Price a plan once (cached by its JSON); OOM candidates carry how much and where."""
-        key = _plan_key(plan)
-        if key in self.cache:
-            return self.cache[key]
-        e = self.est.estimate(self.graph, plan, hw=self.hw, cluster=self.scenario.cluster, job=self.scenario.job)
-        fits = bool(e.fits) and e.peak_memory_bytes <= self.capacity(e)
-        why = reason if fits else oom_reason(e, capacity=self.capacity(e))
-        cand = Candidate(plan=plan, estimate=e, fits=fits, reason=why)
-        self.cache[key] = cand
-        self.candidates.append(cand)
-        self.stats.costed += 1
-        self.tick()
-        return cand
-
-    def capacity(self, e: object) -> float:
-        return e.memory_capacity_bytes * self.scenario.search.memory_fraction
-
-    def grid(self, lay: Layout) -> int:
-        if lay not in self.grids:
-            self.grids[lay] = ss.knob_grid_size(self.scenario, lay)
-        return self.grids[lay]
-
-    def frugal(self, lay: Layout) -> Plan:
-        """The layout's least-memory plan (built once: it bounds memory and records rejections)."""
-        if lay not in self.frugal_plans:
-            self.frugal_plans[lay] = ss.make_plan(lay, _frugal(self.scenario, lay))
-        return self.frugal_plans[lay]
-
-    def reject(self, plan: Plan, reason: str) -> None:
-        self.candidates.append(Candidate(plan=plan, estimate=None, fits=False, reason=reason))
-
-
-def _plan_key(plan: Plan) -> tuple:
-    """A cheap identity for the costing cache (model_dump_json was 10% of a DeepSeek search)."""
-    placement = None if plan.expert_placement is None else tuple(map(tuple, plan.expert_placement))
-    blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
-    return (tuple(plan.dims.model_dump().values()), plan.micro_batch_size, plan.virtual_stages, plan.schedule,
-            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement)
-
-
-def oom_reason(e: object, *, capacity: float) -> str:
-    stage = max(range(len(e.stage_memory)), key=lambda s: sum(e.stage_memory[s].values()))
-    terms = e.stage_memory[stage]
-    top = max(terms, key=terms.get)
-    over = (e.peak_memory_bytes - capacity) / GIB
-    return f"OOM by {over:.1f} GiB on stage {stage} ({e.peak_memory_bytes / GIB:.1f} of {capacity / GIB:.1f} GiB; largest term {top})"
-
-
-def _cost_module() -> Estimator:
-    import planner.cost as cost
-
-    return cost
-
-
-def search(graph: ModelGraph, scenario: Scenario, *, hw: object, top_k: int = 10,
+def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k: int = 10,
            progress: Callable[[int, int], None] | None = None, estimator: Estimator | None = None,
-           routing: object | None = None) -> SearchResult:
+           routing: RoutingStats | None = None) -> SearchResult:
     """Rank every valid plan of `scenario` (see the module docstring for the pipeline)."""
     start = time.perf_counter()
-    run = _Run(graph=graph, scenario=scenario, hw=hw, est=estimator or _cost_module())
+    run = Pricer(graph=graph, scenario=scenario, hw=hw, est=estimator or cost)
     if progress is not None:
         run.tick = lambda: progress(run.stats.costed, 0)
     survivors = _enumerate_and_prune(run)
@@ -159,14 +53,12 @@ def search(graph: ModelGraph, scenario: Scenario, *, hw: object, top_k: int = 10
     for lay in _to_refine(probes):
         _refine(run, lay)
     _mark_unrefined(run, probes)
-    from planner.search.tune import tune_top  # ILP post-pass: uneven stages, expert placement
-
-    extras = tune_top(run, top_k=top_k, routing=routing)
+    tuned = tune_top(run, routing=routing)  # ILP post-pass: uneven stages, expert placement
     run.stats.seconds = time.perf_counter() - start
-    return _result(run, top_k=top_k, extras=extras)
+    return _result(run, top_k=top_k, tuned=tuned)
 
 
-def _enumerate_and_prune(run: _Run) -> list[Layout]:
+def _enumerate_and_prune(run: Pricer) -> list[ParallelDims]:
     survivors = []
     for lay, reason in ss.layouts(run.scenario):
         run.stats.layouts += 1
@@ -191,47 +83,29 @@ def _enumerate_and_prune(run: _Run) -> list[Layout]:
     return survivors
 
 
-def _capacity_bytes(run: _Run) -> float:
-    return (run.hw.memory_gib * GIB - _reserved()) * run.scenario.search.memory_fraction
+def _capacity_bytes(run: Pricer) -> float:
+    return (run.hw.memory_gib * GIB - RESERVED_BYTES) * run.scenario.search.memory_fraction
 
 
-def _reserved() -> float:
-    from planner.cost.memory import RESERVED_BYTES
-
-    return RESERVED_BYTES
-
-
-def _frugal(scenario: Scenario, lay: Layout) -> Knobs:
-    """The least-memory knob setting of a layout (for the lower bound and invalid records)."""
-    mbs = (ss.micro_batch_sizes(scenario, lay) or [min(scenario.search.micro_batch_sizes)])[0]
-    return Knobs(micro_batch_size=mbs, schedule=Schedule.ONE_F_ONE_B, virtual_stages=1,
-                 zero_stage=max(ss.zero_stages(scenario, lay)), recompute=max(scenario.search.recompute, key=_rec_order),
-                 sequence_parallel=ss.sequence_parallel(scenario, lay))
-
-
-def _rec_order(r: Recompute) -> int:
-    return {Recompute.NONE: 0, Recompute.SELECTIVE: 1, Recompute.FULL: 2}[r]
-
-
-def _reference(scenario: Scenario, lay: Layout) -> Knobs | None:
+def _reference(scenario: Scenario, lay: ParallelDims) -> Knobs | None:
     """Probe knobs: smallest micro-batch, 1F1B, the lightest ZeRO that shards, no recompute."""
     sizes = ss.micro_batch_sizes(scenario, lay)
     if not sizes:
         return None
     zeros = ss.zero_stages(scenario, lay)
     zero = next((z for z in zeros if z == ZeroStage.OPTIMIZER), zeros[0])
-    rec = min(scenario.search.recompute, key=_rec_order)
+    rec = min(scenario.search.recompute, key=ss.recompute_rank)
     schedule = ss.schedules(scenario, lay, sizes[0])[0]
     return Knobs(micro_batch_size=sizes[0], schedule=schedule[0], virtual_stages=schedule[1], zero_stage=zero,
                  recompute=rec, sequence_parallel=ss.sequence_parallel(scenario, lay))
 
 
-def _probe(run: _Run, layouts: list[Layout]) -> dict[Layout, float]:
+def _probe(run: Pricer, layouts: list[ParallelDims]) -> dict[ParallelDims, float]:
     """One estimate per attention layout; MoE expert variants only for the best attention layouts."""
-    by_attention: dict[tuple, list[Layout]] = {}
+    by_attention: dict[tuple, list[ParallelDims]] = {}
     for lay in layouts:
         by_attention.setdefault((lay.dp, lay.tp, lay.pp, lay.cp), []).append(lay)
-    probes: dict[Layout, float] = {}
+    probes: dict[ParallelDims, float] = {}
     for group in by_attention.values():
         for lay in _expert_representatives(run.scenario, group):
             _probe_one(run, lay, probes)
@@ -248,7 +122,7 @@ def _probe(run: _Run, layouts: list[Layout]) -> dict[Layout, float]:
     return probes
 
 
-def _expert_representatives(scenario: Scenario, group: list[Layout]) -> list[Layout]:
+def _expert_representatives(scenario: Scenario, group: list[ParallelDims]) -> list[ParallelDims]:
     """Dense: the layout itself. MoE: etp=1 with the largest ep inside the NVLink domain (the
     usual sweet spot: expert memory sharded, all-to-all on the fast tier); the other foldings of
     the best attention layouts are probed afterwards."""
@@ -259,7 +133,7 @@ def _expert_representatives(scenario: Scenario, group: list[Layout]) -> list[Lay
     return [max(inside, key=lambda lay: lay.ep)]
 
 
-def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
+def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]) -> None:
     if lay in probes:
         return
     knobs = _reference(run.scenario, lay)
@@ -270,13 +144,13 @@ def _probe_one(run: _Run, lay: Layout, probes: dict[Layout, float]) -> None:
     probes[lay] = run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s
 
 
-def _reject_layout(run: _Run, lay: Layout, reason: str) -> None:
+def _reject_layout(run: Pricer, lay: ParallelDims, reason: str) -> None:
     grid = run.grid(lay)
     run.stats.pruned += grid
     run.reject(run.frugal(lay), f"{reason} ({grid} knob settings)")
 
 
-def _to_refine(probes: dict[Layout, float]) -> list[Layout]:
+def _to_refine(probes: dict[ParallelDims, float]) -> list[ParallelDims]:
     ranked = sorted((t, i, lay) for i, (lay, t) in enumerate(probes.items()) if t < float("inf"))
     if not ranked:
         return []
@@ -285,7 +159,7 @@ def _to_refine(probes: dict[Layout, float]) -> list[Layout]:
     return chosen[:_REFINE_MAX]
 
 
-def _mark_unrefined(run: _Run, probes: dict[Layout, float]) -> None:
+def _mark_unrefined(run: Pricer, probes: dict[ParallelDims, float]) -> None:
     """Count the knob settings of layouts only probed; a fitting probe of such a layout stays a
     ranked candidate, a non-fitting one already carries its OOM reason."""
     refined = set(_to_refine(probes))
@@ -294,7 +168,7 @@ def _mark_unrefined(run: _Run, probes: dict[Layout, float]) -> None:
             run.stats.pruned += max(run.grid(lay) - 1, 0)
 
 
-def _refine(run: _Run, lay: Layout) -> None:
+def _refine(run: Pricer, lay: ParallelDims) -> None:
     """Coordinate descent: micro-batch -> schedule -> ZeRO x recompute staircase."""
     sc = run.scenario
     ref = _reference(sc, lay)
@@ -312,10 +186,10 @@ def _refine(run: _Run, lay: Layout) -> None:
         _staircase(run, lay, knobs)
 
 
-def _staircase(run: _Run, lay: Layout, base: Knobs) -> None:
+def _staircase(run: Pricer, lay: ParallelDims, base: Knobs) -> None:
     """For each ZeRO stage, the least recompute that fits (more recompute never runs faster)."""
     sc = run.scenario
-    recomputes = sorted(sc.search.recompute, key=_rec_order)
+    recomputes = sorted(sc.search.recompute, key=ss.recompute_rank)
     for zero in ss.zero_stages(sc, lay):
         for k, rec in enumerate(recomputes):
             plan = ss.make_plan(lay, replace(base, zero_stage=zero, recompute=rec))
@@ -327,18 +201,25 @@ def _staircase(run: _Run, lay: Layout, base: Knobs) -> None:
                 break
 
 
-def _result(run: _Run, *, top_k: int, extras: dict) -> SearchResult:
-    # ties go to the ILP-tuned plan (placement / uneven stages) the post-pass derived
+def _result(run: Pricer, *, top_k: int, tuned: TuneResult) -> SearchResult:
+    """Rank the fitting plans (ties go to the ILP-tuned plan the post-pass derived) and price the
+    best once more with the event simulator's timeline, in place: the report reads it as is."""
     fitting = sorted((c for c in run.candidates if c.fits),
                      key=lambda c: (c.estimate.step_time_s, c.plan.expert_placement is None, c.plan.blocks_per_stage is None))
     ranks = {id(c): i + 1 for i, c in enumerate(fitting)}
     candidates = [replace(c, rank=ranks.get(id(c))) for c in run.candidates]
+    best_index = next((i for i, c in enumerate(candidates) if c.rank == 1), None)
+    if best_index is not None:
+        best = candidates[best_index]
+        timed = run.est.estimate(run.graph, best.plan, hw=run.hw, cluster=run.scenario.cluster,
+                                 job=run.scenario.job, timeline=True)
+        candidates[best_index] = replace(best, estimate=timed)
     ranked = sorted((c for c in candidates if c.rank is not None), key=lambda c: c.rank)
     run.stats.fitting = len(ranked)
-    pareto = pareto_front(ranked)
     nothing = None if ranked else nothing_fits_line(run.scenario, candidates, closest_bound=run.closest_bound)
-    return SearchResult(candidates=candidates, best=ranked[0] if ranked else None, pareto=pareto,
-                        stats=run.stats, nothing_fits=nothing, top=ranked[:top_k], **extras)
+    return SearchResult(candidates=candidates, best=ranked[0] if ranked else None, best_index=best_index,
+                        pareto=pareto_front(ranked), stats=run.stats, nothing_fits=nothing, top=ranked[:top_k],
+                        moe=tuned.moe, partition=tuned.partition, device_mapping=tuned.device_mapping)
 
 
 def pareto_front(fitting: list[Candidate]) -> list[Candidate]:

@@ -2,10 +2,9 @@
 knob grid of each (micro-batch, schedule / virtual stages, ZeRO stage, recompute, sequence
 parallel). Pure functions over the scenario; invalid layouts come back with their reason.
 
-Validity (Megatron-LM rules): tp divides the attention heads, and tp and the kv heads divide one
-another; pp <= layers; 2*cp divides seq_len (load-balanced causal chunks); dp divides the global
-batch; ep divides the experts and ep*etp divides dp*cp*tp (MoE parallel folding, Liu et al. 2025);
-etp divides tp (expert tensor parallelism never exceeds attention tensor parallelism).
+Validity is planner.plan.problems (one copy of the rules). The space itself only enumerates
+foldings with ep*etp dividing dp*cp*tp (MoE parallel folding, Liu et al. 2025) and etp dividing tp
+(expert tensor parallelism never exceeds attention tensor parallelism).
 """
 
 from __future__ import annotations
@@ -13,24 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
+from planner.plan import Axis, ParallelDims, Plan, Recompute, Schedule, ZeroStage, problems
 from planner.scenario import Scenario
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Layout:
-    dp: int
-    tp: int
-    pp: int
-    cp: int
-    ep: int = 1
-    etp: int = 1
-
-    def dims(self) -> dict[str, int]:
-        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "cp": self.cp, "ep": self.ep, "etp": self.etp}
-
-    def describe(self) -> str:
-        return "x".join(f"{k}{v}" for k, v in self.dims().items() if v > 1) or "single GPU"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +40,7 @@ def _allowed(scenario: Scenario, axis: Axis, limit: int | None) -> list[int] | N
     return None if limit is None else list(range(1, limit + 1))
 
 
-def layouts(scenario: Scenario) -> Iterator[tuple[Layout, str | None]]:
+def layouts(scenario: Scenario) -> Iterator[tuple[ParallelDims, str | None]]:
     """Every factorisation of the world size, with None or the reason it is invalid."""
     world, space = scenario.cluster.world_size, scenario.search
     limits = {Axis.TP: space.max_tp, Axis.PP: space.max_pp, Axis.CP: space.max_cp}
@@ -71,7 +54,7 @@ def layouts(scenario: Scenario) -> Iterator[tuple[Layout, str | None]]:
                     continue
                 if not _dp_allowed(scenario, dp):
                     continue
-                yield from _expert_layouts(scenario, Layout(dp=dp, tp=tp, pp=pp, cp=cp))
+                yield from _expert_layouts(scenario, ParallelDims(dp=dp, tp=tp, pp=pp, cp=cp))
 
 
 def _dp_allowed(scenario: Scenario, dp: int) -> bool:
@@ -79,7 +62,7 @@ def _dp_allowed(scenario: Scenario, dp: int) -> bool:
     return (fixed is None or fixed == dp) and (Axis.DP in scenario.search.axes or dp == 1)
 
 
-def _expert_layouts(scenario: Scenario, base: Layout) -> Iterator[tuple[Layout, str | None]]:
+def _expert_layouts(scenario: Scenario, base: ParallelDims) -> Iterator[tuple[ParallelDims, str | None]]:
     model, space = scenario.model, scenario.search
     reason = dense_reason(scenario, base)
     if not model.is_moe or reason is not None:
@@ -91,31 +74,21 @@ def _expert_layouts(scenario: Scenario, base: Layout) -> Iterator[tuple[Layout, 
         for etp in divisors(base.tp):
             if slice_ % (ep * etp) or (ep_allowed and ep not in ep_allowed) or (etp_allowed and etp not in etp_allowed):
                 continue
-            yield Layout(dp=base.dp, tp=base.tp, pp=base.pp, cp=base.cp, ep=ep, etp=etp), None
+            yield ParallelDims(dp=base.dp, tp=base.tp, pp=base.pp, cp=base.cp, ep=ep, etp=etp), None
 
 
-def dense_reason(scenario: Scenario, lay: Layout) -> str | None:
-    """Why a layout cannot run this model, in one line; None when it can."""
-    model, job = scenario.model, scenario.job
-    if model.num_attention_heads % lay.tp:
-        return f"invalid: tp={lay.tp} does not divide num_attention_heads={model.num_attention_heads}"
-    if model.kv_heads % lay.tp and lay.tp % model.kv_heads:
-        return f"invalid: tp={lay.tp} and num_key_value_heads={model.kv_heads} do not divide one another"
-    if lay.pp > model.num_hidden_layers:
-        return f"invalid: pp={lay.pp} exceeds num_hidden_layers={model.num_hidden_layers}"
-    if lay.cp > 1 and job.seq_len % (2 * lay.cp):
-        return f"invalid: 2*cp={2 * lay.cp} does not divide seq_len={job.seq_len}"
-    if job.global_batch % lay.dp:
-        return f"invalid: dp={lay.dp} does not divide global_batch={job.global_batch}"
-    return None
+def dense_reason(scenario: Scenario, lay: ParallelDims) -> str | None:
+    """Why a layout cannot run this model, in one line (planner.plan.problems); None when it can."""
+    found = problems(lay, scenario)
+    return "invalid: " + "; ".join(found) if found else None
 
 
-def micro_batch_sizes(scenario: Scenario, lay: Layout) -> list[int]:
+def micro_batch_sizes(scenario: Scenario, lay: ParallelDims) -> list[int]:
     per_replica = scenario.job.global_batch // lay.dp
     return [b for b in scenario.search.micro_batch_sizes if per_replica % b == 0]
 
 
-def schedules(scenario: Scenario, lay: Layout, mbs: int) -> list[tuple[Schedule, int]]:
+def schedules(scenario: Scenario, lay: ParallelDims, mbs: int) -> list[tuple[Schedule, int]]:
     """(schedule, virtual stages) pairs; one entry when pp = 1 (the schedule does not matter)."""
     if lay.pp == 1:
         return [(Schedule.ONE_F_ONE_B, 1)]
@@ -132,7 +105,7 @@ def schedules(scenario: Scenario, lay: Layout, mbs: int) -> list[tuple[Schedule,
     return out
 
 
-def zero_stages(scenario: Scenario, lay: Layout) -> list[ZeroStage]:
+def zero_stages(scenario: Scenario, lay: ParallelDims) -> list[ZeroStage]:
     """ZeRO shards over dp*cp; without either every stage equals ZeRO-0."""
     stages = sorted(scenario.search.zero_stages)
     if lay.dp * lay.cp == 1:
@@ -140,21 +113,33 @@ def zero_stages(scenario: Scenario, lay: Layout) -> list[ZeroStage]:
     return stages
 
 
-def sequence_parallel(scenario: Scenario, lay: Layout) -> bool:
+def sequence_parallel(scenario: Scenario, lay: ParallelDims) -> bool:
     """Sequence parallelism moves the same bytes as the TP all-reduce (reduce-scatter +
     all-gather) and divides the norm/dropout activations by tp (Korthikanti et al. 2022), so
     it dominates plain TP whenever the search allows it."""
     return lay.tp > 1 and True in scenario.search.sequence_parallel
 
 
-def knob_grid_size(scenario: Scenario, lay: Layout) -> int:
+def knob_grid_size(scenario: Scenario, lay: ParallelDims) -> int:
     """How many knob combinations the full grid has (for the enumeration count)."""
     sp = len(scenario.search.sequence_parallel) if lay.tp > 1 else 1
     per_mbs = sum(len(schedules(scenario, lay, b)) for b in micro_batch_sizes(scenario, lay))
     return per_mbs * len(scenario.search.zero_stages) * len(scenario.search.recompute) * sp
 
 
-def make_plan(lay: Layout, knobs: Knobs) -> Plan:
-    return Plan(dims=lay.dims(), micro_batch_size=knobs.micro_batch_size, schedule=knobs.schedule,
+def frugal_knobs(scenario: Scenario, lay: ParallelDims) -> Knobs:
+    """The least-memory knob setting of a layout (for the lower bound and invalid records)."""
+    mbs = (micro_batch_sizes(scenario, lay) or [min(scenario.search.micro_batch_sizes)])[0]
+    return Knobs(micro_batch_size=mbs, schedule=Schedule.ONE_F_ONE_B, virtual_stages=1,
+                 zero_stage=max(zero_stages(scenario, lay)), recompute=max(scenario.search.recompute, key=recompute_rank),
+                 sequence_parallel=sequence_parallel(scenario, lay))
+
+
+def recompute_rank(r: Recompute) -> int:
+    return {Recompute.NONE: 0, Recompute.SELECTIVE: 1, Recompute.FULL: 2}[r]
+
+
+def make_plan(lay: ParallelDims, knobs: Knobs) -> Plan:
+    return Plan(dims=lay, micro_batch_size=knobs.micro_batch_size, schedule=knobs.schedule,
                 virtual_stages=knobs.virtual_stages, zero_stage=knobs.zero_stage, recompute=knobs.recompute,
                 sequence_parallel=knobs.sequence_parallel)

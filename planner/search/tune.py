@@ -4,58 +4,55 @@ device mapping for the best one. The cost model re-prices every tuned plan and i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from planner.search.ilp import routing as ex
-from planner.search import ilp
+from planner import cost
 from planner.graph import LayerKind
-from planner.plan import Axis, Plan, Recompute
-
-if TYPE_CHECKING:
-    from planner.search.engine import Candidate, _Run
+from planner.plan import Axis, Plan, Recompute, rank_grid
+from planner.search import ilp
+from planner.search.ilp import routing as ex
+from planner.search.pricer import Pricer
+from planner.search.result import Candidate, MappingSummary, PartitionSummary, PlacementSummary, TuneResult
 
 _PARTITION_TOP = 2  # top plans with pp > 1 that get the stage-partition ILP
 _PARTITION_LIMIT_S = 1.0
 _PARTITION_WINDOW = 2  # chunks a layer may move from the even split
 _PLACEMENT_LIMIT_S = 3.0
 _TRACE_TOKENS = 16384  # tokens drawn for a synthetic trace; counts are scaled to the step
+_RING_ALL_REDUCE_FACTOR = 2  # a ring all-reduce sends ~2x the buffer per rank (nccl-tests PERFORMANCE.md)
+_FWD_AND_BWD = 2  # pipeline neighbours exchange activations forward and gradients backward
 
 
-def tune_top(run: _Run, *, top_k: int, routing: ex.RoutingStats | None) -> dict:
-    del top_k
-    extras: dict = {}
+def tune_top(run: Pricer, *, routing: ex.RoutingStats | None) -> TuneResult:
     fitting = sorted((c for c in run.candidates if c.fits), key=lambda c: c.estimate.step_time_s)
     staged = [c for c in fitting if c.plan.dims.pp > 1][:_PARTITION_TOP]
+    partition = None
     for cand in staged:
         summary = _repartition(run, cand)
-        if summary and "partition" not in extras:
-            extras["partition"] = summary
+        partition = partition or summary
     best = min((c for c in run.candidates if c.fits), key=lambda c: c.estimate.step_time_s, default=None)
-    if best is not None and best.plan.dims.ep > 1:
-        extras["moe"] = _place(run, best, routing)
+    moe = _place(run, best, routing) if best is not None and best.plan.dims.ep > 1 else None
     problem = mapping_problem(run, best) if best is not None else None
+    mapping = None
     if problem is not None:
         mapped = ilp.map_devices(problem)
-        extras["device_mapping"] = {"node_of": mapped.node_of, "slowest_link_s": mapped.slowest_link_s,
-                                    "identity_s": mapped.identity_s, "status": mapped.solve.status.value}
-    return extras
+        mapping = MappingSummary(node_of=list(mapped.node_of), slowest_link_s=mapped.slowest_link_s,
+                                 identity_s=mapped.identity_s, status=mapped.solve.status.value)
+    return TuneResult(partition=partition, moe=moe, device_mapping=mapping)
 
 
-def _has_ends(run: _Run) -> bool:
+def _has_ends(run: Pricer) -> bool:
     layers = run.graph.layers
     return layers[0].kind == LayerKind.EMBEDDING and layers[-1].kind == LayerKind.HEAD
 
 
-def partition_problem(run: _Run, cand: Candidate) -> ilp.StagePartitionProblem:
-    """Per-layer time (FLOPs / (tp*cp), recompute included) and memory of a plan, calibrated so
-    the even split reproduces the cost model's heaviest stage."""
+def partition_problem(run: Pricer, cand: Candidate) -> ilp.StagePartitionProblem:
+    """Per-layer time (cost.layer_compute_s, recompute included) and memory of a plan, the memory
+    limit calibrated so the even split reproduces the cost model's heaviest stage."""
     plan, job, graph = cand.plan, run.scenario.job, run.graph
     d = plan.dims
     split = d.tp * d.cp
-    recompute = {Recompute.NONE: 0.0, Recompute.SELECTIVE: 0.1, Recompute.FULL: 1.0}[plan.recompute]
-    times = tuple((l.fwd_flops * (1 + recompute) + l.bwd_flops) / split for l in graph.layers)
+    times = cost.layer_compute_s(graph, plan, hw=run.hw, job=job)
     per_param = job.precision.bytes + job.optimizer.grad_bytes_per_param + job.optimizer.state_bytes / (
         d.dp * d.cp if plan.zero_stage else 1)
     static = tuple(l.num_params * per_param / d.tp for l in graph.layers)
@@ -86,12 +83,12 @@ def _saved(layer, recompute: Recompute) -> float:
             return layer.saved_bytes_flash
 
 
-def _layers_per_chunk(run: _Run, plan: Plan) -> list[int]:
+def _layers_per_chunk(run: Pricer, plan: Plan) -> list[int]:
     blocks = plan.stage_blocks(len(run.graph.blocks))
     return [b + (i == 0) + (i == len(blocks) - 1) for i, b in enumerate(blocks)]
 
 
-def _repartition(run: _Run, cand: Candidate) -> dict | None:
+def _repartition(run: Pricer, cand: Candidate) -> PartitionSummary | None:
     if not _has_ends(run):
         return None
     problem = partition_problem(run, cand)
@@ -108,20 +105,20 @@ def _repartition(run: _Run, cand: Candidate) -> dict | None:
 
 
 def _partition_summary(cand: Candidate, counts: list[int], result: ilp.StagePartition,
-                       tuned: Candidate | None) -> dict:
-    return {"plan": cand.plan.describe(), "blocks_per_stage": counts, "status": result.solve.status.value,
-            "gap": result.solve.gap, "solve_s": result.solve.seconds,
-            "even_step_time_s": cand.estimate.step_time_s,
-            "uneven_step_time_s": tuned.estimate.step_time_s if tuned is not None else cand.estimate.step_time_s,
-            "uneven_fits": tuned.fits if tuned is not None else cand.fits}
+                       tuned: Candidate | None) -> PartitionSummary:
+    return PartitionSummary(
+        plan=cand.plan.describe(), blocks_per_stage=counts, status=result.solve.status.value,
+        gap=result.solve.gap, solve_s=result.solve.seconds, even_step_time_s=cand.estimate.step_time_s,
+        uneven_step_time_s=tuned.estimate.step_time_s if tuned is not None else cand.estimate.step_time_s,
+        uneven_fits=tuned.fits if tuned is not None else cand.fits)
 
 
-def placement_problem(run: _Run, plan: Plan, routing: ex.RoutingStats | None) -> ilp.ExpertPlacementProblem:
+def placement_problem(run: Pricer, plan: Plan, routing: ex.RoutingStats | None) -> ilp.ExpertPlacementProblem:
     """Per-token costs from the graph's MoE stats and the cluster; a Zipf trace when none given."""
     model, cluster, job = run.scenario.model, run.scenario.cluster, run.scenario.job
     d = plan.dims
     moe = next(l.moe for l in run.graph.layers if l.moe is not None)
-    edp = plan.parallel_dims.edp
+    edp = plan.dims.edp
     tokens = job.tokens_per_step / max(edp, 1)
     if routing is None:
         routing = ex.zipf_routing(num_layers=model.num_moe_layers, num_experts=model.num_local_experts,
@@ -137,20 +134,20 @@ def placement_problem(run: _Run, plan: Plan, routing: ex.RoutingStats | None) ->
     return ilp.ExpertPlacementProblem(routing=routing, topology=topo)
 
 
-def _place(run: _Run, best: Candidate, routing: ex.RoutingStats | None) -> dict:
+def _place(run: Pricer, best: Candidate, routing: ex.RoutingStats | None) -> PlacementSummary:
     problem = placement_problem(run, best.plan, routing)
     result = ilp.place_experts(problem, time_limit_s=_PLACEMENT_LIMIT_S)
     placed = best.plan.model_copy(update={"expert_placement": result.ranks})
     run.cost(placed)
-    return {"expert_tokens": problem.routing.expert_tokens.round().tolist(), "method": result.method,
-            "status": result.solve.status.value, "gap": result.solve.gap, "solve_s": result.solve.seconds,
-            "cost_s": result.cost.total_s, "round_robin_s": result.round_robin.total_s,
-            "all_to_all_saved_s": result.all_to_all_saved_s, "saved_s": result.saved_s,
-            "synthetic_trace": routing is None, "ep": best.plan.dims.ep,
-            "rank_order": [a.value for a in best.plan.rank_order], "expert_axis": Axis.EP.value}
+    return PlacementSummary(
+        expert_tokens=problem.routing.expert_tokens.round().tolist(), method=result.method,
+        status=result.solve.status.value, gap=result.solve.gap, solve_s=result.solve.seconds,
+        cost_s=result.cost.total_s, round_robin_s=result.round_robin.total_s,
+        all_to_all_saved_s=result.all_to_all_saved_s, saved_s=result.saved_s, synthetic_trace=routing is None,
+        ep=best.plan.dims.ep, rank_order=[a.value for a in best.plan.rank_order], expert_axis=Axis.EP.value)
 
 
-def mapping_problem(run: _Run, cand: Candidate) -> ilp.DeviceMappingProblem | None:
+def mapping_problem(run: Pricer, cand: Candidate) -> ilp.DeviceMappingProblem | None:
     """Logical nodes of the best plan and their inter-node traffic (stage weights for the data-
     parallel gradient sync, activations between pipeline neighbours)."""
     cluster, plan = run.scenario.cluster, cand.plan
@@ -158,18 +155,19 @@ def mapping_problem(run: _Run, cand: Candidate) -> ilp.DeviceMappingProblem | No
     if not (net.node_overrides or net.pair_overrides) or cluster.num_nodes > 16:
         return None
     per_node, d = cluster.gpus_per_node, plan.dims
-    grid = np.arange(cluster.world_size).reshape([plan.parallel_dims.degree(a) for a in plan.rank_order])
+    grid = rank_grid(plan).attention
     stage_of = np.moveaxis(grid, plan.rank_order.index(Axis.PP), 0)
     stage = np.empty(cluster.world_size, dtype=int)
     for s in range(d.pp):
         stage[stage_of[s].ravel()] = s
     weights = [t.get("weights", 0.0) for t in cand.estimate.stage_memory]
-    node_bytes = tuple(float(2 * sum(weights[stage[g]] for g in range(u * per_node, (u + 1) * per_node)))
+    job = run.scenario.job
+    node_bytes = tuple(float(_RING_ALL_REDUCE_FACTOR * sum(weights[stage[g]] for g in range(u * per_node, (u + 1) * per_node)))
                        for u in range(cluster.num_nodes))
-    act = plan.micro_batch_size * run.scenario.job.seq_len * run.scenario.model.hidden_size * 2 / (d.tp * d.cp)
-    m = plan.num_micro_batches(run.scenario.job.global_batch)
+    act = plan.micro_batch_size * job.seq_len * run.scenario.model.hidden_size * job.precision.bytes / (d.tp * d.cp)
+    m = plan.num_micro_batches(job.global_batch)
     node = stage.reshape(cluster.num_nodes, per_node)
-    edges = tuple((u, v, float(2 * m * act)) for u in range(cluster.num_nodes) for v in range(u + 1, cluster.num_nodes)
+    edges = tuple((u, v, float(_FWD_AND_BWD * m * act)) for u in range(cluster.num_nodes) for v in range(u + 1, cluster.num_nodes)
                   if np.any(np.abs(node[u][:, None] - node[v][None, :]) == 1))
     nic = [net.inter_node_gbs] * cluster.num_nodes
     for o in net.node_overrides:

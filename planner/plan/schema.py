@@ -1,0 +1,134 @@
+"""The plan file: degrees, knobs and JSON round-trip (the contract between planner and executor)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from planner.plan.dims import DEFAULT_EXPERT_RANK_ORDER, DEFAULT_RANK_ORDER, Axis, ParallelDims
+
+PLAN_VERSION = 1
+
+
+class Schedule(StrEnum):
+    GPIPE = "gpipe"
+    ONE_F_ONE_B = "1f1b"
+    INTERLEAVED_1F1B = "interleaved-1f1b"
+    ZERO_BUBBLE = "zero-bubble"
+
+
+class Recompute(StrEnum):
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class ZeroStage(IntEnum):
+    """ZeRO stage; 3 is FSDP FULL_SHARD, 2 is SHARD_GRAD_OP-like."""
+
+    NONE = 0
+    OPTIMIZER = 1
+    GRADIENTS = 2
+    PARAMETERS = 3
+
+
+class Plan(BaseModel):
+    """Everything the executor needs to run one parallel layout, and the cost model to price it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = PLAN_VERSION
+    dims: ParallelDims = ParallelDims()
+    micro_batch_size: int = Field(1, ge=1)
+    virtual_stages: int = Field(1, ge=1, description="interleaved chunks per pipeline rank")
+    schedule: Schedule = Schedule.ONE_F_ONE_B
+    zero_stage: ZeroStage = ZeroStage.NONE
+    recompute: Recompute = Recompute.NONE
+    sequence_parallel: bool = False
+    blocks_per_stage: list[int] | None = Field(
+        None,
+        description="transformer blocks in each (virtual) stage, pp*virtual_stages entries in "
+        "schedule order; the embedding sits on the first, the head and loss on the last; "
+        "None means an even split",
+    )
+    expert_placement: list[list[int]] | None = Field(
+        None,
+        description="per MoE layer, the EP rank hosting each expert; None means contiguous "
+        "blocks of num_experts/ep experts per rank",
+    )
+    rank_order: list[Axis] = Field(default_factory=lambda: list(DEFAULT_RANK_ORDER))
+    expert_rank_order: list[Axis] = Field(
+        default_factory=lambda: list(DEFAULT_EXPERT_RANK_ORDER)
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != PLAN_VERSION:
+            raise ValueError(f"plan version {v} is not supported; this planner writes {PLAN_VERSION}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        if sorted(self.rank_order) != sorted(DEFAULT_RANK_ORDER):
+            raise ValueError("rank_order must list each of pp, dp, cp, tp exactly once")
+        if sorted(self.expert_rank_order) != sorted(DEFAULT_EXPERT_RANK_ORDER):
+            raise ValueError("expert_rank_order must list each of pp, edp, ep, etp exactly once")
+        if self.virtual_stages > 1 and self.schedule != Schedule.INTERLEAVED_1F1B:
+            raise ValueError("virtual_stages > 1 needs schedule = 'interleaved-1f1b'")
+        if self.schedule == Schedule.INTERLEAVED_1F1B and self.dims.pp == 1:
+            raise ValueError("schedule 'interleaved-1f1b' needs pp > 1")
+        if self.blocks_per_stage is not None:
+            want = self.dims.pp * self.virtual_stages
+            if len(self.blocks_per_stage) != want:
+                raise ValueError(
+                    f"blocks_per_stage: has {len(self.blocks_per_stage)} entries, "
+                    f"needs pp*virtual_stages = {want}"
+                )
+        return self
+
+    @property
+    def num_chunks(self) -> int:
+        return self.dims.pp * self.virtual_stages
+
+    def stage_blocks(self, num_blocks: int) -> list[int]:
+        """Blocks per chunk: the explicit partition, or an even split (remainder to the middle)."""
+        if self.blocks_per_stage is not None:
+            return list(self.blocks_per_stage)
+        return even_split(num_blocks, self.num_chunks)
+
+    def num_micro_batches(self, global_batch: int) -> int:
+        per_replica = global_batch // self.dims.dp
+        return max(1, per_replica // self.micro_batch_size)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        if not path.is_file():
+            raise ValueError(f"plan: file {path} does not exist")
+        return cls.model_validate_json(path.read_text())
+
+    def describe(self) -> str:
+        """The plan in words, for tables and reports."""
+        d = self.dims
+        words = d.describe()
+        extras = [f"mbs{self.micro_batch_size}"]
+        if d.pp > 1:
+            extras.append(self.schedule.value + (f" vp{self.virtual_stages}" if self.virtual_stages > 1 else ""))
+        if self.zero_stage:
+            extras.append(f"zero{int(self.zero_stage)}")
+        if self.recompute != Recompute.NONE:
+            extras.append(f"recompute-{self.recompute.value}")
+        if self.sequence_parallel:
+            extras.append("sp")
+        return f"{words} ({', '.join(extras)})"
+
+
+def even_split(total: int, parts: int) -> list[int]:
+    """Split `total` into `parts` near-equal integers, larger ones first."""
+    base, rem = divmod(total, parts)
+    return [base + (1 if i < rem else 0) for i in range(parts)]

@@ -1,0 +1,133 @@
+"""Plan validity: every reason a plan (or a bare layout) cannot run a workload, in one function.
+
+The search prunes layouts with it, `estimate` and the executor refuse plans with it; the
+executor adds only the limits of its own runtime (executor/parallelize.check_supported).
+Rules (Megatron-LM, Narayanan et al. 2021; MoE folding, Liu et al. 2025): the degrees multiply to
+the world size; tp divides the attention heads and tp and the KV heads divide one another; pp
+(times virtual stages) does not exceed the layers; 2*cp divides the sequence (load-balanced
+causal chunks); dp*micro-batch divides the global batch; ep divides the experts and etp the
+expert FFN width; sequence parallelism needs tp > 1 and seq_len/cp divisible by tp; 1F1B-type
+schedules need at least as many micro-batches as stages (torch.distributed.pipelining refuses
+fewer), interleaved ones a multiple of pp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from planner.plan.dims import ParallelDims
+from planner.plan.schema import Plan, Schedule
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """The numbers of a workload that a plan must fit (built by Scenario.plan_target())."""
+
+    world_size: int
+    num_layers: int
+    num_heads: int
+    kv_heads: int
+    seq_len: int
+    global_batch: int
+    num_experts: int = 0  # 0 for a dense model
+    expert_ffn: int = 0
+
+
+class HasTarget(Protocol):
+    def plan_target(self) -> Target: ...
+
+
+def problems(plan: Plan | ParallelDims, target: Target | HasTarget) -> list[str]:
+    """Every reason `plan` cannot run `target`, one line each; [] when it can.
+
+    A bare ParallelDims is checked for the layout rules only (the search prunes with it before
+    any knob is chosen); a Plan is checked for those and for its knobs.
+    """
+    t = target if isinstance(target, Target) else target.plan_target()
+    dims = plan.dims if isinstance(plan, Plan) else plan
+    found = _dims_problems(dims, t)
+    if isinstance(plan, Plan):
+        found += _knob_problems(plan, t)
+    return found
+
+
+def check(plan: Plan, target: Target | HasTarget) -> None:
+    """ValueError listing every problem (for estimate and the executor)."""
+    found = problems(plan, target)
+    if found:
+        raise ValueError("; ".join(found))
+
+
+def _dims_problems(d: ParallelDims, t: Target) -> list[str]:
+    out = []
+    if d.world_size != t.world_size:
+        out.append(f"dims: dp*tp*pp*cp = {d.dp}*{d.tp}*{d.pp}*{d.cp} = {d.world_size} but the cluster has "
+                   f"{t.world_size} GPUs; make the product equal the GPU count")
+    if t.num_heads % d.tp:
+        out.append(f"tp: {d.tp} does not divide num_attention_heads={t.num_heads}")
+    elif t.kv_heads % d.tp and d.tp % t.kv_heads:
+        out.append(f"tp: {d.tp} and num_key_value_heads={t.kv_heads} must divide one another")
+    if d.pp > t.num_layers:
+        out.append(f"pp: {d.pp} exceeds num_hidden_layers={t.num_layers}")
+    if d.cp > 1 and t.seq_len % (2 * d.cp):
+        out.append(f"cp: seq_len={t.seq_len} must be divisible by 2*cp = {2 * d.cp} (load-balanced causal chunks)")
+    if t.global_batch % d.dp:
+        out.append(f"dp: {d.dp} does not divide global_batch={t.global_batch}")
+    out += _expert_problems(d, t)
+    return out
+
+
+def _expert_problems(d: ParallelDims, t: Target) -> list[str]:
+    if not t.num_experts:
+        return ["ep/etp: expert parallelism needs an MoE model; set ep=1 and etp=1"] if d.ep > 1 or d.etp > 1 else []
+    out = []
+    if t.num_experts % d.ep:
+        out.append(f"ep: {d.ep} does not divide num_local_experts={t.num_experts}")
+    if t.expert_ffn % d.etp:
+        out.append(f"etp: {d.etp} does not divide the expert FFN width {t.expert_ffn}")
+    return out
+
+
+def _knob_problems(plan: Plan, t: Target) -> list[str]:
+    d, out = plan.dims, []
+    blocks = plan.stage_blocks(t.num_layers)
+    if sum(blocks) != t.num_layers or min(blocks) < 0:
+        out.append(f"blocks_per_stage: sums to {sum(blocks)} but the model has {t.num_layers} layers")
+    if plan.num_chunks > t.num_layers:
+        out.append(f"pp*virtual_stages = {plan.num_chunks} exceeds num_hidden_layers={t.num_layers}; "
+                   "lower pp or virtual_stages")
+    if t.global_batch % (d.dp * plan.micro_batch_size):
+        out.append(f"micro_batch_size: global_batch={t.global_batch} is not divisible by dp*micro_batch_size = "
+                   f"{d.dp}*{plan.micro_batch_size}")
+    if plan.sequence_parallel and d.tp == 1:
+        out.append("sequence_parallel: needs tp > 1")
+    elif plan.sequence_parallel and (t.seq_len // d.cp) % d.tp:
+        out.append(f"sequence_parallel: seq_len/cp = {t.seq_len // d.cp} must be divisible by tp={d.tp}")
+    out += _schedule_problems(plan, t)
+    out += _placement_problems(plan, t)
+    return out
+
+
+def _schedule_problems(plan: Plan, t: Target) -> list[str]:
+    pp = plan.dims.pp
+    if pp == 1 or plan.schedule == Schedule.GPIPE:
+        return []
+    m = plan.num_micro_batches(t.global_batch)
+    if plan.schedule == Schedule.INTERLEAVED_1F1B and m % pp:
+        return [f"schedule: interleaved 1F1B needs the micro-batch count ({m}) to be a multiple of pp={pp}"]
+    if m < pp:
+        return [f"schedule: {plan.schedule.value} needs at least pp={pp} micro-batches but global_batch/"
+                f"(dp*micro_batch_size) = {m}; lower micro_batch_size or pp, or use gpipe"]
+    return []
+
+
+def _placement_problems(plan: Plan, t: Target) -> list[str]:
+    if plan.expert_placement is None:
+        return []
+    ep, experts = plan.dims.ep, t.num_experts
+    for layer, placement in enumerate(plan.expert_placement):
+        if len(placement) != experts or [placement.count(r) for r in range(ep)] != [experts // ep] * ep:
+            return [f"expert_placement[{layer}]: must give each of {ep} EP ranks exactly "
+                    f"{experts // ep} of the {experts} experts"]
+    return []
