@@ -25,10 +25,9 @@ from executor.pipeline import build_schedule, chunk_ids, run_pipeline_step, spli
 from executor.routing import routing_trace
 from executor.tied import broadcast_tied, sum_tied_gradients, tied_group, tied_params
 from planner.plan import Axis, Plan, ZeroStage, check
-from planner.scenario import Scenario
+from planner.scenario import GIB, Scenario
 from planner.graph import Transformer, loss_fn
 
-GIB = 2**30
 
 
 class Measurement(BaseModel):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-GIB = 2**30
-
 
 class UserError(ValueError):
     """A user-facing, one-line problem: the message names the file, the field and the fix."""

@@ -120,7 +120,7 @@ def test_fit_recovers_the_host_model_from_pass_timings() -> None:
 def test_sync_wait_fit_inverts_the_model_on_the_tp_probe_plan() -> None:
     """A TP pass priced with a known wait per collective gives that wait back; TP plans, with a
     collective per sharded module, feel it far more than DP with one gradient all-reduce."""
-    from planner.profiler.host import _fit_sync_wait
+    from planner.profiler.host_fit import _fit_sync_wait
 
     host = HostOverhead(fwd_us_per_op=10.0, bwd_us_per_op=10.0, overlapped=False, shared_cores=1.5)
     graph, job = _graph("tiny-dense"), JobSpec(seq_len=256, global_batch=2, precision=Precision.FP32)
@@ -154,7 +154,7 @@ def test_pipeline_action_time_is_charged_per_action_and_only_with_pipelining() -
 
 
 def test_fit_removes_the_probe_compute_at_the_shared_speed() -> None:
-    from planner.profiler.host import _pipe_action_us
+    from planner.profiler.host_fit import _pipe_action_us
     samples = [HostSamples(passes=[], together_s=[], dtensor_fwd_s=0.0, dtensor_bwd_s=0.0, sync_wait_s=0.0,
                            collective_s=0.0, pipe_action_s=5e-3, pipe_compute_s=1e-3) for _ in range(4)]
     assert _pipe_action_us(samples, shared_cores=2.0) == pytest.approx(3000.0)  # 5 ms - 4 / 2 x 1 ms

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import planner.report.html
+import planner.report.write
 from conftest import REPO
 from planner.cli import app
 from planner.plan import plan_groups
@@ -25,10 +26,9 @@ from planner.hardware import datasheet_profile
 from planner.plan import Plan
 from planner.report import PLAN_COLUMNS, write_search_outputs
 from planner.report import STEP_TERMS, coalesce
-from planner.scenario import Scenario, load_scenario, scenario_from_dict
+from planner.scenario import GIB, Scenario, load_scenario, scenario_from_dict
 from planner.search import search
 
-GIB = 2**30
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -117,14 +117,14 @@ def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: p
     def boom(_: Path) -> str:
         raise error("interrupted while rendering")
 
-    monkeypatch.setattr(planner.report.html, "render_html", boom)
+    monkeypatch.setattr(planner.report.write, "render_html", boom)
     with pytest.raises(error):
         write_search_outputs(result, sc, out)
     assert list(tmp_path.iterdir()) == []  # neither out nor a temporary sibling
     monkeypatch.undo()
     write_search_outputs(result, sc, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(planner.report.html, "render_html", boom)
+    monkeypatch.setattr(planner.report.write, "render_html", boom)
     with pytest.raises(error):
         write_search_outputs(result, sc, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report is intact

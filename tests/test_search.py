@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from planner.search import space as ss
 from planner.cli import app
-from planner.scenario import cluster_preset
+from planner.scenario import GIB, cluster_preset
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.scenario import model_preset
@@ -19,7 +19,6 @@ from planner.plan import Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import JobSpec, ModelSpec, Scenario, SearchSpace
 from planner.search import pareto_front, search
 
-GIB = 2**30
 VALIDATION = Path("/work/shared/validation/published_runs.csv")
 
 

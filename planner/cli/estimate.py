@@ -14,22 +14,15 @@ from rich.table import Table
 from planner.cost import Estimate, estimate
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, load_profile
-from planner.plan import Plan, Recompute, Schedule, ZeroStage, check
-from planner.scenario import Scenario
+from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage, check
+from planner.scenario import GIB, Scenario
 
-GIB = 2**30
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlanFlags:
-    """The CLI's plan flags; None means 'not given' (dp defaults to world / (tp*pp*cp))."""
+class PlanKnobs:
+    """The CLI's knob flags (the degrees travel as a ParallelDims; None means 'not given')."""
 
-    tp: int = 1
-    pp: int = 1
-    dp: int | None = None
-    cp: int = 1
-    ep: int = 1
-    etp: int = 1
     vp: int = 1
     mbs: int = 1
     zero: int = 0
@@ -38,19 +31,21 @@ class PlanFlags:
     sp: bool | None = None
 
 
-def plan_from_flags(flags: PlanFlags, scenario: Scenario) -> Plan:
-    """Build and validate a Plan; ValueError (one line) names the bad flag."""
-    world = scenario.cluster.world_size
-    model_parallel = flags.tp * flags.pp * flags.cp
-    if flags.dp is None and world % model_parallel:
+def dims_from_flags(*, tp: int, pp: int, cp: int, ep: int, etp: int, dp: int | None, world: int) -> ParallelDims:
+    """The degrees the flags name; dp defaults to world / (tp*pp*cp). ValueError names the flag."""
+    model_parallel = tp * pp * cp
+    if dp is None and world % model_parallel:
         raise ValueError(f"--tp*--pp*--cp = {model_parallel} does not divide the {world} GPUs; change them or pass --dp")
-    dp = flags.dp if flags.dp is not None else world // model_parallel
-    schedule = flags.schedule or (Schedule.INTERLEAVED_1F1B if flags.vp > 1 else Schedule.ONE_F_ONE_B)
-    return Plan(dims={"dp": dp, "tp": flags.tp, "pp": flags.pp, "cp": flags.cp, "ep": flags.ep, "etp": flags.etp},
-                micro_batch_size=flags.mbs, virtual_stages=flags.vp, schedule=_choice(Schedule, schedule, "--schedule"),
-                zero_stage=_choice(ZeroStage, flags.zero, "--zero"),
-                recompute=_choice(Recompute, flags.recompute, "--recompute"),
-                sequence_parallel=flags.tp > 1 if flags.sp is None else flags.sp)
+    return ParallelDims(dp=dp if dp is not None else world // model_parallel, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp)
+
+
+def plan_from_flags(dims: ParallelDims, knobs: PlanKnobs) -> Plan:
+    """Build a Plan; ValueError (one line) names the bad flag."""
+    schedule = knobs.schedule or (Schedule.INTERLEAVED_1F1B if knobs.vp > 1 else Schedule.ONE_F_ONE_B)
+    return Plan(dims=dims, micro_batch_size=knobs.mbs, virtual_stages=knobs.vp,
+                schedule=_choice(Schedule, schedule, "--schedule"), zero_stage=_choice(ZeroStage, knobs.zero, "--zero"),
+                recompute=_choice(Recompute, knobs.recompute, "--recompute"),
+                sequence_parallel=dims.tp > 1 if knobs.sp is None else knobs.sp)
 
 
 def _choice(enum, value, flag: str):

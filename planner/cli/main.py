@@ -17,7 +17,7 @@ from rich.table import Table
 
 from planner.scenario import CLUSTER_PRESETS, GPU_PRESETS
 from planner.scenario import PRESETS, count_params
-from planner.scenario import Scenario, ScenarioError, load_scenario, one_line, scenario_from_dict
+from planner.scenario import Scenario, load_scenario, one_line, scenario_from_dict
 
 app = typer.Typer(
     help="Plan, predict and run parallel training layouts for dense and MoE LLMs.",
@@ -28,9 +28,6 @@ app = typer.Typer(
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 EXIT_USER_ERROR = 2
-
-ScenarioArg = Annotated[Path, typer.Argument(help="scenario TOML file ([model], [cluster], [job], [search])")]
-
 
 @contextmanager
 def user_errors() -> Iterator[None]:
@@ -117,7 +114,7 @@ def check(scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (d
 @app.command()
 def search(
     scenario: Annotated[Path | None, typer.Argument(help="scenario TOML (default: the embedded one)")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="plans to show")] = 10,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="plans to show (default: [search] top_k)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output dir (default reports/<scenario>)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="hardware profile JSON (default: datasheet)")] = None,
     routing: Annotated[Path | None, typer.Option("--routing", help="routing trace JSON for expert placement")] = None,
@@ -126,7 +123,8 @@ def search(
     from planner.cli.search import run_search
 
     with user_errors():
-        result = run_search(scenario_or_default(scenario), top=top, out=out, profile=profile, routing_trace=routing,
+        sc = scenario_or_default(scenario)
+        result = run_search(sc, top=top or sc.search.top_k, out=out, profile=profile, routing_trace=routing,
                             console=console)
     if result.best is None:
         _fail(result.nothing_fits or "nothing fits")
@@ -263,9 +261,9 @@ def estimate(
 
     with user_errors():
         sc = load_scenario(scenario)
-        flags = ec.PlanFlags(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vp=vp, mbs=mbs, zero=zero,
-                             recompute=recompute, schedule=schedule, sp=sp)
-        the_plan = Plan.load(plan) if plan is not None else ec.plan_from_flags(flags, sc)
+        knobs = ec.PlanKnobs(vp=vp, mbs=mbs, zero=zero, recompute=recompute, schedule=schedule, sp=sp)
+        the_plan = Plan.load(plan) if plan is not None else ec.plan_from_flags(
+            ec.dims_from_flags(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp, world=sc.cluster.world_size), knobs)
         est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None)
         if trace is not None:
             ec.write_trace(est, trace)

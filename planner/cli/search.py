@@ -8,10 +8,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.scenario import Scenario
+from planner.scenario import GIB, Scenario
 from planner.search import SearchResult, search
 
-GIB = 2**30
 
 
 def hardware_for(scenario: Scenario, profile: Path | None):

@@ -41,13 +41,13 @@ from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
 from planner.hardware import composite_span, group_collective_s
-from planner.plan import Plan, Recompute, ZeroStage
-from planner.scenario import ClusterSpec, JobSpec
+from planner.cost.terms import MemoryTerm, TimeTerm
+from planner.plan import Axis, Plan, Recompute, ZeroStage
+from planner.scenario import GIB, ClusterSpec, JobSpec
 
-__all__ = ["Cost", "Estimate", "estimate", "layer_compute_s", "memory_lower_bound_bytes"]
+__all__ = ["Cost", "Estimate", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s", "memory_lower_bound_bytes"]
 
-GIB = 2**30
-_AXES = ("tp", "cp", "ep", "dp")
+_AXES = (Axis.TP, Axis.CP, Axis.EP, Axis.DP)
 _NON_BLOCK_KINDS = ("embedding", "head")
 
 
@@ -57,7 +57,7 @@ class Cost:
 
     compute_s: float = 0.0
     recompute_s: float = 0.0
-    comm_s: dict[str, float] = field(default_factory=dict)
+    comm_s: dict[Axis, float] = field(default_factory=dict)
     exposed_comm_s: float = 0.0
 
     def __add__(self, other: Cost) -> Cost:
@@ -85,8 +85,8 @@ class Estimate:
     peak_memory_bytes: float
     fits: bool
     memory_capacity_bytes: float
-    stage_memory: list[dict[str, float]]
-    time_breakdown_s: dict[str, float]
+    stage_memory: list[dict[MemoryTerm, float]]
+    time_breakdown_s: dict[TimeTerm, float]
     bubble_fraction: float
     num_micro_batches: int
     timeline: list[dict] | None = None
@@ -245,8 +245,8 @@ def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec) -
                         gemm_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s - t.attention_bwd_s)
     exp_f = tp_f + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
     exp_b = tp_b + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
-    comm_f = {"tp": c.tp_fwd_s, "cp": c.cp_fwd_s, "ep": c.ep_fwd_s}
-    comm_b = {"tp": c.tp_bwd_s, "cp": c.cp_bwd_s, "ep": c.ep_bwd_s}
+    comm_f = {Axis.TP: c.tp_fwd_s, Axis.CP: c.cp_fwd_s, Axis.EP: c.ep_fwd_s}
+    comm_b = {Axis.TP: c.tp_bwd_s, Axis.CP: c.cp_bwd_s, Axis.EP: c.ep_bwd_s}
     return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
 
 
@@ -255,8 +255,8 @@ def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spa
     """Per-layer parameter gathers prefetched behind the previous layer's compute (see comm.zero3_layer_comm)."""
     z = zero3_layer_comm(mem.dense_params + mem.expert_params, plan=plan, job=job, span=spans.dp, hw=hw,
                          fwd_window_s=t.fwd_s, bwd_window_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s)
-    return (Cost(comm_s={"dp": z.fwd_s}, exposed_comm_s=z.exposed_fwd_s),
-            Cost(comm_s={"dp": z.bwd_s}, exposed_comm_s=z.exposed_bwd_s))
+    return (Cost(comm_s={Axis.DP: z.fwd_s}, exposed_comm_s=z.exposed_fwd_s),
+            Cost(comm_s={Axis.DP: z.bwd_s}, exposed_comm_s=z.exposed_bwd_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +317,14 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
                                   for c, opt in zip(per_stage, tail.stage_optimizer_s, strict=True)],
                     blocked_s=blocked_s)
     step_s = shared_step_s(solo_s, work, hw=ctx.hw, cluster=cluster)
-    breakdown = {"compute": critical.compute_s, "recompute": critical.recompute_s}
-    breakdown |= {axis: critical.comm_s.get(axis, 0.0) for axis in _AXES}
-    breakdown["dp"] += tail.dp_total_s
-    breakdown |= {"pp": 2 * m * p2p_s if p > 1 else 0.0,
-                  "pipeline_actions": 2 * m * ctx.plan.virtual_stages * _pipe_action_s(ctx.plan, ctx.hw),
-                  "exposed_comm": critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
-                  "bubble": pipe.makespan_s - critical.total_s, "optimizer": tail.optimizer_s,
-                  "core_sharing": step_s - solo_s}
+    breakdown = {TimeTerm.COMPUTE: critical.compute_s, TimeTerm.RECOMPUTE: critical.recompute_s}
+    breakdown |= {TimeTerm(axis.value): critical.comm_s.get(axis, 0.0) for axis in _AXES}
+    breakdown[TimeTerm.DP] += tail.dp_total_s
+    breakdown |= {TimeTerm.PP: 2 * m * p2p_s if p > 1 else 0.0,
+                  TimeTerm.PIPELINE_ACTIONS: 2 * m * ctx.plan.virtual_stages * _pipe_action_s(ctx.plan, ctx.hw),
+                  TimeTerm.EXPOSED_COMM: critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
+                  TimeTerm.BUBBLE: pipe.makespan_s - critical.total_s, TimeTerm.OPTIMIZER: tail.optimizer_s,
+                  TimeTerm.CORE_SHARING: step_s - solo_s}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
     peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.cost.compute import Split
+from planner.cost.terms import MemoryTerm
 from planner.cost.ops import GraphKey, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph
 from planner.plan import Plan, Recompute, Schedule, ZeroStage
-from planner.scenario import JobSpec
+from planner.scenario import GIB, JobSpec
 
-GIB = 2**30
 # Caching-allocator fragmentation on the churned (activation and buffer) memory: PyTorch's
 # reserved/allocated ratio is typically 1.05-1.15 in Megatron runs; we take the low end.
 ALLOCATOR_FRAGMENTATION = 0.07
@@ -162,9 +162,9 @@ def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[
     whole = params.dense + params.expert
     opt = job.optimizer
     return {
-        "weights": (sharded if z >= ZeroStage.PARAMETERS else whole) * job.precision.bytes,
-        "gradients": (sharded if z >= ZeroStage.GRADIENTS else whole) * opt.grad_bytes_per_param,
-        "optimizer": (sharded if z >= ZeroStage.OPTIMIZER else whole) * opt.state_bytes,
+        MemoryTerm.WEIGHTS: (sharded if z >= ZeroStage.PARAMETERS else whole) * job.precision.bytes,
+        MemoryTerm.GRADIENTS: (sharded if z >= ZeroStage.GRADIENTS else whole) * opt.grad_bytes_per_param,
+        MemoryTerm.OPTIMIZER: (sharded if z >= ZeroStage.OPTIMIZER else whole) * opt.state_bytes,
     }
 
 
@@ -204,8 +204,8 @@ def _stage_base(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str
 def _stage_terms(plan: Plan, base: _StageBase, *, stage: int, num_micro_batches: int) -> dict[str, float]:
     acts = base.act_per_micro_batch * in_flight(plan, stage=stage, num_micro_batches=num_micro_batches)
     acts += base.replayed  # the layer being recomputed holds its full activations
-    return base.model_states | {"activations": acts, "comm_buffers": base.comm_buffers,
-                                "allocator_margin": ALLOCATOR_FRAGMENTATION * (acts + base.comm_buffers)}
+    return base.model_states | {MemoryTerm.ACTIVATIONS: acts, MemoryTerm.COMM_BUFFERS: base.comm_buffers,
+                                MemoryTerm.ALLOCATOR_MARGIN: ALLOCATOR_FRAGMENTATION * (acts + base.comm_buffers)}
 
 
 def stage_memory(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str], hidden_size: int, job: JobSpec,

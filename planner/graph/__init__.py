@@ -9,7 +9,7 @@ stays torch-free.
 from importlib import import_module
 from typing import Any
 
-from planner.graph.types import KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
+from planner.graph.types import BlockKind, KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
 
 _LAZY = {  # name -> submodule that defines it (each imports torch)
     "extract_graph": "canonical",
@@ -22,7 +22,7 @@ _LAZY = {  # name -> submodule that defines it (each imports torch)
     "expand_kv": "transformer",
 }
 
-__all__ = ["KindTotals", "Layer", "LayerKind", "ModelGraph", "MoEStats", "OpKind", "OpNode", *_LAZY]
+__all__ = ["BlockKind", "KindTotals", "Layer", "LayerKind", "ModelGraph", "MoEStats", "OpKind", "OpNode", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

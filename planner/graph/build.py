@@ -18,7 +18,7 @@ import networkx as nx
 import torch
 from torch import nn
 
-from planner.graph.types import KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
+from planner.graph.types import BlockKind, KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
 from planner.graph.trace import OpRecord, Trace, is_matmul, storage_key
 
 _NORM_OPS = {"native_layer_norm", "_fused_rms_norm", "rms_norm", "layer_norm", "group_norm", "native_group_norm"}
@@ -54,7 +54,7 @@ class LayerMeta:
     index: int
     name: str
     kind: LayerKind
-    block_kind: str
+    block_kind: BlockKind
     num_params: int
     num_active_params: int
     param_bytes: int

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.graph import build as gb
-from planner.graph.types import Layer, LayerKind, ModelGraph, OpNode
+from planner.graph.types import BlockKind, Layer, LayerKind, ModelGraph, OpNode
 from planner.graph.trace import storage_key, trace_fn
 from planner.scenario import ModelSpec
 from planner.graph.transformer import Transformer, loss_fn
@@ -68,7 +68,7 @@ class _Context:
         exit_pos = trace.producer.get(trace.output_keys[0]) if trace.output_keys else None
         return Piece(layer, nodes, gb.local_edges(trace, recs), entries, exit_pos, trace.warnings)
 
-    def _meta(self, index: int, name: str, kind: LayerKind, block_kind: str, total: int, input_bytes: float,
+    def _meta(self, index: int, name: str, kind: LayerKind, block_kind: BlockKind, total: int, input_bytes: float,
               moe=None) -> gb.LayerMeta:
         return gb.LayerMeta(index=index, name=name, kind=kind, block_kind=block_kind, num_params=total,
                             num_active_params=gb.active_params(total, moe), param_bytes=total * self.width,
@@ -76,7 +76,7 @@ class _Context:
 
     def embedding(self) -> Piece:
         total = gb.param_count([self.model.tok_embeddings, self.model.pos_embeddings])
-        meta = self._meta(0, "embedding", LayerKind.EMBEDDING, "embedding", total, float(self.tokens.numel() * 8))
+        meta = self._meta(0, "embedding", LayerKind.EMBEDDING, BlockKind.EMBEDDING, total, float(self.tokens.numel() * 8))
         return self.piece(lambda: self.model.embed(self.tokens), meta)
 
     def blocks(self) -> list[Piece]:
@@ -97,13 +97,13 @@ class _Context:
         moe = gb.moe_stats(block.moe, top_k=self.spec.num_experts_per_tok, num_experts=self.spec.num_local_experts,
                            hidden_size=self.spec.hidden_size, dtype_bytes=self.width,
                            capacity_factor=self.spec.capacity_factor) if is_moe else None
-        meta = self._meta(i + 1, f"layers.{i}", LayerKind.BLOCK, "moe" if is_moe else "dense",
+        meta = self._meta(i + 1, f"layers.{i}", LayerKind.BLOCK, BlockKind.MOE if is_moe else BlockKind.DENSE,
                           gb.param_count([block]), self.hidden_bytes, moe)
         paths = frozenset([f"layers.{i}.moe"] if is_moe else [])
         return self.piece(lambda: block(self.hidden, self.freqs), meta, moe_paths=paths, entry=self.hidden)
 
     def head(self) -> Piece:
         total = gb.param_count([self.model.norm, self.model.output])
-        meta = self._meta(self.spec.num_hidden_layers + 1, "head", LayerKind.HEAD, "head", total, self.hidden_bytes)
+        meta = self._meta(self.spec.num_hidden_layers + 1, "head", LayerKind.HEAD, BlockKind.HEAD, total, self.hidden_bytes)
         labels = torch.zeros_like(self.tokens)
         return self.piece(lambda: loss_fn(self.model.head(self.hidden), labels), meta, entry=self.hidden)

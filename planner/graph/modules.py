@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from planner.graph import build as gb
-from planner.graph.types import LayerKind, ModelGraph, MoEStats
+from planner.graph.types import BlockKind, LayerKind, ModelGraph, MoEStats
 from planner.graph.trace import Trace, storage_key, trace_fn
 
 
@@ -145,14 +145,14 @@ def _meta(module: nn.Module, owner: _Owners, slot: int, index: int, total: int, 
           input_bytes: float) -> gb.LayerMeta:
     match slot:
         case _Owners.EMBED:
-            kind, block_kind, name = LayerKind.EMBEDDING, "embedding", "embedding"
+            kind, block_kind, name = LayerKind.EMBEDDING, BlockKind.EMBEDDING, "embedding"
         case _Owners.HEAD:
-            kind, block_kind, name = LayerKind.HEAD, "head", "head"
+            kind, block_kind, name = LayerKind.HEAD, BlockKind.HEAD, "head"
         case _:
             kind, name = LayerKind.BLOCK, owner.block_names[slot] if owner.block_names else "model"
     moe = _moe(module, owner, slot, width=width, hidden=hidden) if kind == LayerKind.BLOCK else None
     if kind == LayerKind.BLOCK:
-        block_kind = "moe" if moe is not None else "dense"
+        block_kind = BlockKind.MOE if moe is not None else BlockKind.DENSE
     return gb.LayerMeta(index=index, name=name, kind=kind, block_kind=block_kind, num_params=total,
                         num_active_params=gb.active_params(total, moe), param_bytes=total * width,
                         input_bytes=input_bytes, moe=moe)

@@ -29,6 +29,16 @@ class LayerKind(StrEnum):
     HEAD = "head"  # final norm + LM head + loss
 
 
+class BlockKind(StrEnum):
+    """Layers of one block kind share their structure (ops, FLOPs, saved bytes), so the cost model
+    prices each kind once."""
+
+    EMBEDDING = "embedding"
+    DENSE = "dense"
+    MOE = "moe"
+    HEAD = "head"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpNode:
     """One traced operator; plain numbers only, for the sample the graph was traced with."""
@@ -84,7 +94,7 @@ class Layer:
     index: int
     name: str
     kind: LayerKind
-    block_kind: str  # "dense", "moe", "embedding", "head": layers sharing it share structure
+    block_kind: BlockKind
     num_params: int
     num_active_params: int  # per token (routed experts counted top_k times, not num_experts)
     param_bytes: int

@@ -2,7 +2,8 @@
 then fit them into a HardwareProfile (build.py); run.py drives the ranks."""
 
 from planner.profiler.build import build_profile, collective_fits
-from planner.profiler.host import HostSamples, PassTiming, fit_host
+from planner.profiler.host import HostSamples, PassTiming
+from planner.profiler.host_fit import fit_host
 from planner.profiler.links import LinkResult, fit_alpha_beta, tier_groups
 from planner.profiler.run import ProfileConfig, RankReport, profile_machine, write_profile
 

@@ -5,8 +5,6 @@ device facts (name, versions, memory) with citations. The measuring lives in pla
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import datetime
 import os
 import platform
@@ -15,7 +13,7 @@ import subprocess
 import numpy as np
 import torch
 
-from planner.profiler import host as ph
+from planner.profiler.host_fit import fit_host
 from planner.profiler import kernels as pk
 from planner.profiler import links as pl
 from planner.scenario import GPU_PRESETS
@@ -34,10 +32,7 @@ from planner.hardware import (
     ProfileSource,
 )
 from planner.scenario import GpuSpec, ModelSpec, Precision
-
-
-if TYPE_CHECKING:
-    from planner.profiler.run import ProfileConfig, RankReport
+from planner.profiler.config import ProfileConfig, RankReport
 
 _MIN_EFFICIENCY = 1e-4
 _CURVE_BUCKET = 1.1  # samples whose FLOPs lie within 10% share one curve point (median efficiency)
@@ -71,7 +66,7 @@ def _host_overhead(report: RankReport, config: ProfileConfig, kernels_only: Hard
     if not report.host:
         return HostOverhead(fwd_us_per_op=GPU_LAUNCH_US, bwd_us_per_op=2 * GPU_LAUNCH_US, overlapped=True)
     spec, _, precision = host_workload(config)
-    return ph.fit_host(report.host, spec=spec, precision=precision, kernels=kernels_only)
+    return fit_host(report.host, spec=spec, precision=precision, kernels=kernels_only)
 
 
 def _achieved_tflops(r: pk.KernelResult) -> float:

@@ -2,7 +2,8 @@
 
 from planner.report.compare import compare
 from planner.report.figures import STEP_TERMS, coalesce
-from planner.report.files import PLAN_COLUMNS, render_report, write_search_outputs
+from planner.report.files import PLAN_COLUMNS
+from planner.report.write import render_report, write_search_outputs
 from planner.report.moe import moe_section
 
 __all__ = [

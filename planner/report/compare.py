@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-GIB = 2**30
+from planner.scenario import GIB
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

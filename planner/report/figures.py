@@ -15,8 +15,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from planner.report.devicemap import AxisGroups
+from planner.report.files import Status
+from planner.scenario import GIB
 
-GIB = 2**30
 FITS_COLOUR, OOM_COLOUR, BEST_COLOUR, FRONT_COLOUR = "#2a9d8f", "#e76f51", "#f4a261", "#264653"
 STEP_TERMS = ("compute", "recompute", "exposed_comm", "bubble", "optimizer")  # add up to the step time
 COMM_AXES = ("tp", "cp", "ep", "pp", "dp")  # communication time per axis, before overlap
@@ -45,7 +46,7 @@ def pareto(points: pd.DataFrame, *, capacity_gib: float | None) -> go.Figure:
         fig.add_scatter(x=front["peak_memory_gib"], y=front["tokens_per_s_per_gpu"], mode="lines+markers",
                         name="Pareto front", line={"color": FRONT_COLOUR, "shape": "hv"}, text=_hover(front),
                         hoverinfo="text")
-    best = points[points["status"] == "best"]
+    best = points[points["status"] == Status.BEST]
     fig.add_scatter(x=best["peak_memory_gib"], y=best["tokens_per_s_per_gpu"], mode="markers", name="best",
                     marker={"color": BEST_COLOUR, "size": 16, "symbol": "star", "line": {"width": 1}},
                     text=_hover(best), hoverinfo="text")

@@ -23,9 +23,9 @@ from planner.report import figures as figs
 from planner.report.devicemap import group_summary
 from planner.scenario import count_params
 from planner.plan import Axis, Plan, plan_groups
-from planner.report.files import GIB, PLAN_COLUMNS
+from planner.report.files import PLAN_COLUMNS, Status
 from planner.report.moe import moe_section
-from planner.scenario import Scenario
+from planner.scenario import GIB, Scenario
 
 MAX_POINTS = 3000  # Pareto scatter points; the front, the best and the top plans always stay
 TABLE_FITS, TABLE_REJECTED = 200, 150
@@ -104,7 +104,7 @@ def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | 
         "model": f"{model.name}: {total / 1e9:.1f}B parameters" + (f" ({active / 1e9:.1f}B active)" if model.is_moe else ""),
         "cluster": f"{cluster.name}: {cluster.num_nodes} x {cluster.gpus_per_node} {cluster.gpu.name} = {cluster.world_size} GPUs",
         "job": f"seq_len {job.seq_len}, global batch {job.global_batch}, {job.precision.value}",
-        "counts": {s: int((df["status"] == s).sum()) for s in ("best", "fits", "oom", "pruned")},
+        "counts": {s: int((df["status"] == s).sum()) for s in Status},
         "stats": result.get("stats") or {},
         "nothing_fits": result.get("nothing_fits"),
         "partition": result.get("partition"),
@@ -140,7 +140,7 @@ def _baselines(result: dict[str, Any], best: dict[str, Any] | None) -> list[dict
 
 
 def _pareto_chart(df: pd.DataFrame, charts: dict[str, go.Figure], notes: dict[str, str]) -> None:
-    costed = df[df["status"].isin(["best", "fits", "oom"]) & df["peak_memory_gib"].notna()]
+    costed = df[df["status"].isin([Status.BEST, Status.FITS, Status.OOM]) & df["peak_memory_gib"].notna()]
     if costed.empty:
         return
     points = decimate(costed, MAX_POINTS)
@@ -154,7 +154,7 @@ def decimate(costed: pd.DataFrame, limit: int) -> pd.DataFrame:
     """At most `limit` rows: every Pareto/best/top-100 row, the rest thinned with an even stride."""
     if len(costed) <= limit:
         return costed
-    keep = costed["pareto"] | (costed["status"] == "best") | costed.index.isin(costed.index[:100])
+    keep = costed["pareto"] | (costed["status"] == Status.BEST) | costed.index.isin(costed.index[:100])
     rest = costed[~keep]
     room = max(0, limit - int(keep.sum()))
     stride = max(1, -(-len(rest) // room)) if room else len(rest) + 1
@@ -200,9 +200,9 @@ def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, go.F
 
 def _table(df: pd.DataFrame, notes: dict[str, str]) -> dict[str, Any]:
     """Top fitting plans and a sample of rejected ones (closest to fitting first, then one per reason)."""
-    fits = df[df["status"].isin(["best", "fits"])].head(TABLE_FITS)
-    oom = df[df["status"] == "oom"].head(TABLE_REJECTED // 2)
-    pruned = df[df["status"] == "pruned"]
+    fits = df[df["status"].isin([Status.BEST, Status.FITS])].head(TABLE_FITS)
+    oom = df[df["status"] == Status.OOM].head(TABLE_REJECTED // 2)
+    pruned = df[df["status"] == Status.PRUNED]
     pruned = pd.concat([pruned.drop_duplicates("reason"), pruned]).drop_duplicates("candidate")
     rejected = pd.concat([oom, pruned.head(TABLE_REJECTED - len(oom))])
     shown = pd.concat([fits, rejected])

@@ -8,6 +8,7 @@ from planner.scenario.clusters import CLUSTER_PRESETS, GPU_PRESETS, cluster_pres
 from planner.scenario.load import load_scenario, scenario_from_dict
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
 from planner.scenario.spec import (
+    GIB,
     Activation,
     ClusterSpec,
     GpuSpec,
@@ -27,7 +28,7 @@ from planner.scenario.spec import (
 )
 
 __all__ = [
-    "CLUSTER_PRESETS", "GPU_PRESETS", "PRESETS", "Activation", "ClusterSpec", "GpuSpec", "JobSpec",
+    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "PRESETS", "Activation", "ClusterSpec", "GpuSpec", "JobSpec",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace",
     "ShardingRuntime", "cluster_preset", "count_params", "gpu_preset", "load_hf_config", "load_scenario",

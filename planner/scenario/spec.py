@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+GIB = 2**30  # the unit of every *_gib field
 
 
 class Precision(StrEnum):
@@ -304,7 +303,7 @@ class SearchSpace(BaseModel):
     recompute: list[Recompute] = Field(default_factory=lambda: list(Recompute))
     sequence_parallel: list[bool] = Field(default_factory=lambda: [True, False])
     memory_fraction: float = Field(1.0, gt=0, le=1, description="usable share of GPU memory")
-    top_k: int = Field(10, ge=1)
+    top_k: int = Field(10, ge=1, description="plans `planner search` prints (its --top overrides)")
 
     @model_validator(mode="after")
     def _fixed_positive(self) -> SearchSpace:

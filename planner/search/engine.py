@@ -24,11 +24,10 @@ from dataclasses import replace
 
 from planner import cost
 from planner.cost.memory import RESERVED_BYTES
-from planner.errors import GIB
 from planner.graph import ModelGraph
 from planner.hardware import HardwareProfile
 from planner.plan import ParallelDims, Plan, Recompute, ZeroStage
-from planner.scenario import Scenario
+from planner.scenario import GIB, Scenario
 from planner.search import space as ss
 from planner.search.ilp.routing import RoutingStats
 from planner.search.pricer import Estimator, Pricer

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from planner.cost import Estimate
-from planner.errors import GIB
 from planner.graph import ModelGraph
 from planner.hardware import HardwareProfile
 from planner.plan import ParallelDims, Plan
-from planner.scenario import ClusterSpec, JobSpec, Scenario
+from planner.scenario import GIB, ClusterSpec, JobSpec, Scenario
 from planner.search import space as ss
 from planner.search.result import Candidate, SearchStats
 

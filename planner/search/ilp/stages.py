@@ -5,7 +5,6 @@ per-rank memory limits (uneven splits fix the vocabulary-layer imbalance, Yeung 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass
 
 import numpy as np
