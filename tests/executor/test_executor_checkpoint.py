@@ -6,7 +6,7 @@ import pytest
 
 from executor import Launch, RunOptions, run_plan
 from planner.plan import Plan
-from tests.test_executor_parity import ADAMW, DENSE, MOE, TOLERANCE, reference_losses, scenario_for
+from tests.executor.test_executor_parity import ADAMW, DENSE, MOE, TOLERANCE, reference_losses, scenario_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

@@ -9,7 +9,7 @@ from planner.hardware import Collective, Curve, Tier, datasheet_profile, load_pr
 from planner.hardware import group_collective_s, group_span, p2p_s
 from planner.scenario import ClusterSpec, Precision
 
-PROFILES = Path(__file__).resolve().parents[1] / "profiles"
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 SHIPPED = {"a100": "dgx-a100", "h100": "dgx-h100", "h200": "hgx-h200", "b200": "dgx-b200", "mi300x": "mi300x-8"}
 
 

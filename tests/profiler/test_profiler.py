@@ -19,7 +19,7 @@ from planner.profiler import ProfileConfig, profile_machine, write_profile
 from planner.profiler import LinkResult, fit_alpha_beta, tier_groups
 from planner.scenario import Precision
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

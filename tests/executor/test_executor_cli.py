@@ -14,7 +14,7 @@ from planner.cli import app
 from planner.plan import Plan, rank_grid
 from planner.scenario import load_scenario
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DENSE = REPO / "scenarios" / "tiny-dense_cpu4.toml"
 MOE = REPO / "scenarios" / "tiny-moe_cpu4.toml"
 
