@@ -147,6 +147,26 @@ def test_report_never_calls_search_or_the_executor() -> None:
         assert not bad, f"{name} imports {bad}"
 
 
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "planner" else parts[0]
+
+
+def test_packages_are_imported_through_their_face() -> None:
+    """Another package is reached through its __init__, or through one of the leaves; the typed
+    search result is the one submodule the report reads directly (it must not reach search())."""
+    exceptions = ("planner.search.result",)
+    bad = []
+    for name, path in _modules().items():
+        if name.startswith("planner.cli") or not name.startswith("planner"):
+            continue
+        for module, _ in _top_level_imports(path):
+            if (module.startswith("planner.") and _package(module) != _package(name) and module != _package(module)
+                    and not module.startswith(LEAVES + exceptions)):
+                bad.append(f"{name} -> {module}")
+    assert not bad, bad
+
+
 def test_private_names_never_cross_modules() -> None:
     bad = []
     for name, path in _modules().items():

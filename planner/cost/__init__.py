@@ -24,7 +24,7 @@ from planner.cost.comm import (
     tp_exposed_s,
     zero3_layer_comm,
 )
-from planner.cost.compute import PassTimes, Split, block_kind_times, optimizer_s, split_for
+from planner.cost.compute import PassTimes, Split, block_kind_times, layer_times, op_counts, optimizer_s, split_for
 from planner.cost.memory import (
     RESERVED_BYTES,
     KindMemory,
@@ -35,7 +35,7 @@ from planner.cost.memory import (
     stage_counts,
     stage_params,
 )
-from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary
+from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary, layer_ops
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
@@ -45,7 +45,10 @@ from planner.cost.terms import MemoryTerm, TimeTerm
 from planner.plan import Axis, Plan, Recompute, ZeroStage
 from planner.scenario import GIB, ClusterSpec, JobSpec
 
-__all__ = ["Cost", "Estimate", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s", "memory_lower_bound_bytes"]
+__all__ = [
+    "RESERVED_BYTES", "Cost", "Estimate", "GraphKey", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s",
+    "layer_ops", "layer_times", "memory_lower_bound_bytes", "op_counts", "split_for",
+]
 
 _AXES = (Axis.TP, Axis.CP, Axis.EP, Axis.DP)
 _NON_BLOCK_KINDS = ("embedding", "head")

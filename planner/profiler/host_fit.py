@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from planner.cost import estimate
-from planner.cost.compute import layer_times, op_counts, split_for
-from planner.cost.ops import GraphKey, layer_ops
+from planner.cost import GraphKey, estimate, layer_ops, layer_times, op_counts, split_for
 from planner.graph import extract_graph
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.plan import Plan

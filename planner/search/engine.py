@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from planner import cost
-from planner.cost.memory import RESERVED_BYTES
+from planner.cost import RESERVED_BYTES
 from planner.graph import ModelGraph
 from planner.hardware import HardwareProfile
 from planner.plan import ParallelDims, Plan, Recompute, ZeroStage
