@@ -79,7 +79,7 @@ CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def gpu_preset(name: str) -> GpuSpec:
-    if name not in GPU_PRESETS:
+    if not isinstance(name, str) or name not in GPU_PRESETS:
         raise ValueError(f"cluster.gpu: unknown GPU '{name}'; known: {', '.join(GPU_PRESETS)}")
     return GPU_PRESETS[name]
 
@@ -93,7 +93,7 @@ def resolve_cluster_table(table: dict[str, Any]) -> dict[str, Any]:
     table = dict(table)
     preset = table.pop("preset", None)
     if preset is not None:
-        if preset not in CLUSTER_PRESETS:
+        if not isinstance(preset, str) or preset not in CLUSTER_PRESETS:
             raise ValueError(f"cluster.preset: unknown cluster '{preset}'; run `planner clusters` for the list")
         base = dict(CLUSTER_PRESETS[preset])
         if isinstance(table.get("network"), dict):

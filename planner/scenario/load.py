@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from planner.errors import ScenarioError, one_line
+from planner.errors import ScenarioError, UserError, one_line, read_text
 from planner.scenario import clusters, models
 from planner.scenario.spec import Scenario
 
@@ -20,12 +20,11 @@ from planner.scenario.spec import Scenario
 def load_scenario(path: str | Path) -> Scenario:
     """Read a TOML scenario, resolve presets and HF configs, validate; ScenarioError on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{path}: scenario file not found; pass an existing .toml file")
+    text = read_text(path, what="scenario")  # a UTF-8 BOM (Windows editors) is stripped
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path}: not valid TOML ({err})") from None
+        raise ScenarioError(f"not valid TOML ({err})", file=path, fix="fix the syntax at that line") from None
     return scenario_from_dict(raw, base_dir=path.parent, name=path.stem, source=str(path))
 
 
@@ -34,6 +33,9 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
     for section in ("model", "cluster", "job"):
         if section not in raw:
             raise ScenarioError(f"{source}: missing [{section}] section; add it (see scenarios/*.toml)")
+        if not isinstance(raw[section], dict):
+            raise ScenarioError(f"must be a table, not {type(raw[section]).__name__}", file=source, field=section,
+                                fix=f"write a [{section}] section (see scenarios/*.toml)")
     data = dict(raw)
     data.setdefault("name", name)
     try:
@@ -41,6 +43,8 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
         data["cluster"] = clusters.resolve_cluster_table(data["cluster"])
         return Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(f"{source}: {one_line(err)}") from None
+        raise ScenarioError(one_line(err), file=source) from None
+    except UserError as err:  # already names its own file (an HF config) or field
+        raise ScenarioError(str(err), file=None if err.file else source) from None
     except ValueError as err:
-        raise ScenarioError(f"{source}: {err}") from None
+        raise ScenarioError(str(err), file=source) from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from planner.errors import UserError, expect_object, one_line, read_json
 from planner.scenario.spec import ModelSpec
 
 
@@ -109,7 +111,7 @@ PRESETS: dict[str, ModelSpec] = _presets()
 
 
 def model_preset(name: str) -> ModelSpec:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"model.preset: unknown model '{name}'; run `planner models` for the list")
     return PRESETS[name]
 
@@ -167,22 +169,34 @@ def resolve_model_table(table: dict[str, Any], *, base_dir: Path) -> dict[str, A
     if preset is not None and hf_config is not None:
         raise ValueError("model: give either preset or hf_config, not both")
     if preset is not None:
-        return model_preset(str(preset)).model_dump() | table
+        if not isinstance(preset, str):
+            raise UserError(f"must be a preset name (a string), not {type(preset).__name__}", field="model.preset",
+                            fix="run `planner models` for the list")
+        return model_preset(preset).model_dump() | table
     if hf_config is not None:
+        if not isinstance(hf_config, str) or not hf_config.strip():
+            raise UserError("must be the path of a Hugging Face config.json (a string)", field="model.hf_config",
+                            fix='write hf_config = "path/to/config.json"')
         path = Path(hf_config) if Path(hf_config).is_absolute() else base_dir / hf_config
         return load_hf_config(path).model_dump() | table
     return table
 
 
 def load_hf_config(path: Path) -> ModelSpec:
-    if not path.is_file():
-        raise ValueError(f"model.hf_config: file {path} not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"model.hf_config: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    """A Hugging Face config.json -> ModelSpec; UserError naming the file and the key otherwise."""
+    raw = expect_object(read_json(path, what="Hugging Face config.json", flag="model.hf_config"), file=path,
+                        what="Hugging Face config.json")
     name = path.parent.name if path.name == "config.json" else path.stem
-    return ModelSpec.model_validate(hf_to_fields(raw, name=name))
+    try:
+        return ModelSpec.model_validate(hf_to_fields(raw, name=name))
+    except KeyError as err:
+        raise UserError(f"missing key {err.args[0]!r} that model_type {raw.get('model_type', '')!r} needs",
+                        file=path, field="model.hf_config", fix="add it (see the model's Hugging Face config.json)") from None
+    except (TypeError, ArithmeticError) as err:
+        raise UserError(f"a field has the wrong type ({err})", file=path, field="model.hf_config",
+                        fix="use numbers where Hugging Face configs have them") from None
+    except ValidationError as err:
+        raise UserError(one_line(err), file=path, field="model.hf_config") from None
 
 
 _COMMON_KEYS = (

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+# allow_inf_nan=False: every float a scenario takes is finite (inf bandwidth or NaN peaks would
+# turn step times into 0 or NaN far from the field that caused it).
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 GIB = 2**30  # the unit of every *_gib field
+
+# Upper bounds on physical numbers: about three orders of magnitude above today's largest parts
+# (GB200: 5,000 fp8 TFLOP/s, 186 GiB HBM at 8 TB/s; NVLink5 900 GB/s per direction). They only
+# catch typos and overflow (1e300 TFLOP/s makes a step 0 s and MFU meaningless).
+MAX_TFLOPS = 1e7
+MAX_MEMORY_GIB = 1e6
+MAX_BANDWIDTH_GBS = 1e7
+MAX_DIMENSION = 2**24  # hidden sizes, vocabularies, sequence lengths, batch sizes
+# Largest cluster accepted: 2^24 GPUs (~100x the largest 2025 training clusters, ~100k-200k GPUs).
+MAX_GPUS = 2**24
 
 
 class Precision(StrEnum):
@@ -59,13 +72,13 @@ class ModelSpec(BaseModel):
     model_config = _FROZEN
 
     name: str = "custom"
-    num_hidden_layers: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0, le=MAX_DIMENSION)
+    hidden_size: int = Field(gt=0, le=MAX_DIMENSION)
+    intermediate_size: int = Field(gt=0, le=MAX_DIMENSION)
+    num_attention_heads: int = Field(gt=0, le=MAX_DIMENSION)
     num_key_value_heads: int | None = Field(None, gt=0)
     head_dim: int | None = Field(None, gt=0)
-    vocab_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=MAX_DIMENSION)
     hidden_act: Activation = Activation.SILU
     norm: NormKind = NormKind.RMSNORM
     position_embedding: PositionEmbedding = PositionEmbedding.ROPE
@@ -148,9 +161,9 @@ class GpuSpec(BaseModel):
 
     model_config = _FROZEN
     name: str
-    peak_tflops: dict[Precision, float]
-    memory_gib: float = Field(gt=0)
-    memory_bandwidth_gbs: float = Field(gt=0)
+    peak_tflops: dict[Precision, Annotated[float, Field(gt=0, le=MAX_TFLOPS)]]
+    memory_gib: float = Field(gt=0, le=MAX_MEMORY_GIB)
+    memory_bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
 
     @model_validator(mode="after")
     def _has_bf16(self) -> GpuSpec:
@@ -164,26 +177,26 @@ class NodeLinkOverride(BaseModel):
 
     model_config = _FROZEN
     node: int = Field(ge=0)
-    inter_node_gbs: float = Field(gt=0)
+    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
 
 
 class PairLinkOverride(BaseModel):
     """A slow or fast path between two specific nodes."""
 
     model_config = _FROZEN
-    nodes: tuple[int, int]
-    inter_node_gbs: float = Field(gt=0)
+    nodes: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
 
 
 class NetworkSpec(BaseModel):
     """Bandwidths are GB/s per GPU per direction; latencies in microseconds."""
 
     model_config = _FROZEN
-    intra_node_gbs: float = Field(gt=0)
-    inter_node_gbs: float = Field(gt=0)
-    intra_node_latency_us: float = Field(3.0, ge=0)
-    inter_node_latency_us: float = Field(10.0, ge=0)
-    nvlink_domain: int | None = Field(None, gt=0, description="GPUs sharing the fast tier; default gpus_per_node")
+    intra_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
+    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
+    intra_node_latency_us: float = Field(3.0, ge=0, le=1e6)
+    inter_node_latency_us: float = Field(10.0, ge=0, le=1e6)
+    nvlink_domain: int | None = Field(None, gt=0, le=MAX_GPUS, description="GPUs sharing the fast tier; default gpus_per_node")
     node_overrides: list[NodeLinkOverride] = []
     pair_overrides: list[PairLinkOverride] = []
 
@@ -192,12 +205,24 @@ class ClusterSpec(BaseModel):
     model_config = _FROZEN
     name: str = "custom"
     gpu: GpuSpec
-    num_nodes: int = Field(gt=0)
-    gpus_per_node: int = Field(gt=0)
+    num_nodes: int = Field(gt=0, le=MAX_GPUS)
+    gpus_per_node: int = Field(gt=0, le=MAX_GPUS)
     network: NetworkSpec
 
     @model_validator(mode="after")
     def _overrides_in_range(self) -> ClusterSpec:
+        if self.world_size > MAX_GPUS:
+            raise ValueError(f"num_nodes: {self.num_nodes} x {self.gpus_per_node} GPUs exceeds {MAX_GPUS:,}; "
+                             "lower num_nodes or gpus_per_node")
+        domain, per_node = self.nvlink_domain, self.gpus_per_node
+        # The fast tier tiles the cluster: a domain is part of one node or a whole number of nodes
+        # (GB200 NVL72: 18 trays of 4), and the nodes fill whole domains.
+        if per_node % domain and domain % per_node:
+            raise ValueError(f"network.nvlink_domain: {domain} GPUs neither divides nor is a multiple of "
+                             f"gpus_per_node={per_node}; use a divisor or a multiple of {per_node}")
+        if domain > per_node and self.world_size > domain and self.world_size % domain:
+            raise ValueError(f"network.nvlink_domain: {domain} GPUs does not divide the cluster's "
+                             f"{self.world_size}; make num_nodes a multiple of {domain // per_node}")
         for o in self.network.node_overrides:
             if o.node >= self.num_nodes:
                 raise ValueError(f"network.node_overrides: node {o.node} >= num_nodes={self.num_nodes}")
@@ -225,10 +250,10 @@ class OptimizerSpec(BaseModel):
 
     model_config = _FROZEN
     kind: OptimizerKind = OptimizerKind.ADAMW
-    state_bytes_per_param: float | None = Field(None, ge=0)
-    grad_bytes_per_param: float = Field(4, ge=0, description="fp32 main grads as in Megatron")
+    state_bytes_per_param: float | None = Field(None, ge=0, le=64)
+    grad_bytes_per_param: float = Field(4, ge=0, le=64, description="fp32 main grads as in Megatron")
     grad_reduce_bytes: float | None = Field(
-        None, gt=0, description="bytes per gradient element the data-parallel reduction moves; "
+        None, gt=0, le=64, description="bytes per gradient element the data-parallel reduction moves; "
         "None = Megatron-LM's default (JobSpec.grad_reduce_bytes)")
     lr: float = Field(3e-4, gt=0)
 
@@ -259,8 +284,8 @@ class ShardingRuntime(StrEnum):
 
 class JobSpec(BaseModel):
     model_config = _FROZEN
-    seq_len: int = Field(gt=0)
-    global_batch: int = Field(gt=0, description="sequences per optimizer step")
+    seq_len: int = Field(gt=0, le=MAX_DIMENSION)
+    global_batch: int = Field(gt=0, le=MAX_DIMENSION, description="sequences per optimizer step")
     precision: Precision = Precision.BF16
     optimizer: OptimizerSpec = OptimizerSpec()
     zero3_runtime: ShardingRuntime = ShardingRuntime.FSDP
@@ -288,20 +313,22 @@ class SearchSpace(BaseModel):
     """Optional limits on the search; every field defaults to 'anything valid'."""
 
     model_config = _FROZEN
-    axes: list[Axis] = Field(default_factory=lambda: [Axis.DP, Axis.TP, Axis.PP, Axis.CP, Axis.EP, Axis.ETP])
+    axes: list[Axis] = Field(default_factory=lambda: [Axis.DP, Axis.TP, Axis.PP, Axis.CP, Axis.EP, Axis.ETP],
+                             min_length=1)
     max_tp: int | None = Field(None, ge=1)
     max_pp: int | None = Field(None, ge=1)
     max_cp: int | None = Field(None, ge=1)
     max_ep: int | None = Field(None, ge=1)
-    max_vp: int = Field(4, ge=1)
+    max_vp: int = Field(4, ge=1, le=64)
     fixed: dict[Axis, int] = {}
-    micro_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    micro_batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_DIMENSION)]] = Field(
+        default_factory=lambda: [1, 2, 4, 8], min_length=1)
     schedules: list[Schedule] = Field(
-        default_factory=lambda: [Schedule.ONE_F_ONE_B, Schedule.INTERLEAVED_1F1B, Schedule.GPIPE]
+        default_factory=lambda: [Schedule.ONE_F_ONE_B, Schedule.INTERLEAVED_1F1B, Schedule.GPIPE], min_length=1
     )
-    zero_stages: list[ZeroStage] = Field(default_factory=lambda: list(ZeroStage))
-    recompute: list[Recompute] = Field(default_factory=lambda: list(Recompute))
-    sequence_parallel: list[bool] = Field(default_factory=lambda: [True, False])
+    zero_stages: list[ZeroStage] = Field(default_factory=lambda: list(ZeroStage), min_length=1)
+    recompute: list[Recompute] = Field(default_factory=lambda: list(Recompute), min_length=1)
+    sequence_parallel: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
     memory_fraction: float = Field(1.0, gt=0, le=1, description="usable share of GPU memory")
     top_k: int = Field(10, ge=1, description="plans `planner search` prints (its --top overrides)")
 
@@ -321,6 +348,14 @@ class Scenario(BaseModel):
     job: JobSpec
     search: SearchSpace = SearchSpace()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """reports/<name> is the default output dir: the name must stay one entry inside reports/."""
+        if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+            raise ValueError(f"{name!r} is not a plain name (it names the output dir reports/<name>); "
+                             "use letters, digits, '-', '_' or '.', without '/' and not starting with '.'")
+        return name
 
     def plan_target(self) -> Target:
         """The numbers a plan must fit (planner.plan.problems reads them, never this schema)."""
