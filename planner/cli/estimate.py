@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from planner.cost import Estimate, estimate
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, load_profile
 from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage, check
+from planner.report.output import write_file
 from planner.scenario import GIB, Scenario
 
 
@@ -65,11 +64,7 @@ def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeli
 
 def write_trace(est: Estimate, path: Path) -> None:
     """Chrome trace (chrome://tracing, Perfetto) written atomically: temp file then rename."""
-    payload = json.dumps({"traceEvents": est.timeline or [], "displayTimeUnit": "ms"})
-    fd, tmp = tempfile.mkstemp(dir=path.parent if path.parent.exists() else None, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(payload)
-    os.replace(tmp, path)
+    write_file(path, json.dumps({"traceEvents": est.timeline or [], "displayTimeUnit": "ms"}))
 
 
 def estimate_json(est: Estimate, plan: Plan) -> str:

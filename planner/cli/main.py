@@ -323,10 +323,14 @@ def estimate(
     from planner.cli import estimate as ec
     from planner.plan import Plan
 
+    from planner.report.output import check_output_file
+
     with user_errors():
+        if trace is not None:
+            check_output_file(trace, flag="--trace")
         sc = load_scenario(scenario)
         knobs = ec.PlanKnobs(vp=vp, mbs=mbs, zero=zero, recompute=recompute, schedule=schedule, sp=sp)
-        the_plan = Plan.load(plan) if plan is not None else ec.plan_from_flags(
+        the_plan = Plan.load(plan, flag="--plan") if plan is not None else ec.plan_from_flags(
             ec.dims_from_flags(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp, world=sc.cluster.world_size), knobs)
         est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None)
         if trace is not None:

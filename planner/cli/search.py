@@ -25,7 +25,9 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     from planner.search.ilp import load_routing_trace
     from planner.graph import extract_graph
     from planner.report import write_search_outputs
+    from planner.report.output import check_output_dir
 
+    out_dir = check_output_dir(out or Path("reports") / scenario.name, flag="--out")  # before the search
     hw = hardware_for(scenario, profile)
     routing = load_routing_trace(routing_trace) if routing_trace is not None else None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
@@ -38,7 +40,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     console.print(result_table(result, scenario, top=top))
     console.print(stats_line(result))
     if result.best is not None:
-        write_search_outputs(result, scenario, out or Path("reports") / scenario.name)
+        write_search_outputs(result, scenario, out_dir)
     return result
 
 

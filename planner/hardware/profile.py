@@ -13,12 +13,15 @@ import warnings
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Annotated
 
-from planner.errors import one_line
-from planner.scenario.spec import Precision
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+from planner.errors import load_model
+from planner.scenario.spec import MAX_BANDWIDTH_GBS, MAX_MEMORY_GIB, MAX_TFLOPS, Precision
+
+# Finite numbers only: a profile with inf bandwidth or NaN efficiency prices every step at 0 or NaN.
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 _US = 1e-6
 _GB = 1e9
 _TFLOP = 1e12
@@ -132,8 +135,8 @@ class CollectiveFit(BaseModel):
     collective: Collective
     tier: Tier
     num_ranks: int = Field(ge=2)
-    latency_us: float = Field(ge=0)
-    bandwidth_gbs: float = Field(gt=0)
+    latency_us: float = Field(ge=0, le=1e7)
+    bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
     samples: list[CollectiveSample] = []
 
     def time_s(self, size_bytes: float, *, num_ranks: int) -> float:
@@ -195,9 +198,9 @@ class HardwareProfile(BaseModel):
     citations: list[str] = []
     created: str
     device: DeviceInfo
-    peak_tflops: dict[Precision, float]
-    memory_gib: float = Field(gt=0)
-    memory_bandwidth_gbs: float = Field(gt=0)
+    peak_tflops: dict[Precision, Annotated[float, Field(gt=0, le=MAX_TFLOPS)]]
+    memory_gib: float = Field(gt=0, le=MAX_MEMORY_GIB)
+    memory_bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
     matmul_efficiency: dict[Precision, Curve]
     attention_efficiency: dict[Precision, Curve]
     memory_bound_efficiency: float = Field(gt=0, le=1)
@@ -212,6 +215,15 @@ class HardwareProfile(BaseModel):
     # includes. 0 on GPUs: the CUDA context and NCCL buffers (~0.5-1 GiB) sit outside the caching
     # allocator's peak the executor reports and are covered by cost.memory.RESERVED_BYTES.
     runtime_bytes: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bf16_everywhere(self) -> HardwareProfile:
+        """bf16 is the fallback curve for every precision a profile does not list (_curve_for)."""
+        for name in ("peak_tflops", "matmul_efficiency", "attention_efficiency"):
+            if Precision.BF16 not in getattr(self, name):
+                raise ValueError(f"{name}: needs a bf16 entry (the fallback for other precisions); "
+                                 "re-run `planner profile` or add it")
+        return self
 
     def peak_flops(self, precision: Precision) -> float:
         if precision not in self.peak_tflops:
@@ -279,10 +291,4 @@ def _curve_for(curves: dict[Precision, Curve], precision: Precision) -> Curve:
 
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read profiles/*.json; ValueError with one line when the file is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"profile: file {path} does not exist; pass a profiles/*.json file")
-    try:
-        return HardwareProfile.model_validate_json(path.read_text())
-    except ValidationError as err:
-        raise ValueError(f"profile {path}: {one_line(err)}") from None
+    return load_model(HardwareProfile, path, what="profile", flag="--profile")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from planner.errors import load_model
 from planner.plan.dims import DEFAULT_EXPERT_RANK_ORDER, DEFAULT_RANK_ORDER, Axis, ParallelDims
 
 PLAN_VERSION = 1
@@ -107,10 +108,9 @@ class Plan(BaseModel):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def load(cls, path: Path) -> Plan:
-        if not path.is_file():
-            raise ValueError(f"plan: file {path} does not exist")
-        return cls.model_validate_json(path.read_text())
+    def load(cls, path: Path, *, flag: str | None = None) -> Plan:
+        """Read a plan.json; UserError naming the file (and the field) on any problem."""
+        return load_model(cls, path, what="plan", flag=flag)
 
     def describe(self) -> str:
         """The plan in words, for tables and reports."""

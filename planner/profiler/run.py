@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from planner.hardware import (
     load_profile,
 )
 from planner.profiler.config import ProfileConfig, RankReport
+from planner.report.output import check_output_file, write_file
 from planner.scenario import load_scenario
 
 Tick = Callable[[str], None]
@@ -195,16 +195,7 @@ def _median_across(results: list[pk.KernelResult]) -> pk.KernelResult:
 
 def write_profile(profile: HardwareProfile, path: Path) -> HardwareProfile:
     """Write atomically (temp file, validate by loading it back, rename) and return the reloaded profile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write(profile.model_dump_json(indent=1))
-        tmp = Path(f.name)
-    try:
-        loaded = load_profile(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return loaded
+    return write_file(path, profile.model_dump_json(indent=1), validate=load_profile)
 
 
 def summary_rows(profile: HardwareProfile) -> list[tuple[str, str]]:
@@ -220,8 +211,7 @@ def summary_rows(profile: HardwareProfile) -> list[tuple[str, str]]:
 def config_from_cli(*, out: Path, nproc: int, device: str | None, scenarios: list[Path], quick: bool,
                     threads: int | None = None) -> ProfileConfig:
     """Validate `planner profile` arguments; ValueError names the flag to fix."""
-    if out.suffix != ".json":
-        raise ValueError(f"--out: {out} should end in .json (profiles/NAME.json)")
+    check_output_file(out, flag="--out", suffix=".json")  # before minutes of measuring
     if device is None:
         kind = DeviceKind.CUDA if torch.cuda.is_available() else DeviceKind.CPU
     elif device in (DeviceKind.CUDA.value, DeviceKind.CPU.value):

@@ -19,6 +19,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
+from pydantic import ValidationError
+
+from planner.errors import UserError, expect_object, one_line, read_json, read_text
 from planner.report import figures as figs
 from planner.report.devicemap import group_summary
 from planner.scenario import count_params
@@ -39,32 +42,56 @@ def plotly_js_gzip_b64() -> str:
     return base64.b64encode(gzip.compress(plotly.offline.get_plotlyjs().encode(), 9, mtime=0)).decode()
 
 
+_RESULT_KEYS = ("scenario", "best", "detailed")  # what every report section reads from result.json
+_REWRITE = "re-run `planner search --out DIR` to rewrite it"
+
+
 def load_plans(path: Path) -> pd.DataFrame:
-    """plans.csv with its documented column types."""
-    df = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in PLAN_COLUMNS if c not in ("reason", "plan")})
+    """plans.csv with its documented column types; UserError naming the file when it is not one."""
+    read_text(path, what="plans.csv")  # missing / a directory / unreadable, named as such
+    try:
+        df = pd.read_csv(path, keep_default_na=False,
+                         na_values={c: [""] for c in PLAN_COLUMNS if c not in ("reason", "plan")})
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise UserError(f"not a plans table ({' '.join(str(err).split())[:120]})", file=path, fix=_REWRITE) from None
     missing = [c for c in PLAN_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}; re-run the search to rewrite it")
+        raise UserError(f"missing columns {missing}", file=path, fix=_REWRITE)
     for col in ("fits", "pareto", "sequence_parallel"):
         df[col] = df[col].astype(str).str.lower() == "true"
     return df
 
 
 def render_html(out_dir: Path) -> str:
-    """The whole page as a string (the caller writes it atomically)."""
-    result = json.loads((out_dir / "result.json").read_text())
+    """The whole page as a string (the caller writes it atomically). Every file is the machine's,
+    but a user may have edited or truncated one: any structural problem names the file."""
+    result_path = out_dir / "result.json"
+    result = expect_object(read_json(result_path, what="result.json"), file=result_path, what="search result")
+    missing = [k for k in _RESULT_KEYS if k not in result]
+    if missing:
+        raise UserError(f"missing key {missing[0]!r}", file=result_path, fix=_REWRITE)
     df = load_plans(out_dir / "plans.csv")
     trace_path = out_dir / "trace.json"
-    trace_text = trace_path.read_text() if trace_path.is_file() else '{"traceEvents": []}'
+    trace_text = read_text(trace_path, what="trace") if trace_path.is_file() else '{"traceEvents": []}'
     measurement = _read_json(out_dir / "measurement.json")
-    context = build_context(result, df, trace_text=trace_text, measurement=measurement)
+    try:
+        context = build_context(result, df, trace_text=trace_text, measurement=measurement)
+    except UserError:
+        raise
+    except ValidationError as err:
+        raise UserError(one_line(err), file=result_path, fix=_REWRITE) from None
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
+        detail = f"key {err.args[0]!r}" if isinstance(err, KeyError) else " ".join(str(err).split())[:160]
+        raise UserError(f"malformed results ({type(err).__name__}: {detail})", file=out_dir, fix=_REWRITE) from None
     env = jinja2.Environment(loader=jinja2.PackageLoader("planner.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(**context)
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return expect_object(read_json(path, what=path.name), file=path, what=path.name)
 
 
 def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace_text: str,

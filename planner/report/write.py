@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from planner.report.files import (
-    OUTPUT_FILES, chrome_trace, csv_row, result_dict, sort_key, status_of, to_jsonable, write_json, write_plans_csv,
+    chrome_trace, csv_row, result_dict, sort_key, status_of, to_jsonable, write_json, write_plans_csv,
 )
 from planner.report.html import render_html
+from planner.report.output import staged_dir, write_file
 from planner.scenario import Scenario
 from planner.search.result import SearchResult
 
@@ -20,41 +19,30 @@ def write_search_outputs(result: SearchResult, scenario: Scenario, out_dir: Path
                          measurement: dict[str, Any] | None = None) -> Path:
     """Write out_dir/{plans.csv, plan.json, result.json, trace.json, report.html} atomically.
 
-    Everything is written into a temporary sibling directory which then replaces out_dir, so a
-    failed or interrupted run leaves the previous directory (or none), never a half-written one.
-    Files in an existing out_dir that this function does not write (measurement.json, routing
-    traces) are carried over. Returns out_dir.
+    Everything is written into a hidden temp directory inside out_dir and then renamed into
+    place (report/output.staged_dir), so a failed or interrupted run leaves the previous outputs
+    (or no out_dir at all), never a half-written set. Every other entry of out_dir
+    (measurement.json, routing traces, dotfiles) is left where it is. Returns out_dir.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the report dir is meant to be shared
+    with staged_dir(out_dir) as tmp:
         _write_files(tmp, result, scenario, measurement=measurement)
-        _carry_over(out_dir, tmp)
+        previous = out_dir / "measurement.json"  # an earlier run's measurement belongs in the report
+        if previous.is_file() and not (tmp / previous.name).exists():
+            shutil.copy2(previous, tmp / previous.name)
         (tmp / "report.html").write_text(render_html(tmp), encoding="utf-8")
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
 def render_report(out_dir: Path) -> Path:
     """Re-render out_dir/report.html from the saved JSON/CSV (no search); atomic file replace."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: is a file, not a results directory; pass the directory `planner search --out` wrote")
     for name in ("result.json", "plans.csv"):
         if not (out_dir / name).is_file():
             raise ValueError(f"{out_dir}: no {name} here; run `planner search --out {out_dir}` first")
-    html = render_html(out_dir)
-    fd, tmp_name = tempfile.mkstemp(prefix=".report.html.", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.replace(tmp_name, out_dir / "report.html")
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_file(out_dir / "report.html", render_html(out_dir))
     return out_dir / "report.html"
 
 
@@ -72,24 +60,3 @@ def _write_files(tmp: Path, result: SearchResult, scenario: Scenario, *, measure
     write_json(tmp / "trace.json", chrome_trace(best, scenario), compact=True)
     if measurement is not None:
         write_json(tmp / "measurement.json", to_jsonable(measurement))
-
-
-def _carry_over(out_dir: Path, tmp: Path) -> None:
-    """Keep files a previous run or the executor left in out_dir (e.g. measurement.json)."""
-    if not out_dir.is_dir():
-        return
-    for path in out_dir.iterdir():
-        if path.name not in OUTPUT_FILES and not (tmp / path.name).exists() and not path.name.startswith("."):
-            copy = shutil.copytree if path.is_dir() else shutil.copy2
-            copy(path, tmp / path.name)
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp with renames only (each atomic); the old tree is deleted last."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "dir")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

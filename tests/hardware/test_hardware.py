@@ -29,7 +29,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
 
 
 def test_load_profile_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="missing.json: --profile: profile file not found"):
         load_profile(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text(datasheet_profile(cluster_preset("dgx-a100")).model_dump_json().replace('"name"', '"nmae"', 1))

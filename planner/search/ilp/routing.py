@@ -10,11 +10,12 @@ busiest rank: max_r (tokens on r) * compute_s_per_token. ilp_experts.place_exper
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from planner.errors import UserError, expect_object, read_json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,24 +35,39 @@ class RoutingStats:
 
 
 def load_routing_trace(path: Path) -> RoutingStats:
-    """Read the executor's routing trace JSON (CONTRACTS.md); ValueError names the bad field."""
-    if not path.is_file():
-        raise ValueError(f"routing trace: file {path} does not exist")
-    raw = json.loads(path.read_text())
+    """Read the executor's routing trace JSON (CONTRACTS.md); UserError names the file and field."""
+    raw = expect_object(read_json(path, what="routing trace", flag="--routing"), file=path, what="routing trace")
+    try:
+        return _routing_stats(raw, path)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        if isinstance(err, UserError):
+            raise
+        detail = f"missing key {err.args[0]!r}" if isinstance(err, KeyError) else " ".join(str(err).split())[:160]
+        raise UserError(f"malformed routing trace ({detail})", file=path,
+                        fix="layers[] need layer and expert_tokens (num_experts numbers); affinity[] "
+                            "from_layer, to_layer and an experts x experts matrix") from None
+
+
+def _routing_stats(raw: dict, path: Path) -> RoutingStats:
     experts = int(raw.get("num_experts", 0))
     layers = raw.get("layers") or []
-    if experts < 1 or not layers:
-        raise ValueError(f"{path}: needs num_experts >= 1 and a non-empty layers list")
+    if experts < 1 or not isinstance(layers, list) or not layers:
+        raise UserError("needs num_experts >= 1 and a non-empty layers list", file=path)
     tokens = np.array([entry["expert_tokens"] for entry in layers], dtype=float)
-    if tokens.shape[1] != experts:
-        raise ValueError(f"{path}: layers[].expert_tokens must have num_experts={experts} entries")
+    if tokens.ndim != 2 or tokens.shape[1] != experts:
+        raise UserError(f"layers[].expert_tokens must have num_experts={experts} entries", file=path)
+    if not np.isfinite(tokens).all() or (tokens < 0).any():
+        raise UserError("layers[].expert_tokens must be finite, non-negative token counts", file=path)
     affinity = np.zeros((len(layers) - 1, experts, experts))
     order = {entry["layer"]: k for k, entry in enumerate(layers)}
     for pair in raw.get("affinity", []):
         k = order.get(pair["from_layer"])
         if k is None or order.get(pair["to_layer"]) != k + 1:
-            raise ValueError(f"{path}: affinity from_layer/to_layer must name consecutive listed layers")
-        affinity[k] = np.asarray(pair["matrix"], dtype=float)
+            raise UserError("affinity from_layer/to_layer must name consecutive listed layers", file=path)
+        matrix = np.asarray(pair["matrix"], dtype=float)
+        if matrix.shape != (experts, experts) or not np.isfinite(matrix).all() or (matrix < 0).any():
+            raise UserError(f"affinity[].matrix must be {experts} x {experts} finite, non-negative counts", file=path)
+        affinity[k] = matrix
     return RoutingStats(expert_tokens=tokens, affinity=affinity)
 
 
