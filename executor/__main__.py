@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,7 +57,20 @@ def _init() -> None:
                             world_size=int(os.environ["WORLD_SIZE"]), timeout=COLLECTIVE_TIMEOUT)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this rank when torchrun (its parent) dies, so no rank outlives a killed
+    launch at 100% CPU (prctl(2) PR_SET_PDEATHSIG = 1)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     a = _args()
     _init()
     options = RunOptions(steps=a.steps, seed=a.seed, checkpoint_every=a.checkpoint_every,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -13,8 +13,10 @@ from planner.cost import Estimate, estimate
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, load_profile
 from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage, check
+from planner.errors import UserError
 from planner.report.output import write_file
 from planner.scenario import GIB, Scenario
+from planner.search import usable_capacity_bytes
 
 
 
@@ -32,6 +34,7 @@ class PlanKnobs:
 
 def dims_from_flags(*, tp: int, pp: int, cp: int, ep: int, etp: int, dp: int | None, world: int) -> ParallelDims:
     """The degrees the flags name; dp defaults to world / (tp*pp*cp). ValueError names the flag."""
+    _positive(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp)
     model_parallel = tp * pp * cp
     if dp is None and world % model_parallel:
         raise ValueError(f"--tp*--pp*--cp = {model_parallel} does not divide the {world} GPUs; change them or pass --dp")
@@ -40,11 +43,19 @@ def dims_from_flags(*, tp: int, pp: int, cp: int, ep: int, etp: int, dp: int | N
 
 def plan_from_flags(dims: ParallelDims, knobs: PlanKnobs) -> Plan:
     """Build a Plan; ValueError (one line) names the bad flag."""
+    _positive(vp=knobs.vp, mbs=knobs.mbs)
     schedule = knobs.schedule or (Schedule.INTERLEAVED_1F1B if knobs.vp > 1 else Schedule.ONE_F_ONE_B)
     return Plan(dims=dims, micro_batch_size=knobs.mbs, virtual_stages=knobs.vp,
                 schedule=_choice(Schedule, schedule, "--schedule"), zero_stage=_choice(ZeroStage, knobs.zero, "--zero"),
                 recompute=_choice(Recompute, knobs.recompute, "--recompute"),
                 sequence_parallel=dims.tp > 1 if knobs.sp is None else knobs.sp)
+
+
+def _positive(**flags: int | None) -> None:
+    """Degrees and sizes are >= 1; blame the flag the user typed (not the dp it implies)."""
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise UserError(f"must be >= 1, got {value}", field=f"--{flag}", fix=f"pass --{flag} 1 or more")
 
 
 def _choice(enum, value, flag: str):
@@ -55,11 +66,21 @@ def _choice(enum, value, flag: str):
         raise ValueError(f"{flag}: {value!r} is not one of {known}") from None
 
 
-def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeline: bool) -> Estimate:
-    check(plan, scenario)
+def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeline: bool,
+                 plan_file: Path | None = None) -> Estimate:
+    """Price one plan; `fits` and the capacity shown are the usable memory `search` ranks by
+    (memory_capacity x [search] memory_fraction), so the two verbs never disagree."""
+    try:
+        check(plan, scenario)
+    except ValueError as err:
+        if plan_file is None:
+            raise
+        raise UserError(str(err), file=plan_file) from None
     hw = datasheet_profile(scenario.cluster) if profile is None else load_profile(profile)
     graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
-    return estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=timeline)
+    est = estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=timeline)
+    usable = usable_capacity_bytes(est, scenario)
+    return replace(est, memory_capacity_bytes=usable, fits=bool(est.fits) and est.peak_memory_bytes <= usable)
 
 
 def write_trace(est: Estimate, path: Path) -> None:

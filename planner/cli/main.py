@@ -226,8 +226,8 @@ def graph(
 @app.command()
 def run(
     plan: Annotated[Path, typer.Argument(help="plan JSON (from `planner search --out`)")],
-    scenario: Annotated[Path | None, typer.Option(help="scenario TOML (default: the embedded one)")] = None,
-    nproc: Annotated[int | None, typer.Option(help="processes per node (default: plan ranks / nnodes)")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="scenario TOML (default: the one the plan was searched for)")] = None,
+    nproc: Annotated[int | None, typer.Option(min=1, help="processes per node (default: plan ranks / nnodes)")] = None,
     nnodes: Annotated[int, typer.Option(min=1)] = 1,
     node_rank: Annotated[int, typer.Option(min=0)] = 0,
     rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of node 0 (multi-node)")] = None,
@@ -241,21 +241,26 @@ def run(
 ) -> None:
     """Train the plan with torchrun (gloo on CPU, NCCL on CUDA) and write measurement.json."""
     from executor import Launch, RunOptions, run_plan
+    from planner.cli.run import scenario_for_run
     from planner.plan import Plan
+    from planner.report.output import check_output_dir
 
     out_dir = out or plan.parent
     with user_errors():
+        the_plan = Plan.load(plan, flag="plan")
+        sc = scenario_for_run(plan, load_scenario(scenario) if scenario else None, default=default_scenario())
+        check_output_dir(out_dir, flag="--out")
         options = RunOptions(steps=steps, checkpoint_every=checkpoint_every, resume_from=resume_from, data_path=data,
                              checkpoint_dir=out_dir / "checkpoints" if checkpoint_every else None)
         launch = Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                         max_restarts=max_restarts)
         try:
-            m = run_plan(Plan.load(plan), scenario_or_default(scenario), out_dir=out_dir, options=options, launch=launch)
+            m = run_plan(the_plan, sc, out_dir=out_dir, options=options, launch=launch)
         except RuntimeError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
     console.print(f"{out_dir}/measurement.json: loss {m.losses[0]:.4f} -> {m.losses[-1]:.4f} over {m.steps} steps")
-    _print_comparison(Plan.load(plan), scenario_or_default(scenario), m, profile=profile, out_dir=out_dir)
+    _print_comparison(the_plan, sc, m, profile=profile, out_dir=out_dir)
 
 
 def _print_comparison(plan, sc: Scenario, measurement, *, profile: Path | None, out_dir: Path) -> None:
@@ -332,7 +337,7 @@ def estimate(
         knobs = ec.PlanKnobs(vp=vp, mbs=mbs, zero=zero, recompute=recompute, schedule=schedule, sp=sp)
         the_plan = Plan.load(plan, flag="--plan") if plan is not None else ec.plan_from_flags(
             ec.dims_from_flags(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp, world=sc.cluster.world_size), knobs)
-        est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None)
+        est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None, plan_file=plan)
         if trace is not None:
             ec.write_trace(est, trace)
     typer.echo(ec.estimate_json(est, the_plan)) if as_json else ec.print_estimate(est, the_plan, console=console)

@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from planner.errors import UserError
 from planner.graph.canonical import extract_graph
 from planner.graph.modules import trace_module
 from planner.graph.types import ModelGraph
-from planner.scenario import load_hf_config, model_preset
+from planner.scenario import PRESETS, load_hf_config, model_preset
 from planner.scenario import ModelSpec, load_scenario
+from planner.scenario.spec import MAX_DIMENSION
 
 DEFAULT_SEQ_LEN = 4096
 
@@ -22,8 +24,8 @@ def graph_for(scenario: Path | None, *, model: str | None, seq_len: int | None, 
     """The graph `planner graph` shows: exactly one of a scenario file or --model."""
     if (scenario is None) == (model is None):
         raise ValueError("graph: give a scenario file or --model NAME|config.json|pkg.module:factory (one of them)")
-    if seq_len is not None and seq_len < 1:
-        raise ValueError(f"--seq-len: must be >= 1, got {seq_len}")
+    if seq_len is not None and not 1 <= seq_len <= MAX_DIMENSION:
+        raise UserError(f"must be in 1..{MAX_DIMENSION}, got {seq_len}", field="--seq-len")
     if scenario is not None:
         sc = load_scenario(scenario)
         return extract_graph(sc.model, seq_len=seq_len or sc.job.seq_len, batch=batch)
@@ -36,7 +38,10 @@ def graph_for(scenario: Path | None, *, model: str | None, seq_len: int | None, 
 def _spec(model: str) -> ModelSpec:
     path = Path(model)
     if path.suffix == ".json" or path.is_file():
-        return load_hf_config(path)
+        return load_hf_config(path, flag="--model")
+    if model not in PRESETS:
+        raise UserError(f"unknown model '{model}'", field="--model",
+                        fix="run `planner models` for presets, or pass a config.json or pkg.module:factory")
     return model_preset(model)
 
 
@@ -45,16 +50,28 @@ def _factory_graph(target: str, *, seq_len: int, batch: int) -> ModelGraph:
     module_name, _, attr = target.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--model: cannot load factory '{target}' ({err}); use pkg.module:function") from None
-    with torch.device("meta"):
-        made = factory()
+    except (ImportError, AttributeError, ValueError, TypeError) as err:
+        raise UserError(f"cannot load factory '{target}' ({err})", field="--model",
+                        fix="use pkg.module:function, a preset name or a config.json") from None
+    if not callable(factory):
+        raise UserError(f"'{target}' is a {type(factory).__name__}, not a function", field="--model",
+                        fix="name a function that returns an nn.Module or (module, inputs)")
+    try:
+        with torch.device("meta"):
+            made = factory()
+    except Exception as err:  # the user's code: say whose it is
+        raise UserError(f"{target}() raised {type(err).__name__}: {' '.join(str(err).split())[:200]}",
+                        field="--model", fix="call it without arguments, or fix the factory") from None
     module, inputs = made if isinstance(made, tuple) else (made, None)
     if not isinstance(module, nn.Module):
         raise ValueError(f"--model: {target}() returned {type(module).__name__}; return an nn.Module or (module, inputs)")
     if inputs is None:
         inputs = (torch.zeros(batch, seq_len, dtype=torch.long),)
-    return trace_module(module.to(torch.bfloat16), inputs, name=attr)
+    try:
+        return trace_module(module.to(torch.bfloat16), inputs, name=attr)
+    except Exception as err:  # the user's module did not run on these inputs
+        raise UserError(f"tracing {target}() failed ({type(err).__name__}: {' '.join(str(err).split())[:200]})",
+                        field="--model", fix="return (module, example_inputs) that its forward accepts") from None
 
 
 def layer_rows(graph: ModelGraph) -> list[dict[str, Any]]:

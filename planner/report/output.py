@@ -106,7 +106,11 @@ def check_output_file(path: Path, *, flag: str, suffix: str | None = None) -> Pa
         raise UserError("is a directory", file=path, field=flag, fix="pass a file path inside it")
     if path.name in ("", ".", ".."):
         raise UserError("is not a file name", file=path, field=flag, fix="pass a file path")
-    check_output_dir(path.parent, flag=flag)
+    base = _first_existing(path.parent)
+    if not base.is_dir():
+        raise UserError(f"{base} is a file, so nothing can be written under it", file=path, field=flag,
+                        fix="pick a path under a directory")
+    _probe_writable(base, path=path, flag=flag)
     return path
 
 

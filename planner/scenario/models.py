@@ -182,21 +182,21 @@ def resolve_model_table(table: dict[str, Any], *, base_dir: Path) -> dict[str, A
     return table
 
 
-def load_hf_config(path: Path) -> ModelSpec:
+def load_hf_config(path: Path, *, flag: str = "model.hf_config") -> ModelSpec:
     """A Hugging Face config.json -> ModelSpec; UserError naming the file and the key otherwise."""
-    raw = expect_object(read_json(path, what="Hugging Face config.json", flag="model.hf_config"), file=path,
+    raw = expect_object(read_json(path, what="Hugging Face config.json", flag=flag), file=path,
                         what="Hugging Face config.json")
     name = path.parent.name if path.name == "config.json" else path.stem
     try:
         return ModelSpec.model_validate(hf_to_fields(raw, name=name))
     except KeyError as err:
         raise UserError(f"missing key {err.args[0]!r} that model_type {raw.get('model_type', '')!r} needs",
-                        file=path, field="model.hf_config", fix="add it (see the model's Hugging Face config.json)") from None
+                        file=path, field=flag, fix="add it (see the model's Hugging Face config.json)") from None
     except (TypeError, ArithmeticError) as err:
-        raise UserError(f"a field has the wrong type ({err})", file=path, field="model.hf_config",
+        raise UserError(f"a field has the wrong type ({err})", file=path, field=flag,
                         fix="use numbers where Hugging Face configs have them") from None
     except ValidationError as err:
-        raise UserError(one_line(err), file=path, field="model.hf_config") from None
+        raise UserError(one_line(err), file=path, field=flag) from None
 
 
 _COMMON_KEYS = (

@@ -2,7 +2,7 @@
 best with the ILPs (tune.py, ilp/); the typed result is result.py."""
 
 from planner.search.engine import nothing_fits_line, pareto_front, search
-from planner.search.pricer import Estimator, Pricer, oom_reason
+from planner.search.pricer import Estimator, Pricer, oom_reason, usable_capacity_bytes
 from planner.search.result import (
     Candidate,
     MappingSummary,
@@ -16,4 +16,5 @@ from planner.search.result import (
 __all__ = [
     "Candidate", "Estimator", "MappingSummary", "PartitionSummary", "PlacementSummary", "Pricer", "SearchResult",
     "SearchStats", "TuneResult", "nothing_fits_line", "oom_reason", "pareto_front", "search",
+    "usable_capacity_bytes",
 ]

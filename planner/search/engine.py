@@ -19,6 +19,7 @@ Where the time goes and how it is kept small (estimate() costs ~0.5-1 ms; 405B o
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -233,21 +234,36 @@ def pareto_front(fitting: list[Candidate]) -> list[Candidate]:
 
 def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
                       closest_bound: tuple[float, Plan] | None = None) -> str:
-    """One line: the smallest shortfall and what would make it fit."""
+    """One line: the smallest shortfall and what would actually make it fit."""
     costed = [c for c in candidates if c.estimate is not None]
     if costed:
         closest = min(costed, key=lambda c: c.estimate.peak_memory_bytes - c.estimate.memory_capacity_bytes)
         e, plan = closest.estimate, closest.plan
         over = (e.peak_memory_bytes - e.memory_capacity_bytes * scenario.search.memory_fraction) / GIB
-        what = "is"
     elif closest_bound is not None:
-        over, plan, what = closest_bound[0] / GIB, closest_bound[1], "needs for model states alone at least"
+        # Model states (weights, gradients, optimizer) do not shrink with the sequence: say so.
+        over, plan = closest_bound[0] / GIB, closest_bound[1]
+        return (f"nothing fits even fully sharded: with the most memory-frugal layout ({plan.describe()}) the "
+                f"model states alone are {over:,.1f} GiB per GPU over the limit, before any activations; "
+                "use more GPUs or GPUs with more memory (a shorter sequence would not help)")
     else:
-        return "nothing fits: no valid layout; check heads/layers/global_batch against the GPU count"
+        return _no_valid_layout(candidates)
     hints = ["more GPUs"]
     if Recompute.FULL not in scenario.search.recompute:
         hints.append("allow full recompute")
     if ZeroStage.PARAMETERS not in scenario.search.zero_stages:
         hints.append("allow ZeRO-3")
     hints.append(f"a shorter sequence than {scenario.job.seq_len}")
-    return f"nothing fits: the closest plan ({plan.describe()}) {what} {over:.1f} GiB over; try {', '.join(hints)}"
+    return f"nothing fits: the closest plan ({plan.describe()}) is {over:.1f} GiB over; try {', '.join(hints)}"
+
+
+def _no_valid_layout(candidates: list[Candidate]) -> str:
+    """Name the rule that rejected the layouts (2*cp vs seq_len, tp vs heads, dp vs batch...)."""
+    reasons = [c.reason.removeprefix("invalid: ") for c in candidates if c.reason and c.reason.startswith("invalid")]
+    if not reasons:
+        return "nothing fits: no layout of the [search] space matches the GPU count; relax [search] fixed / max_* limits"
+    kinds = Counter(r.split("=")[0] for r in reasons)
+    kind, _ = kinds.most_common(1)[0]
+    example = next(r for r in reasons if r.startswith(kind))
+    return (f"nothing fits: all {len(reasons)} layouts are invalid, e.g. {example}; change the job or the "
+            "[search] limits so that some layout satisfies it")

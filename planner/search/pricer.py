@@ -59,7 +59,7 @@ class Pricer:
         return cand
 
     def capacity(self, e: Estimate) -> float:
-        return e.memory_capacity_bytes * self.scenario.search.memory_fraction
+        return usable_capacity_bytes(e, self.scenario)
 
     def grid(self, lay: ParallelDims) -> int:
         if lay not in self.grids:
@@ -82,6 +82,12 @@ def plan_key(plan: Plan) -> tuple:
     blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
     return (plan.dims, plan.micro_batch_size, plan.virtual_stages, plan.schedule,
             plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement)
+
+
+def usable_capacity_bytes(e: Estimate, scenario: Scenario) -> float:
+    """The memory a plan may use: the estimate's capacity times [search] memory_fraction (the one
+    rule `search` ranks by and `estimate` reports 'fits' by)."""
+    return e.memory_capacity_bytes * scenario.search.memory_fraction
 
 
 def oom_reason(e: Estimate, *, capacity: float) -> str:

@@ -27,7 +27,21 @@ class Knobs:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Every divisor of n, ascending, from its prime factorisation (trial division to sqrt(n)):
+    O(sqrt(n)) instead of O(n), so 10^9 nodes x 8 GPUs takes milliseconds, not hours."""
+    factors: dict[int, int] = {}
+    rest, p = n, 2
+    while p * p <= rest:
+        while rest % p == 0:
+            factors[p] = factors.get(p, 0) + 1
+            rest //= p
+        p += 1 if p == 2 else 2
+    if rest > 1:
+        factors[rest] = factors.get(rest, 0) + 1
+    out = [1]
+    for prime, power in factors.items():
+        out = [d * prime**k for d in out for k in range(power + 1)]
+    return sorted(out)
 
 
 def _allowed(scenario: Scenario, axis: Axis, limit: int | None) -> list[int] | None:
