@@ -244,7 +244,7 @@ def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
         # Model states (weights, gradients, optimizer) do not shrink with the sequence: say so.
         over, plan = closest_bound[0] / GIB, closest_bound[1]
         return (f"nothing fits even fully sharded: with the most memory-frugal layout ({plan.describe()}) the "
-                f"model states alone are {over:,.1f} GiB per GPU over the limit, before any activations; "
+                f"model states alone are {over:,.1f} GiB over the per-GPU limit, before any activations; "
                 "use more GPUs or GPUs with more memory (a shorter sequence would not help)")
     else:
         return _no_valid_layout(candidates)

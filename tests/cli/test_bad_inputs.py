@@ -195,7 +195,7 @@ CASES: dict[str, tuple[Callable[[Path], list], str]] = {
     "scenario-is-directory": (lambda d: (d / "s.toml").mkdir() or ["check", d / "s.toml"], "is a directory"),
     "cp-does-not-divide-seq": (lambda d: ["search", _scenario(d, _with(TINY.replace("seq_len = 256", "seq_len = 255"),
                                                                        "search", "fixed = { cp = 2 }"))],
-                               "2*cp=4 does not divide seq_len=255"),
+                               "seq_len=255 must be divisible by 2*cp = 4"),
     "model-too-big-even-sharded": (lambda d: ["search", _scenario(d, TINY.replace('preset = "tiny-dense"',
                                                                                   'preset = "llama3.1-405b"'))],
                                    "even fully sharded"),
