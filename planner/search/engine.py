@@ -243,6 +243,13 @@ def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
     elif closest_bound is not None:
         # Model states (weights, gradients, optimizer) do not shrink with the sequence: say so.
         over, plan = closest_bound[0] / GIB, closest_bound[1]
+        allow = [hint for hint, missing in (("allow ZeRO-3", ZeroStage.PARAMETERS not in scenario.search.zero_stages),
+                                            ("allow full recompute", Recompute.FULL not in scenario.search.recompute))
+                 if missing]
+        if allow:
+            return (f"nothing fits: with the most memory-frugal layout [search] allows ({plan.describe()}) the model "
+                    f"states alone are {over:,.1f} GiB over the per-GPU limit; try {', '.join(allow)} or more GPUs "
+                    "(a shorter sequence would not help)")
         return (f"nothing fits even fully sharded: with the most memory-frugal layout ({plan.describe()}) the "
                 f"model states alone are {over:,.1f} GiB over the per-GPU limit, before any activations; "
                 "use more GPUs or GPUs with more memory (a shorter sequence would not help)")
