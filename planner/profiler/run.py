@@ -30,7 +30,7 @@ from planner.hardware import (
     load_profile,
 )
 from planner.profiler.config import ProfileConfig, RankReport
-from planner.report.output import check_output_file, write_file
+from planner.report import check_output_file, write_file
 from planner.scenario import load_scenario
 
 Tick = Callable[[str], None]
