@@ -94,14 +94,21 @@ def _spawn(config: ProfileConfig, progress: Progress | None) -> RankReport:
     tick = _progress_tick(progress)
     report: RankReport | None = None
     done = False
-    while not done:
-        done = procs.join(timeout=0.1)
-        while not queue.empty():
-            kind, payload = queue.get()
-            if kind == "tick":
-                tick(payload)
-            else:
-                report = payload
+    try:
+        while not done:
+            done = procs.join(timeout=0.1)
+            while not queue.empty():
+                kind, payload = queue.get()
+                if kind == "tick":
+                    tick(payload)
+                else:
+                    report = payload
+    except BaseException:  # Ctrl-C / SIGTERM (raised by the CLI) or a failed rank: no rank outlives us
+        for proc in procs.processes:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(timeout=10)
+        raise
     assert report is not None, "rank 0 exited without a report"
     return report
 

@@ -352,7 +352,7 @@ class Scenario(BaseModel):
     @classmethod
     def _plain_name(cls, name: str) -> str:
         """reports/<name> is the default output dir: the name must stay one entry inside reports/."""
-        if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+        if name.strip() in ("", ".", "..") or name.startswith(".") or any(c in "/\\" or ord(c) < 32 for c in name):
             raise ValueError(f"{name!r} is not a plain name (it names the output dir reports/<name>); "
                              "use letters, digits, '-', '_' or '.', without '/' and not starting with '.'")
         return name
