@@ -90,7 +90,8 @@ def available_memory_bytes() -> float | None:
 def check_options(options: RunOptions) -> None:
     """Files the run reads must exist before any rank starts (a silent fresh start hides a typo)."""
     if options.data_path is not None and not options.data_path.is_file():
-        raise ValueError(f"--data: file {options.data_path} does not exist; pass a plain text file")
+        what = "is not a file" if options.data_path.exists() else "does not exist"
+        raise ValueError(f"--data: {options.data_path} {what}; pass a plain text file")
     if options.resume_from is not None:
         if not options.resume_from.is_dir():
             raise ValueError(f"--resume-from: {options.resume_from} does not exist; pass the checkpoint directory "

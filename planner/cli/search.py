@@ -30,6 +30,8 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     out_dir = check_output_dir(out or Path("reports") / scenario.name, flag="--out")  # before the search
     hw = hardware_for(scenario, profile)
     routing = load_routing_trace(routing_trace) if routing_trace is not None else None
+    if routing is not None:
+        check_routing_matches(routing, scenario, routing_trace)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("tracing model", total=None, note="")
@@ -42,6 +44,20 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     if result.best is not None:
         write_search_outputs(result, scenario, out_dir)
     return result
+
+
+def check_routing_matches(routing, scenario: Scenario, path: Path) -> None:
+    """A routing trace must come from this model: its experts and MoE layers, one for one."""
+    from planner.errors import UserError
+
+    model = scenario.model
+    if not model.is_moe:
+        raise UserError(f"model {model.name} has no experts to place", file=path, field="--routing",
+                        fix="drop --routing, or use an MoE scenario")
+    if routing.num_experts != model.num_local_experts or routing.num_layers != model.num_moe_layers:
+        raise UserError(f"the trace has {routing.num_layers} MoE layers x {routing.num_experts} experts but model "
+                        f"{model.name} has {model.num_moe_layers} x {model.num_local_experts}", file=path,
+                        field="--routing", fix="record the trace with `planner run` on this model")
 
 
 def stats_line(result: SearchResult) -> str:

@@ -59,7 +59,7 @@ def _factory_graph(target: str, *, seq_len: int, batch: int) -> ModelGraph:
     try:
         with torch.device("meta"):
             made = factory()
-    except Exception as err:  # the user's code: say whose it is
+    except (Exception, SystemExit) as err:  # the user's code: say whose it is (sys.exit included)
         raise UserError(f"{target}() raised {type(err).__name__}: {' '.join(str(err).split())[:200]}",
                         field="--model", fix="call it without arguments, or fix the factory") from None
     module, inputs = made if isinstance(made, tuple) else (made, None)

@@ -248,10 +248,10 @@ def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
                  if missing]
         if allow:
             return (f"nothing fits: with the most memory-frugal layout [search] allows ({plan.describe()}) the model "
-                    f"states alone are {over:,.1f} GiB over the per-GPU limit; try {', '.join(allow)} or more GPUs "
+                    f"states alone are {_gib_text(over)} GiB over the per-GPU limit; try {', '.join(allow)} or more GPUs "
                     "(a shorter sequence would not help)")
         return (f"nothing fits even fully sharded: with the most memory-frugal layout ({plan.describe()}) the "
-                f"model states alone are {over:,.1f} GiB over the per-GPU limit, before any activations; "
+                f"model states alone are {_gib_text(over)} GiB over the per-GPU limit, before any activations; "
                 "use more GPUs or GPUs with more memory (a shorter sequence would not help)")
     else:
         return _no_valid_layout(candidates)
@@ -261,7 +261,12 @@ def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
     if ZeroStage.PARAMETERS not in scenario.search.zero_stages:
         hints.append("allow ZeRO-3")
     hints.append(f"a shorter sequence than {scenario.job.seq_len}")
-    return f"nothing fits: the closest plan ({plan.describe()}) is {over:.1f} GiB over; try {', '.join(hints)}"
+    return f"nothing fits: the closest plan ({plan.describe()}) is {_gib_text(over)} GiB over; try {', '.join(hints)}"
+
+
+def _gib_text(gib: float) -> str:
+    """1,884.9 for big shortfalls, 0.0012 for tiny ones (never a misleading 0.0)."""
+    return f"{gib:,.1f}" if gib >= 0.05 else f"{gib:.2g}"
 
 
 def _no_valid_layout(candidates: list[Candidate]) -> str:

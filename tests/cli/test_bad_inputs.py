@@ -261,6 +261,16 @@ global_batch = 8
     "run-plan-from-other-scenario": (lambda d: _other_scenario_plan(d), "scenario"),
     "run-out-is-file": (lambda d: _plan_file(d, "x", "o") and
                         ["run", _plan_file(d, '{"dims": {"dp": 4}}'), "--scenario", _scenario(d), "--out", d / "o"], "--out"),
+    "routing-wrong-experts": (lambda d: _plan_file(d, '{"num_experts": 8, "layers": [{"layer": 0, "expert_tokens": '
+                                                      '[1, 1, 1, 1, 1, 1, 1, 1]}]}', "r.json") and
+                              ["search", _scenario(d, TINY.replace("tiny-dense", "tiny-moe")), "--routing", d / "r.json"],
+                              "--routing: the trace has 1 MoE layers x 8 experts"),
+    "routing-for-dense-model": (lambda d: _plan_file(d, '{"num_experts": 4, "layers": [{"layer": 0, "expert_tokens": '
+                                                        '[1, 1, 1, 1]}]}', "r.json") and
+                                ["search", _scenario(d), "--routing", d / "r.json"], "has no experts"),
+    "graph-model-calls-exit": (lambda d: ["graph", "--model", "sys:exit"], "--model: sys:exit() raised SystemExit"),
+    "run-data-is-directory": (lambda d: ["run", _plan_file(d, '{"dims": {"dp": 4}}'), "--scenario", _scenario(d),
+                                         "--data", d], "is not a file"),
     "run-data-missing": (lambda d: ["run", _plan_file(d, '{"dims": {"dp": 4}}'), "--scenario", _scenario(d),
                                     "--data", d / "none.txt"], "data"),
 }
