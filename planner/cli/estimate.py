@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeli
     hw = datasheet_profile(scenario.cluster) if profile is None else load_profile(profile)
     graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
     est = estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=timeline)
+    if not 0 < est.step_time_s < math.inf:
+        raise UserError(f"the hardware numbers give a step time of {est.step_time_s:g} s",
+                        file=profile or scenario.name, fix="check peak_tflops, efficiencies and bandwidths")
     usable = usable_capacity_bytes(est, scenario)
     return replace(est, memory_capacity_bytes=usable, fits=bool(est.fits) and est.peak_memory_bytes <= usable)
 

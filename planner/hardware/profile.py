@@ -22,6 +22,9 @@ from planner.scenario.spec import MAX_BANDWIDTH_GBS, MAX_MEMORY_GIB, MAX_TFLOPS,
 
 # Finite numbers only: a profile with inf bandwidth or NaN efficiency prices every step at 0 or NaN.
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+# An efficiency below 1e-6 of peak is no measurement (the slowest measured CPU GEMM here runs at
+# 0.9% of peak); it only overflows step times to inf.
+MIN_EFFICIENCY = 1e-6
 _US = 1e-6
 _GB = 1e9
 _TFLOP = 1e12
@@ -74,8 +77,8 @@ class Curve(BaseModel):
         xs = [x for x, _ in pts]
         if any(x <= 0 for x in xs) or xs != sorted(xs) or len(set(xs)) != len(xs):
             raise ValueError("points: x values must be positive, distinct and sorted ascending")
-        if any(not 0 < y <= 1.0 for _, y in pts):
-            raise ValueError("points: efficiencies must lie in (0, 1]")
+        if any(not MIN_EFFICIENCY <= y <= 1.0 for _, y in pts):
+            raise ValueError(f"points: efficiencies must lie in [{MIN_EFFICIENCY:g}, 1]")
         return pts
 
     def covers(self, x: float) -> bool:
@@ -203,7 +206,7 @@ class HardwareProfile(BaseModel):
     memory_bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
     matmul_efficiency: dict[Precision, Curve]
     attention_efficiency: dict[Precision, Curve]
-    memory_bound_efficiency: float = Field(gt=0, le=1)
+    memory_bound_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
     # Measured profiles: efficiency of memory-bound ops vs bytes moved per call (small tensors stay
     # in cache or pay a fixed launch cost); None means the one memory_bound_efficiency for all sizes.
     memory_bound_curve: Curve | None = None

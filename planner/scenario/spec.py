@@ -123,6 +123,9 @@ class ModelSpec(BaseModel):
             )
         if self.uses_mla and None in (self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim):
             raise ValueError("kv_lora_rank: MLA also needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim")
+        if self.uses_mla and self.position_embedding != PositionEmbedding.ROPE:
+            raise ValueError("position_embedding: MLA (kv_lora_rank) needs rope, its decoupled key is rotary "
+                             "(DeepSeek-V2 Sec. 2.1.3); set position_embedding = \"rope\"")
         return self
 
     @property
