@@ -8,6 +8,7 @@ Real processes: the CLI as a user starts it (`python -m planner`), torchrun and 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,12 +61,21 @@ def _running(pids: list[int]) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_while_search_writes_leaves_the_old_outputs(tmp_path: Path, sig: signal.Signals) -> None:
-    out = tmp_path / "out"
-    first = subprocess.run([sys.executable, "-m", "planner", "search", TINY, "--out", out], cwd=tmp_path, env=ENV,
+@pytest.fixture(scope="module")
+def first_outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished search's output directory (copied by each test)."""
+    out = tmp_path_factory.mktemp("first") / "out"
+    first = subprocess.run([sys.executable, "-m", "planner", "search", TINY, "--out", out], cwd=out.parent, env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_search_writes_leaves_the_old_outputs(tmp_path: Path, sig: signal.Signals,
+                                                           first_outputs: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(first_outputs, out)
     (out / ".mine").write_text("a dotfile of the user")
     before = snapshot(tmp_path)
     proc = _start(["search", TINY, "--out", out], tmp_path)
@@ -77,8 +87,8 @@ def test_signal_while_search_writes_leaves_the_old_outputs(tmp_path: Path, sig: 
     assert snapshot(tmp_path) == before  # the earlier outputs, byte for byte, and the dotfile
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_first_search_leaves_no_directory(tmp_path: Path, sig: signal.Signals) -> None:
+def test_signal_during_first_search_leaves_no_directory(tmp_path: Path) -> None:
+    sig = signal.SIGTERM  # SIGINT takes the same path (the test above runs both)
     proc = _start(["search", TINY, "--out", tmp_path / "new" / "out"], tmp_path)
     _wait_for(lambda: _staging(tmp_path), timeout_s=300, proc=proc)
     proc.send_signal(sig)
