@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import planner.cli.search
 from cli_contract import assert_user_error, invoke, snapshot
 from conftest import FIXTURES, REPO
 
@@ -298,7 +299,15 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: str, tmp_path: P
 
 
 def test_read_only_output_place_is_refused_before_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read-only mount (not only a chmod, which root ignores): the probe write fails first."""
+    """A read-only mount (not only a chmod, which root ignores): the probe write fails first,
+    before the profiler measures or the search searches."""
+    import planner.profiler.run
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the output path should have been refused before this work")
+
+    monkeypatch.setattr(planner.profiler.run, "profile_machine", must_not_run)
+    monkeypatch.setattr(planner.cli.search, "search", must_not_run)
     monkeypatch.chdir(tmp_path)
     scenario = _scenario(tmp_path)
     for args in (["search", scenario, "--out", "/proc/planner-out"],
