@@ -115,7 +115,8 @@ def _etp_compute(moe: MoE, x: torch.Tensor, counts: list[int], *, group: dist.Pr
     by_expert = _expert_major(peers)
     partial_out = moe.experts(gathered[by_expert], peers.sum(0).tolist())[by_expert.argsort()]
     returned = all_to_all_single_autograd(partial_out, [n] * etp, sizes, group)
-    return returned.view(etp, n, -1).sum(0)
+    # explicit width: an EP rank can receive no tokens at all (n = 0), and view(etp, 0, -1) is ambiguous
+    return returned.view(etp, n, partial_out.shape[-1]).sum(0)
 
 
 def _dispatch_compute_combine(moe: MoE, slots: torch.Tensor, expert_of_slot: torch.Tensor, *,

@@ -74,6 +74,10 @@ FOUR_RANKS = {
     "moe-tp2xpp2-ep2": (MOE, SGD, {"dims": {"tp": 2, "pp": 2, "ep": 2}, "micro_batch_size": 2}),
     "moe-dp2xtp2-etp2-zero3": (MOE, SGD, {"dims": {"dp": 2, "tp": 2, "etp": 2}, "micro_batch_size": 2,
                                           "zero_stage": 3}),
+    # ep and etp together (an EP rank can receive no slot: the etp exchange must handle zero rows)
+    "moe-dp2xtp2-ep2-etp2": (MOE, ADAMW, {"dims": {"dp": 2, "tp": 2, "ep": 2, "etp": 2}, "micro_batch_size": 2}),
+    "moe-dp4-ep2-etp2": (MOE, SGD, {"dims": {"dp": 4, "ep": 2, "etp": 2}, "micro_batch_size": 2,
+                                    "expert_placement": [[1, 0, 0, 1]] * 4}),
     "tied-tp2xpp2-sp": (TIED, SGD, {"dims": {"tp": 2, "pp": 2}, "micro_batch_size": 2, "sequence_parallel": True}),
     "tied-dp2xpp2-zero3": (TIED, ADAMW, {"dims": {"dp": 2, "pp": 2}, "micro_batch_size": 2, "zero_stage": 3}),
 }
