@@ -3,8 +3,9 @@ knob grid of each (micro-batch, schedule / virtual stages, ZeRO stage, recompute
 parallel). Pure functions over the scenario; invalid layouts come back with their reason.
 
 Validity is planner.plan.problems (one copy of the rules). The space itself only enumerates
-foldings with ep*etp dividing dp*cp*tp (MoE parallel folding, Liu et al. 2025) and etp dividing tp
-(expert tensor parallelism never exceeds attention tensor parallelism).
+foldings with ep*etp dividing dp*cp*tp (MoE parallel folding, Liu et al. 2025: the expert layers
+re-split the stage's GPUs, so etp is independent of the attention's tp) and etp inside the NVLink
+domain (it reduces every expert GEMM's output, TP-like traffic that Megatron keeps on the fast tier).
 """
 
 from __future__ import annotations
@@ -85,10 +86,14 @@ def _expert_layouts(scenario: Scenario, base: ParallelDims) -> Iterator[tuple[Pa
     ep_allowed, etp_allowed = _allowed(scenario, Axis.EP, space.max_ep), _allowed(scenario, Axis.ETP, None)
     slice_ = base.dp * base.cp * base.tp
     for ep in divisors(model.num_local_experts):
-        for etp in divisors(base.tp):
+        for etp in divisors(slice_):
             if slice_ % (ep * etp) or (ep_allowed and ep not in ep_allowed) or (etp_allowed and etp not in etp_allowed):
                 continue
-            yield ParallelDims(dp=base.dp, tp=base.tp, pp=base.pp, cp=base.cp, ep=ep, etp=etp), None
+            if etp > scenario.cluster.nvlink_domain > 1 and etp > 1:
+                continue
+            dims = ParallelDims(dp=base.dp, tp=base.tp, pp=base.pp, cp=base.cp, ep=ep, etp=etp)
+            found = problems(dims, scenario) if etp > 1 else []  # etp must divide the expert FFN
+            yield dims, ("invalid: " + "; ".join(found)) if found else None
 
 
 def dense_reason(scenario: Scenario, lay: ParallelDims) -> str | None:

@@ -9,7 +9,10 @@ the proof status comes from prob.sol_status and HiGHS's mip_dual_bound.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,8 +52,29 @@ def highs_available() -> bool:
     return "HiGHS" in pulp.listSolvers(onlyAvailable=True)
 
 
+@contextmanager
+def _stdout_to_devnull():
+    """Point file descriptor 1 at /dev/null: HiGHS's C++ constructor prints its banner there
+    before any option (output_flag) can be set, and `planner search --json` owns stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 class _WarmHiGHS(pulp.HiGHS):
-    """pulp.HiGHS plus a MIP start from the variables' initial values (pulp's HiGHS has none)."""
+    """pulp.HiGHS plus a MIP start from the variables' initial values (pulp's HiGHS has none),
+    and silent: no banner on stdout (msg=False only sets output_flag after the banner)."""
+
+    def createAndConfigureSolver(self, lp: pulp.LpProblem) -> None:
+        with _stdout_to_devnull():
+            super().createAndConfigureSolver(lp)
 
     def callSolver(self, lp: pulp.LpProblem) -> None:
         import highspy
