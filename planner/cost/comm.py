@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from planner.cost.compute import extra_tp_reductions
+from planner.cost.experts import load_factor
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
 from planner.hardware import GroupSpan, composite_span, group_collective_s, p2p_s
@@ -126,7 +127,8 @@ def _cp_ring_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, span: GroupSp
 def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: HardwareProfile) -> float:
     """Dispatch + combine all-to-all (plus expert-TP gather/scatter) of one MoE layer's forward."""
     moe = next(layer.moe for layer in graph.layers if layer.moe is not None)
-    tokens_bytes = tok_bytes / plan.dims.tp * moe.top_k * graph.hidden_size
+    # the busiest receiver's share (placement, routing trace, capacity-factor padding: experts.py)
+    tokens_bytes = tok_bytes / plan.dims.tp * moe.top_k * graph.hidden_size * load_factor(plan, moe)
     a2a = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes, span=spans.ep)
     if plan.dims.etp == 1:
         return a2a

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from planner.cost.experts import load_factor
 from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
 from planner.graph import ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
@@ -30,9 +31,6 @@ MEMORY_BOUND_BWD_BYTES_FACTOR = 2.0
 # Korthikanti et al. 2022 Sec. 4.1 lists the same tensors).
 EAGER_SCORE_BYTES_FWD = 13.0
 EAGER_SCORE_BYTES_BWD = 21.0
-# Dropless MoE: the busiest expert rank gets ~10% more tokens than the mean with an auxiliary
-# balance loss (Switch Transformer, Fedus et al. 2021, Fig. 9; DeepSeek-V3 report Sec. 2.1.2).
-DROPLESS_IMBALANCE = 1.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +98,7 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     heads = graph.num_attention_heads / d.tp
     scores = plan.micro_batch_size * heads * graph.seq_len * graph.seq_len / d.cp
     moe = next((layer.moe for layer in graph.layers if layer.moe is not None), None)
-    imbalance = DROPLESS_IMBALANCE
-    if moe is not None and moe.capacity_factor is not None:
-        imbalance = min(moe.capacity_factor, DROPLESS_IMBALANCE)
+    imbalance = load_factor(plan, moe)  # placement, routing trace and capacity factor (experts.py)
     return Split(batch_scale=plan.micro_batch_size / graph.sample_batch,
                  tokens=plan.micro_batch_size * graph.seq_len / d.cp, tp=d.tp, cp=d.cp, ep=d.ep,
                  sp=plan.sequence_parallel, imbalance=imbalance,

@@ -59,6 +59,11 @@ class Plan(BaseModel):
         description="per MoE layer, the EP rank hosting each expert; None means contiguous "
         "blocks of num_experts/ep experts per rank",
     )
+    expert_load: list[list[float]] | None = Field(
+        None,
+        description="per MoE layer, tokens routed to each expert in the routing trace the plan is "
+        "priced with (cost/experts.py); None means balanced routing. The executor ignores it",
+    )
     rank_order: list[Axis] = Field(default_factory=lambda: list(DEFAULT_RANK_ORDER))
     expert_rank_order: list[Axis] = Field(
         default_factory=lambda: list(DEFAULT_EXPERT_RANK_ORDER)

@@ -32,6 +32,7 @@ class Target:
     global_batch: int
     num_experts: int = 0  # 0 for a dense model
     expert_ffn: int = 0
+    num_moe_layers: int = 0
 
 
 class HasTarget(Protocol):
@@ -123,6 +124,9 @@ def _schedule_problems(plan: Plan, t: Target) -> list[str]:
 
 
 def _placement_problems(plan: Plan, t: Target) -> list[str]:
+    for name, rows in (("expert_placement", plan.expert_placement), ("expert_load", plan.expert_load)):
+        if rows is not None and (len(rows) != t.num_moe_layers or any(len(row) != t.num_experts for row in rows)):
+            return [f"{name}: needs one row of {t.num_experts} entries per MoE layer ({t.num_moe_layers} layers)"]
     if plan.expert_placement is None:
         return []
     ep, experts = plan.dims.ep, t.num_experts

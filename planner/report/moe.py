@@ -79,5 +79,6 @@ def _ilp_summary(result: dict[str, Any]) -> dict[str, Any] | None:
     moe = result.get("moe") or {}
     if "round_robin_s" not in moe:
         return None
-    keys = ("method", "status", "gap", "solve_s", "cost_s", "round_robin_s", "all_to_all_saved_s", "synthetic_trace")
+    keys = ("method", "status", "gap", "solve_s", "cost_s", "round_robin_s", "all_to_all_saved_s", "saved_s",
+            "step_time_s", "unplaced_step_time_s", "synthetic_trace")
     return {k: moe.get(k) for k in keys}

@@ -366,7 +366,8 @@ class Scenario(BaseModel):
         return Target(world_size=self.cluster.world_size, num_layers=m.num_hidden_layers,
                       num_heads=m.num_attention_heads, kv_heads=m.kv_heads, seq_len=self.job.seq_len,
                       global_batch=self.job.global_batch, num_experts=m.num_local_experts if m.is_moe else 0,
-                      expert_ffn=m.expert_intermediate_size if m.is_moe else 0)
+                      expert_ffn=m.expert_intermediate_size if m.is_moe else 0,
+                      num_moe_layers=m.num_moe_layers if m.is_moe else 0)
 
     @model_validator(mode="after")
     def _fixed_degrees_fit(self) -> Scenario:

@@ -80,8 +80,9 @@ def plan_key(plan: Plan) -> tuple:
     """A cheap identity for the costing cache (model_dump_json was 10% of a DeepSeek search)."""
     placement = None if plan.expert_placement is None else tuple(map(tuple, plan.expert_placement))
     blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
+    load = None if plan.expert_load is None else tuple(map(tuple, plan.expert_load))
     return (plan.dims, plan.micro_batch_size, plan.virtual_stages, plan.schedule,
-            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement)
+            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement, load)
 
 
 def usable_capacity_bytes(e: Estimate, scenario: Scenario) -> float:

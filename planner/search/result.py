@@ -55,10 +55,12 @@ class PlacementSummary:
     status: str
     gap: float | None
     solve_s: float
-    cost_s: float
+    cost_s: float  # the solver's objective (busiest-rank expert time + cross-layer traffic)
     round_robin_s: float
-    all_to_all_saved_s: float
-    saved_s: float
+    step_time_s: float  # the cost model's step time of the placed plan
+    unplaced_step_time_s: float  # ... of its twin with contiguous experts, priced with the same trace
+    all_to_all_saved_s: float  # per step, EP all-to-all seconds of the twin minus the placed plan
+    saved_s: float  # per step, unplaced_step_time_s - step_time_s
     synthetic_trace: bool
     ep: int
     rank_order: list[str]

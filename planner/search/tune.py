@@ -125,6 +125,7 @@ def placement_problem(run: Pricer, plan: Plan, routing: ex.RoutingStats | None) 
                                   tokens=_TRACE_TOKENS, top_k=model.num_experts_per_tok, seed=0)
         scale = tokens / _TRACE_TOKENS
         routing = ex.RoutingStats(expert_tokens=routing.expert_tokens * scale, affinity=routing.affinity * scale)
+    ex.check_matches(routing, num_layers=model.num_moe_layers, num_experts=model.num_local_experts)
     peak = run.hw.peak_flops(job.precision)
     hidden_bytes = model.hidden_size * job.precision.bytes
     topo = ex.Topology(num_ranks=d.ep, ranks_per_node=max(1, min(d.ep, cluster.nvlink_domain // d.etp)),
@@ -135,15 +136,23 @@ def placement_problem(run: Pricer, plan: Plan, routing: ex.RoutingStats | None) 
 
 
 def _place(run: Pricer, best: Candidate, routing: ex.RoutingStats | None) -> PlacementSummary:
+    """Solve the placement, then let the cost model price it on the step's scale: the unplaced
+    twin (contiguous experts, as the executor runs a plan without placement) and the placed plan
+    both carry the trace's per-expert token counts (Plan.expert_load), so the difference between
+    them is what placement saves in the all-to-all and the expert GEMMs (cost/experts.py)."""
     problem = placement_problem(run, best.plan, routing)
     result = ilp.place_experts(problem, time_limit_s=_PLACEMENT_LIMIT_S)
-    placed = best.plan.model_copy(update={"expert_placement": result.ranks})
-    run.cost(placed)
+    load = problem.routing.expert_tokens.tolist()
+    twin = run.cost(best.plan.model_copy(update={"expert_load": load, "expert_placement": None}))
+    placed = run.cost(twin.plan.model_copy(update={"expert_placement": result.ranks}))
+    ep_s = lambda c: c.estimate.time_breakdown_s.get("ep", 0.0)  # noqa: E731 - EP seconds per step
     return PlacementSummary(
         expert_tokens=problem.routing.expert_tokens.round().tolist(), method=result.method,
         status=result.solve.status.value, gap=result.solve.gap, solve_s=result.solve.seconds,
         cost_s=result.cost.total_s, round_robin_s=result.round_robin.total_s,
-        all_to_all_saved_s=result.all_to_all_saved_s, saved_s=result.saved_s, synthetic_trace=routing is None,
+        step_time_s=placed.estimate.step_time_s, unplaced_step_time_s=twin.estimate.step_time_s,
+        all_to_all_saved_s=ep_s(twin) - ep_s(placed),
+        saved_s=twin.estimate.step_time_s - placed.estimate.step_time_s, synthetic_trace=routing is None,
         ep=best.plan.dims.ep, rank_order=[a.value for a in best.plan.rank_order], expert_axis=Axis.EP.value)
 
 

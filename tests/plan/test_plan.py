@@ -75,7 +75,11 @@ def test_expert_placement_must_balance() -> None:
     ok = Plan(dims={"dp": 8, "tp": 8, "ep": 2}, expert_placement=[[0, 1, 0, 1, 0, 1, 0, 1]] * 32)
     check(ok, sc)
     with pytest.raises(ValueError, match="expert_placement\\[0\\]: must give each of 2 EP ranks exactly 4"):
-        check(Plan(dims={"dp": 8, "tp": 8, "ep": 2}, expert_placement=[[0] * 8]), sc)
+        check(Plan(dims={"dp": 8, "tp": 8, "ep": 2}, expert_placement=[[0] * 8] * 32), sc)
+    with pytest.raises(ValueError, match="expert_placement: needs one row of 8 entries per MoE layer \\(32 layers\\)"):
+        check(Plan(dims={"dp": 8, "tp": 8, "ep": 2}, expert_placement=[[0, 1] * 4]), sc)
+    with pytest.raises(ValueError, match="expert_load: needs one row of 8 entries"):
+        check(Plan(dims={"dp": 8, "tp": 8, "ep": 2}, expert_load=[[1.0] * 7] * 32), sc)
 
 
 def test_even_split_and_describe() -> None:
