@@ -24,6 +24,7 @@ STOP_GRACE_S = 10.0  # torchrun gets this long to stop its ranks after SIGTERM, 
 # fp32 weights + fp32 gradients + the optimizer's moments (AdamW: m and v, 8 B; SGD: momentum,
 # 4 B): what a CPU rank holds per parameter (Rajbhandari et al. 2020, Sec. 3.1, in fp32).
 _STATE_BYTES = {"adamw": 16, "sgd": 12}
+RUN_INPUTS = "run"  # out_dir/run/{plan,scenario}.json: what torchrun's ranks read
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,8 +110,8 @@ def torchrun_command(*, nproc: int, launch: Launch, run_dir: Path, options: RunO
     else:
         cmd += [f"--nnodes={launch.nnodes}", f"--node-rank={launch.node_rank}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={launch.rdzv_endpoint}"]
-    cmd += ["-m", "executor", "--plan", str(run_dir / "plan.json"), "--scenario-json",
-            str(run_dir / "scenario.json"), "--out", str(run_dir), "--steps", str(options.steps),
+    cmd += ["-m", "executor", "--plan", str(run_dir / RUN_INPUTS / "plan.json"), "--scenario-json",
+            str(run_dir / RUN_INPUTS / "scenario.json"), "--out", str(run_dir), "--steps", str(options.steps),
             "--seed", str(options.seed), "--checkpoint-every", str(options.checkpoint_every)]
     for flag, value in (("--checkpoint-dir", options.checkpoint_dir), ("--resume-from", options.resume_from),
                         ("--data", options.data_path), ("--kill-at-step", options.kill_at_step)):
@@ -124,9 +125,10 @@ def run_plan(plan: Plan, scenario: Scenario, *, out_dir: Path, options: RunOptio
     """Validate, launch torchrun, wait; the Measurement that rank 0 wrote to out_dir."""
     nproc = check_launch(plan, scenario, launch=launch)
     check_options(options)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "plan.json").write_text(plan.to_json())
-    (out_dir / "scenario.json").write_text(scenario.model_dump_json())
+    inputs = out_dir / RUN_INPUTS  # never out_dir/plan.json: that is the search's answer (its report reads it)
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "plan.json").write_text(plan.to_json())
+    (inputs / "scenario.json").write_text(scenario.model_dump_json())
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = torchrun_command(nproc=nproc, launch=launch, run_dir=out_dir, options=options)
     returncode = supervise(cmd, env=env)

@@ -111,16 +111,22 @@ def _knob_problems(plan: Plan, t: Target) -> list[str]:
 
 
 def _schedule_problems(plan: Plan, t: Target) -> list[str]:
-    pp = plan.dims.pp
-    if pp == 1 or plan.schedule == Schedule.GPIPE:
-        return []
-    m = plan.num_micro_batches(t.global_batch)
-    if plan.schedule == Schedule.INTERLEAVED_1F1B and m % pp:
-        return [f"schedule: interleaved 1F1B needs the micro-batch count ({m}) to be a multiple of pp={pp}"]
+    found = schedule_problem(plan.schedule, pp=plan.dims.pp, num_micro_batches=plan.num_micro_batches(t.global_batch))
+    return [found] if found else []
+
+
+def schedule_problem(schedule: Schedule, *, pp: int, num_micro_batches: int) -> str | None:
+    """Why `schedule` cannot run pp stages on this many micro-batches (the search's knob grid
+    asks the same question before it builds plans)."""
+    m = num_micro_batches
+    if pp == 1 or schedule == Schedule.GPIPE:
+        return None
+    if schedule == Schedule.INTERLEAVED_1F1B and m % pp:
+        return f"schedule: interleaved 1F1B needs the micro-batch count ({m}) to be a multiple of pp={pp}"
     if m < pp:
-        return [f"schedule: {plan.schedule.value} needs at least pp={pp} micro-batches but global_batch/"
-                f"(dp*micro_batch_size) = {m}; lower micro_batch_size or pp, or use gpipe"]
-    return []
+        return (f"schedule: {schedule.value} needs at least pp={pp} micro-batches but global_batch/"
+                f"(dp*micro_batch_size) = {m}; lower micro_batch_size or pp, or use gpipe")
+    return None
 
 
 def _placement_problems(plan: Plan, t: Target) -> list[str]:

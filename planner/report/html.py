@@ -264,18 +264,30 @@ def _memory_rows(plan: Plan, est: dict[str, Any], measured_gib: list[float]) -> 
             for r, gib in enumerate(measured_gib[:16])]
 
 
+def _same_plan(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Plans compared as Plans (defaults filled in), not as raw dicts."""
+    try:
+        return Plan.model_validate(a) == Plan.model_validate(b)
+    except ValueError:
+        return False
+
+
 def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[str, go.Figure],
               notes: dict[str, str]) -> dict[str, Any] | None:
-    """Predicted vs measured for the measured plan (or the best plan when it is not a candidate)."""
+    """Predicted vs measured for the measured plan; a measured plan the search did not detail is
+    named as itself, with its measurements and no prediction (never another plan's)."""
     detailed = result["detailed"]
     plan = measurement.get("plan")
     plan = json.loads(plan) if isinstance(plan, str) else plan
-    match = next((c for c in detailed.values() if plan is not None and c["plan"] == plan), None)
-    if match is None:
-        match = detailed.get(str(result["best"]))
-        notes["measured"] = "the measured plan is not among this search's detailed plans; compared with the best plan"
+    match = next((c for c in detailed.values() if plan is not None and _same_plan(c["plan"], plan)), None)
     if match is None or match["estimate"] is None:
-        return None
+        notes["measured"] = ("the measured plan is not among this search's detailed plans, so there is no prediction "
+                             "here; `planner estimate SCENARIO --plan PLAN.json` prices it")
+        described = Plan.model_validate(plan).describe() if plan else "(unknown)"
+        rows = [{"term": k, "predicted": float("nan"), "measured": float(measurement[k]), "error": None}
+                for k in ("step_time_s", "tokens_per_s_per_gpu", "peak_memory_gib") if measurement.get(k) is not None]
+        return {"rows": rows, "plan": described, "device": measurement.get("device"),
+                "backend": measurement.get("backend"), "world_size": measurement.get("world_size")}
     est = match["estimate"]
     predicted = {"step_time_s": est["step_time_s"], "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"],
                  "peak_memory_gib": est["peak_memory_bytes"] / GIB}

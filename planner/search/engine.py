@@ -138,7 +138,7 @@ def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]
         return
     knobs = _reference(run.scenario, lay)
     if knobs is None:
-        _reject_layout(run, lay, "invalid: no micro-batch size divides global_batch / dp")
+        _reject_layout(run, lay, "invalid: no micro-batch size divides global_batch / dp with a runnable schedule")
         probes[lay] = float("inf")
         return
     probes[lay] = run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from planner.plan import Axis, ParallelDims, Plan, Recompute, Schedule, ZeroStage, problems
+from planner.plan import Axis, ParallelDims, Plan, Recompute, Schedule, ZeroStage, problems, schedule_problem
 from planner.scenario import Scenario
 
 
@@ -103,8 +103,9 @@ def dense_reason(scenario: Scenario, lay: ParallelDims) -> str | None:
 
 
 def micro_batch_sizes(scenario: Scenario, lay: ParallelDims) -> list[int]:
+    """Sizes that divide the replica's batch and leave at least one runnable schedule."""
     per_replica = scenario.job.global_batch // lay.dp
-    return [b for b in scenario.search.micro_batch_sizes if per_replica % b == 0]
+    return [b for b in scenario.search.micro_batch_sizes if per_replica % b == 0 and schedules(scenario, lay, b)]
 
 
 def schedules(scenario: Scenario, lay: ParallelDims, mbs: int) -> list[tuple[Schedule, int]]:
@@ -114,10 +115,10 @@ def schedules(scenario: Scenario, lay: ParallelDims, mbs: int) -> list[tuple[Sch
     m = scenario.job.global_batch // (lay.dp * mbs)
     out = []
     for schedule in scenario.search.schedules:
+        if schedule_problem(schedule, pp=lay.pp, num_micro_batches=m) is not None:
+            continue  # e.g. 1F1B with fewer micro-batches than stages: torch refuses it
         if schedule != Schedule.INTERLEAVED_1F1B:
             out.append((schedule, 1))
-            continue
-        if m % lay.pp:
             continue
         out += [(schedule, vp) for vp in range(2, scenario.search.max_vp + 1)
                 if lay.pp * vp <= scenario.model.num_hidden_layers]
