@@ -182,14 +182,19 @@ def search(
     out: Annotated[Path | None, typer.Option("--out", help="output dir (default reports/<scenario>)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="hardware profile JSON (default: datasheet)")] = None,
     routing: Annotated[Path | None, typer.Option("--routing", help="routing trace JSON for expert placement")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (ranked plans) and nothing else")] = False,
 ) -> None:
     """Search every valid parallel layout; print the best plans and write plans.csv, plan.json, report.html."""
-    from planner.cli.search import run_search
+    from planner.cli.search import result_json, run_search
 
     with user_errors():
         sc = scenario_or_default(scenario)
-        result = run_search(sc, top=top or sc.search.top_k, out=out, profile=profile, routing_trace=routing,
-                            console=console)
+        out_dir, k = out or Path("reports") / sc.name, top or sc.search.top_k
+        # --json: stdout carries the object alone; tables and progress go to a silent console
+        shown = Console(file=open(os.devnull, "w"), width=160) if as_json else console
+        result = run_search(sc, top=k, out=out_dir, profile=profile, routing_trace=routing, console=shown)
+    if as_json:
+        typer.echo(result_json(result, sc, top=k, out=out_dir))
     if result.best is None:
         _fail(result.nothing_fits or "nothing fits")
 

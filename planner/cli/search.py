@@ -23,7 +23,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
                routing_trace: Path | None, console: Console) -> SearchResult:
     """Everything the verb does; returns the result (cli turns nothing-fits into exit 2)."""
     from planner.search.ilp import load_routing_trace
-    from planner.graph import extract_graph
+    from planner.graph import cached_graph
     from planner.report import write_search_outputs
     from planner.report.output import check_output_dir
 
@@ -35,7 +35,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("tracing model", total=None, note="")
-        graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
+        graph = cached_graph(scenario.model, seq_len=scenario.job.seq_len)  # torch only on a cache miss
         bar.update(task, description="searching")
         result = search(graph, scenario, hw=hw, top_k=top, routing=routing,
                         progress=lambda costed, _: bar.update(task, note=f"{costed} plans costed"))
@@ -58,6 +58,27 @@ def check_routing_matches(routing, scenario: Scenario, path: Path) -> None:
         raise UserError(f"the trace has {routing.num_layers} MoE layers x {routing.num_experts} experts but model "
                         f"{model.name} has {model.num_moe_layers} x {model.num_local_experts}", file=path,
                         field="--routing", fix="record the trace with `planner run` on this model")
+
+
+def result_json(result: SearchResult, scenario: Scenario, *, top: int, out: Path) -> str:
+    """`planner search --json`: one object, the ranked plans with their estimates (no timeline)."""
+    import json
+
+    from planner.report import to_jsonable
+
+    def entry(cand) -> dict:
+        est = cand.estimate.to_dict()
+        est.pop("timeline", None)
+        return {"rank": cand.rank, "describe": cand.plan.describe(), "plan": json.loads(cand.plan.to_json()),
+                "estimate": est}
+
+    s = result.stats
+    return json.dumps(to_jsonable({
+        "scenario": scenario.name, "world_size": scenario.cluster.world_size, "out": str(out),
+        "stats": {"enumerated": s.enumerated, "layouts": s.layouts, "invalid": s.invalid, "pruned": s.pruned,
+                  "costed": s.costed, "fitting": s.fitting, "seconds": s.seconds},
+        "best": entry(result.best) if result.best is not None else None,
+        "plans": [entry(c) for c in result.top[:top]], "nothing_fits": result.nothing_fits}), indent=2)
 
 
 def stats_line(result: SearchResult) -> str:

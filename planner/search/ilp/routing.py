@@ -35,8 +35,20 @@ class RoutingStats:
 
 
 def load_routing_trace(path: Path) -> RoutingStats:
-    """Read the executor's routing trace JSON (CONTRACTS.md); UserError names the file and field."""
+    """Read a routing trace, or the executor's measurement.json that carries one under "routing".
+
+    The format (README "Routing traces"; executor/routing.py writes it):
+    {"num_experts": E, "layers": [{"layer": i, "expert_tokens": [E counts]}, ...],
+     "affinity": [{"from_layer": i, "to_layer": j, "matrix": [[E x E counts]]}, ...]}
+    with the layers listed in model order and affinity (optional) between consecutive listed layers.
+    UserError names the file and the field.
+    """
     raw = expect_object(read_json(path, what="routing trace", flag="--routing"), file=path, what="routing trace")
+    if "routing" in raw and "layers" not in raw:  # the executor's measurement.json
+        if raw["routing"] is None:
+            raise UserError("the measurement has no routing trace (a dense model's run)", file=path,
+                            fix="run an MoE plan with `planner run`, or pass a trace file")
+        raw = expect_object(raw["routing"], file=path, what="routing trace")
     try:
         return _routing_stats(raw, path)
     except (KeyError, TypeError, ValueError, IndexError) as err:
@@ -53,20 +65,26 @@ def _routing_stats(raw: dict, path: Path) -> RoutingStats:
     layers = raw.get("layers") or []
     if experts < 1 or not isinstance(layers, list) or not layers:
         raise UserError("needs num_experts >= 1 and a non-empty layers list", file=path)
+    for k, entry in enumerate(layers):  # name the entry: a ragged list only says "not broadcastable"
+        counts = entry.get("expert_tokens") if isinstance(entry, dict) else None
+        if not isinstance(counts, list) or len(counts) != experts:
+            got = len(counts) if isinstance(counts, list) else "no"
+            raise UserError(f"layers[{k}].expert_tokens has {got} entries but num_experts={experts}", file=path)
     tokens = np.array([entry["expert_tokens"] for entry in layers], dtype=float)
-    if tokens.ndim != 2 or tokens.shape[1] != experts:
-        raise UserError(f"layers[].expert_tokens must have num_experts={experts} entries", file=path)
     if not np.isfinite(tokens).all() or (tokens < 0).any():
         raise UserError("layers[].expert_tokens must be finite, non-negative token counts", file=path)
     affinity = np.zeros((len(layers) - 1, experts, experts))
-    order = {entry["layer"]: k for k, entry in enumerate(layers)}
-    for pair in raw.get("affinity", []):
+    order = {entry.get("layer", k): k for k, entry in enumerate(layers)}
+    for n, pair in enumerate(raw.get("affinity", [])):
         k = order.get(pair["from_layer"])
         if k is None or order.get(pair["to_layer"]) != k + 1:
-            raise UserError("affinity from_layer/to_layer must name consecutive listed layers", file=path)
+            raise UserError(f"affinity[{n}] from_layer/to_layer must name consecutive listed layers", file=path)
         matrix = np.asarray(pair["matrix"], dtype=float)
-        if matrix.shape != (experts, experts) or not np.isfinite(matrix).all() or (matrix < 0).any():
-            raise UserError(f"affinity[].matrix must be {experts} x {experts} finite, non-negative counts", file=path)
+        if matrix.shape != (experts, experts):
+            raise UserError(f"affinity[{n}].matrix is {'x'.join(map(str, matrix.shape)) or 'empty'} but "
+                            f"num_experts={experts} needs {experts}x{experts}", file=path)
+        if not np.isfinite(matrix).all() or (matrix < 0).any():
+            raise UserError(f"affinity[{n}].matrix must hold finite, non-negative counts", file=path)
         affinity[k] = matrix
     return RoutingStats(expert_tokens=tokens, affinity=affinity)
 
