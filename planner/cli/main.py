@@ -349,6 +349,24 @@ def estimate(
 
 
 @app.command()
+def export(
+    plan: Annotated[Path, typer.Argument(help="plan JSON (from `planner search --out`)")],
+    fmt: Annotated[str, typer.Option("--format", help="torchtitan (job-config TOML) | megatron (arguments)")],
+    scenario: Annotated[Path | None, typer.Option(help="scenario TOML (default: the search's, from result.json)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+) -> None:
+    """Write the plan as a framework's own options; what the framework cannot express is listed."""
+    from planner.cli.export import run_export
+
+    with user_errors():
+        text = run_export(plan, fmt=fmt, scenario=scenario, out=out)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
 def report(out_dir: Annotated[Path, typer.Argument(help="directory a `planner search --out` wrote")]) -> None:
     """Re-render DIR/report.html from DIR's saved results (plans.csv, result.json); no search."""
     from planner.report import render_report
