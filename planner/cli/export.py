@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from planner.plan import Plan, check
-from planner.report.export import ExportFormat, export_plan
+from planner.report import ExportFormat, export_plan
 from planner.scenario import Scenario, load_scenario
 
 

@@ -76,15 +76,21 @@ def result_json(result: SearchResult, scenario: Scenario, *, top: int, out: Path
     return json.dumps(to_jsonable({
         "scenario": scenario.name, "world_size": scenario.cluster.world_size, "out": str(out),
         "stats": {"enumerated": s.enumerated, "layouts": s.layouts, "invalid": s.invalid, "pruned": s.pruned,
-                  "costed": s.costed, "fitting": s.fitting, "seconds": s.seconds},
+                  "costed": s.costed, "tuned": s.tuned, "fitting": s.fitting, "seconds": s.seconds},
         "best": entry(result.best) if result.best is not None else None,
         "plans": [entry(c) for c in result.top[:top]], "nothing_fits": result.nothing_fits}), indent=2)
 
 
 def stats_line(result: SearchResult) -> str:
     s = result.stats
-    return (f"{s.enumerated:,} plans enumerated over {s.layouts:,} layouts: {s.invalid:,} invalid layouts, "
-            f"{s.pruned:,} pruned, {s.costed:,} costed, {s.fitting:,} fit ({s.seconds:.1f} s)")
+    tuned = f" + {s.tuned:,} ILP variants" if s.tuned else ""
+    return (f"{s.enumerated:,} plans enumerated over {s.layouts:,} layouts = {s.invalid:,} invalid + {s.pruned:,} "
+            f"pruned + {s.costed - s.tuned:,} costed{tuned}; {s.fitting:,} fit ({s.seconds:.1f} s)")
+
+
+def _seconds(value: float) -> str:
+    """Two decimals without a "-0.00": float noise (a bubble of -1e-15 s) rounds to zero."""
+    return f"{round(value, 2) + 0.0:.2f}"
 
 
 def result_table(result: SearchResult, scenario: Scenario, *, top: int) -> Table:
@@ -96,5 +102,5 @@ def result_table(result: SearchResult, scenario: Scenario, *, top: int) -> Table
         table.add_row(str(cand.rank), cand.plan.describe() + (" uneven" if cand.plan.blocks_per_stage else "")
                       + (" placed" if cand.plan.expert_placement else ""), f"{e.step_time_s:.3f}",
                       f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}", f"{e.peak_memory_bytes / GIB:.1f}",
-                      f"{br.get('compute', 0):.2f}", f"{br.get('exposed_comm', 0):.2f}", f"{br.get('bubble', 0):.2f}")
+                      *(_seconds(br.get(term, 0.0)) for term in ("compute", "exposed_comm", "bubble")))
     return table

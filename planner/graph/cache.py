@@ -6,9 +6,10 @@ batch and the extractor's own code. The key is a SHA-256 over all of them (the c
 bytes of this package's tracing modules), so editing the tracer or the model invalidates the
 entry. Entries are pickles written atomically (temp file + rename) under
 
-    $PLANNER_CACHE_DIR                     when set (tests point it at a temp dir), else
+    $PLANNER_CACHE_DIR/graphs              when set (tests point it at a temp dir), else
     $XDG_CACHE_HOME/planner/graphs         (XDG Base Directory spec), else
     ~/.cache/planner/graphs
+(the report keeps its compressed plotly.js beside them, under assets/).
 
 A corrupt or unreadable entry is rebuilt, never fatal.
 """
@@ -32,10 +33,11 @@ _CODE_DIGEST: str | None = None
 
 
 def cache_dir() -> Path:
+    """The planner's cache root (graphs/ and assets/ live under it)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "planner" / "graphs"
+    return Path(base) / "planner"
 
 
 def _code_digest() -> str:
@@ -59,7 +61,7 @@ def graph_key(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> str:
 
 def cached_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> ModelGraph:
     """extract_graph(spec, seq_len, batch) from the cache, tracing (and storing) on a miss."""
-    path = cache_dir() / f"{spec.name}-{graph_key(spec, seq_len=seq_len, batch=batch)[:32]}.pickle"
+    path = cache_dir() / "graphs" / f"{spec.name}-{graph_key(spec, seq_len=seq_len, batch=batch)[:32]}.pickle"
     graph = _read(path)
     if graph is None:
         # the tracer is the only torch importer; loaded here, on a miss only (PEP 562 in graph/__init__)

@@ -67,6 +67,10 @@ def _factory_graph(target: str, *, seq_len: int, batch: int) -> ModelGraph:
         raise ValueError(f"--model: {target}() returned {type(module).__name__}; return an nn.Module or (module, inputs)")
     if inputs is None:
         inputs = (torch.zeros(batch, seq_len, dtype=torch.long),)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    # the module is traced in bf16, so its float inputs must be too (token ids stay integers)
+    inputs = tuple(t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                   for t in inputs)
     try:
         return trace_module(module.to(torch.bfloat16), inputs, name=attr)
     except Exception as err:  # the user's module did not run on these inputs

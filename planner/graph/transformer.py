@@ -41,6 +41,8 @@ def activation(kind: Activation, x: torch.Tensor) -> torch.Tensor:
             return F.gelu(x, approximate="tanh")
         case Activation.RELU:
             return F.relu(x)
+        case Activation.RELU2:
+            return F.relu(x).square()
 
 
 def rope_table(seq_len: int, dim: int, theta: float) -> torch.Tensor:
@@ -330,11 +332,21 @@ class Transformer(nn.Module):
         return self.spec.qk_rope_head_dim if self.spec.uses_mla else self.spec.attn_head_dim
 
     def rope(self, seq_len: int) -> torch.Tensor | None:
-        """The RoPE table a block needs for seq_len positions (None with learned positions)."""
-        if seq_len > self.spec.max_position_embeddings:
-            raise ValueError(f"seq_len={seq_len} exceeds max_position_embeddings="
-                             f"{self.spec.max_position_embeddings}; raise it in [model]")
-        return self.freqs[:seq_len] if self.uses_rope else None
+        """The RoPE table a block needs for seq_len positions (None with learned positions).
+
+        RoPE has no hard position limit (max_position_embeddings is what the model was trained
+        at; the scenario warns beyond it), so a longer sequence extends the table; learned
+        positions stop at their table (the scenario refuses that earlier)."""
+        if not self.uses_rope:
+            if seq_len > self.spec.max_position_embeddings:
+                raise ValueError(f"seq_len={seq_len} exceeds max_position_embeddings="
+                                 f"{self.spec.max_position_embeddings} of the learned position table")
+            return None
+        if seq_len > self.freqs.shape[0]:
+            device = self.freqs.device
+            self.freqs = (torch.empty(seq_len, *self.freqs.shape[1:], device=device) if device.type == "meta"
+                          else rope_table(seq_len, self.rope_dim, self.spec.rope_theta).to(device))
+        return self.freqs[:seq_len]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.tok_embeddings(tokens)

@@ -24,7 +24,8 @@ COMM_AXES = ("tp", "cp", "ep", "pp", "dp")  # communication time per axis, befor
 
 
 def _layout(fig: go.Figure, *, title: str, x: str, y: str, **kw: Any) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
+    # no template here: the page applies plotly_white once to every figure (html.plotly_template_json)
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template=None,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50}, height=kw.pop("height", 420), **kw)
     return fig
 

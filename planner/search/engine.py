@@ -30,6 +30,7 @@ from planner.hardware import HardwareProfile
 from planner.plan import ParallelDims, Plan, Recompute, ZeroStage
 from planner.scenario import GIB, Scenario
 from planner.search import space as ss
+from planner.search.counts import gpu_count_advice, has_layout
 from planner.search.ilp.routing import RoutingStats
 from planner.search.pricer import Estimator, Pricer
 from planner.search.result import Candidate, SearchResult, TuneResult
@@ -48,17 +49,17 @@ def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k:
     run = Pricer(graph=graph, scenario=scenario, hw=hw, est=estimator or cost)
     if progress is not None:
         run.tick = lambda: progress(run.stats.costed, 0)
-    survivors = _enumerate_and_prune(run)
-    probes = _probe(run, survivors)
+    valid: list[ParallelDims] = []  # every layout the rules allow (pruned ones included)
+    probes = _probe(run, _enumerate_and_prune(run, valid))
     for lay in _to_refine(probes):
         _refine(run, lay)
-    _mark_unrefined(run, probes)
     tuned = tune_top(run, routing=routing)  # ILP post-pass: uneven stages, expert placement
+    _settle_counts(run, valid)
     run.stats.seconds = time.perf_counter() - start
     return _result(run, top_k=top_k, tuned=tuned)
 
 
-def _enumerate_and_prune(run: Pricer) -> list[ParallelDims]:
+def _enumerate_and_prune(run: Pricer, valid: list[ParallelDims]) -> list[ParallelDims]:
     survivors = []
     for lay, reason in ss.layouts(run.scenario):
         run.stats.layouts += 1
@@ -68,13 +69,13 @@ def _enumerate_and_prune(run: Pricer) -> list[ParallelDims]:
             run.stats.invalid += 1
             run.reject(run.frugal(lay), reason)
             continue
+        valid.append(lay)
         frugal = run.frugal(lay)
         lower = run.est.memory_lower_bound_bytes(run.graph, frugal, run.scenario.job, run.scenario.cluster)
         limit = _capacity_bytes(run)
         if lower > limit:
             if run.closest_bound is None or lower - limit < run.closest_bound[0]:
                 run.closest_bound = (lower - limit, frugal)
-            run.stats.pruned += grid
             run.reject(frugal, f"OOM: model states alone need {lower / GIB:.1f} GiB > {limit / GIB:.1f} GiB "
                                f"even with ZeRO-{int(frugal.zero_stage)} and {frugal.recompute.value} recompute "
                                f"({grid} knob settings pruned)")
@@ -146,7 +147,6 @@ def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]
 
 def _reject_layout(run: Pricer, lay: ParallelDims, reason: str) -> None:
     grid = run.grid(lay)
-    run.stats.pruned += grid
     run.reject(run.frugal(lay), f"{reason} ({grid} knob settings)")
 
 
@@ -159,13 +159,16 @@ def _to_refine(probes: dict[ParallelDims, float]) -> list[ParallelDims]:
     return chosen[:_REFINE_MAX]
 
 
-def _mark_unrefined(run: Pricer, probes: dict[ParallelDims, float]) -> None:
-    """Count the knob settings of layouts only probed; a fitting probe of such a layout stays a
-    ranked candidate, a non-fitting one already carries its OOM reason."""
-    refined = set(_to_refine(probes))
-    for lay, t in probes.items():
-        if lay not in refined and t < float("inf"):
-            run.stats.pruned += max(run.grid(lay) - 1, 0)
+def _settle_counts(run: Pricer, valid: list[ParallelDims]) -> None:
+    """Every knob setting of a valid layout was costed or pruned: pruned = grid - costed, per
+    layout (memory bound, layout not probed, not refined, dominated knobs alike), so that
+    enumerated = invalid + pruned + (costed - tuned); `tuned` counts the ILP variants (uneven
+    stages, expert placement) the post-pass priced beyond the grid."""
+    in_grid: Counter[ParallelDims] = Counter(
+        c.plan.dims for c in run.candidates if c.estimate is not None and c.plan.blocks_per_stage is None
+        and c.plan.expert_placement is None and c.plan.expert_load is None)
+    run.stats.pruned = sum(max(run.grid(lay) - in_grid[lay], 0) for lay in valid)
+    run.stats.tuned = run.stats.costed - sum(in_grid.values())
 
 
 def _refine(run: Pricer, lay: ParallelDims) -> None:
@@ -197,7 +200,6 @@ def _staircase(run: Pricer, lay: ParallelDims, base: Knobs) -> None:
             if lower > _capacity_bytes(run):
                 continue
             if run.cost(plan).fits:
-                run.stats.pruned += len(recomputes) - k - 1  # dominated: more recompute, same memory need
                 break
 
 
@@ -254,6 +256,8 @@ def nothing_fits_line(scenario: Scenario, candidates: list[Candidate], *,
                 f"model states alone are {_gib_text(over)} GiB over the per-GPU limit, before any activations; "
                 "use more GPUs or GPUs with more memory (a shorter sequence would not help)")
     else:
+        if not has_layout(scenario.cluster.world_size, scenario.plan_target()):
+            return gpu_count_advice(scenario)  # a factor of the GPU count no axis can take
         return _no_valid_layout(candidates)
     hints = ["more GPUs"]
     if Recompute.FULL not in scenario.search.recompute:

@@ -28,6 +28,7 @@ class SearchStats:
     invalid: int = 0
     pruned: int = 0  # memory lower bound, not refined (probe bound) or dominated knobs
     costed: int = 0
+    tuned: int = 0  # of the costed: ILP variants (uneven stages, expert placement) beyond the grid
     fitting: int = 0
     seconds: float = 0.0
 

@@ -48,12 +48,12 @@ def test_graph_cache_round_trips_and_keys_on_the_spec(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
     spec = model_preset("tiny-moe")
     first = cached_graph(spec, seq_len=64)
-    assert cache_dir() == tmp_path and len(list(tmp_path.glob("*.pickle"))) == 1
+    assert cache_dir() == tmp_path and len(list(tmp_path.glob("graphs/*.pickle"))) == 1
     again = cached_graph(spec, seq_len=64)
     assert again.num_params == first.num_params and len(again.layers) == len(first.layers)
     wider = spec.model_copy(update={"hidden_size": 256})
     assert graph_key(wider, seq_len=64) != graph_key(spec, seq_len=64) != graph_key(spec, seq_len=128)
-    (next(tmp_path.glob("*.pickle"))).write_bytes(b"not a pickle")  # a corrupt entry is rebuilt
+    (next(tmp_path.glob("graphs/*.pickle"))).write_bytes(b"not a pickle")  # a corrupt entry is rebuilt
     assert cached_graph(spec, seq_len=64).num_params == first.num_params
 
 

@@ -233,7 +233,7 @@ def test_cli_prints_json_and_table(user_factory: str) -> None:
 
 
 @pytest.mark.parametrize("argv", [["graph"], ["graph", "--model", "no-such-model"],
-                                  ["graph", "--model", "nosuchpkg.mod:f"], ["graph", "--model", "tiny-dense",
+                                  ["graph", "--model", "nosuchpkg.mod:f"], ["graph", "--model", "tiny-gpt",
                                                                             "--seq-len", "99999"]])
 def test_cli_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
     result = CliRunner().invoke(app, argv)

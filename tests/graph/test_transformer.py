@@ -181,6 +181,12 @@ def test_meta_forward_spreads_tokens_evenly_over_experts() -> None:
     assert moe._plan_dispatch(torch.empty(30, 2, dtype=torch.long, device="meta"), 10)[1] == [10] * 4
 
 
-def test_seq_len_beyond_positions_is_a_user_error() -> None:
+def test_seq_len_beyond_learned_positions_is_a_user_error_but_rope_extends() -> None:
     with torch.device("meta"), pytest.raises(ValueError, match="max_position_embeddings"):
-        Transformer(PRESETS["tiny-dense"]).rope(4096)
+        Transformer(PRESETS["tiny-gpt"]).rope(4096)  # learned positions stop at their table
+    with torch.device("meta"):
+        assert Transformer(PRESETS["tiny-dense"]).rope(4096).shape[0] == 4096  # RoPE has no hard limit
+    model = Transformer(PRESETS["tiny-dense"])
+    model.init_weights(0)
+    short, long = model.freqs[:16].clone(), model.rope(2048)
+    assert long.shape[0] == 2048 and torch.equal(long[:16], short)  # same angles, more positions

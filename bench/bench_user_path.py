@@ -1,0 +1,59 @@
+"""Wall time of `planner search` on the embedded default scenario, as a user runs it, against
+`python -c "import torch"` on the same machine (issue 13's targets: warm graph cache < import
+torch; cold cache < 2x import torch).
+
+warm: the graph cache holds the default model's graph (no torch import, no tracing);
+cold: an empty cache directory (torch imported, the model traced, the cache written).
+Runs alternate (torch, warm, cold) so machine load hits all three alike; medians are printed.
+
+    python bench/bench_user_path.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wall(cmd: list[str], *, env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    repeats = parser.parse_args().repeats
+    base = os.environ | {"PYTHONPATH": str(REPO)}
+    search = [sys.executable, "-m", "planner", "search"]
+    times: dict[str, list[float]] = {"import torch": [], "search, warm cache": [], "search, cold cache": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work, warm_cache = Path(tmp), Path(tmp) / "warm-cache"
+        warm = base | {"PLANNER_CACHE_DIR": str(warm_cache)}
+        _wall(search, env=warm, cwd=work)  # fill the warm cache (and the report's plotly asset)
+        for k in range(repeats):
+            times["import torch"].append(_wall([sys.executable, "-c", "import torch"], env=base, cwd=work))
+            times["search, warm cache"].append(_wall(search, env=warm, cwd=work))
+            cold = base | {"PLANNER_CACHE_DIR": str(work / f"cold-{k}")}
+            times["search, cold cache"].append(_wall(search, env=cold, cwd=work))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    torch_s = med["import torch"]
+    print(f"planner search, default scenario (median of {repeats}, load {os.getloadavg()[0]:.1f}):")
+    for name, t in med.items():
+        spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
+        print(f"  {name:<20} {t:6.2f} s  ({spread} s)  {t / torch_s:4.2f}x import torch")
+    print(f"targets: warm < 1x import torch: {'met' if med['search, warm cache'] < torch_s else 'NOT met'}; "
+          f"cold < 2x: {'met' if med['search, cold cache'] < 2 * torch_s else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
