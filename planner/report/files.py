@@ -92,8 +92,13 @@ def csv_row(cid: int, candidate: Candidate, *, status: Status, pareto: bool, glo
     """One plans.csv row; metric columns stay empty for candidates that were never costed."""
     plan: Plan = candidate.plan
     dims = plan.dims
-    est = estimate_dict(candidate.estimate) or {}
-    breakdown = est.get("time_breakdown_s") or {}
+    e = candidate.estimate  # read directly: a full estimate_dict per row was a tenth of a search's wall time
+    est: dict[str, Any] = {} if e is None else {
+        "num_micro_batches": e.num_micro_batches, "step_time_s": e.step_time_s,
+        "tokens_per_s_per_gpu": e.tokens_per_s_per_gpu, "mfu": e.mfu, "hfu": e.hfu,
+        "bubble_fraction": e.bubble_fraction, "peak_memory_bytes": e.peak_memory_bytes,
+        "memory_capacity_bytes": e.memory_capacity_bytes}
+    breakdown = {} if e is None else {str(to_jsonable(k)): v for k, v in e.time_breakdown_s.items()}
     row: dict[str, Any] = {
         "candidate": cid, "rank": candidate.rank, "status": status.value, "fits": bool(candidate.fits),
         "pareto": pareto, "reason": candidate.reason or "", "plan": plan.describe(),
