@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cost import Estimate, estimate
-from planner.graph import extract_graph
+from planner.graph import cached_graph
 from planner.hardware import datasheet_profile, load_profile
 from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage, check
 from planner.errors import UserError
@@ -78,7 +78,7 @@ def run_estimate(scenario: Scenario, plan: Plan, *, profile: Path | None, timeli
             raise
         raise UserError(str(err), file=plan_file) from None
     hw = datasheet_profile(scenario.cluster) if profile is None else load_profile(profile)
-    graph = extract_graph(scenario.model, seq_len=scenario.job.seq_len)
+    graph = cached_graph(scenario.model, seq_len=scenario.job.seq_len)  # torch only on a cache miss
     est = estimate(graph, plan, hw=hw, cluster=scenario.cluster, job=scenario.job, timeline=timeline)
     if not 0 < est.step_time_s < math.inf:
         raise UserError(f"the hardware numbers give a step time of {est.step_time_s:g} s",

@@ -74,3 +74,13 @@ def test_capacity_factor_prices_the_all_to_all_and_the_gemms() -> None:
     assert high.step_time_s > low.step_time_s
     assert high.time_breakdown_s["ep"] > low.time_breakdown_s["ep"]  # padded buffers travel
     assert high.time_breakdown_s["compute"] > low.time_breakdown_s["compute"]  # and are computed
+
+
+def test_search_costs_expert_tensor_parallel_variants(mixtral) -> None:
+    """ETP is independent of the attention's tp under folding, so the search prices etp > 1
+    variants, with and without attention TP (issue 13: 0 of 610 DeepSeek-V3 plans had etp > 1)."""
+    sc, graph, hw = mixtral
+    wide = sc.model_copy(update={"search": SearchSpace()})
+    costed = [c for c in search(graph, wide, hw=hw).candidates if c.estimate is not None]
+    etp = [c.plan.dims for c in costed if c.plan.dims.etp > 1]
+    assert etp and any(d.tp == 1 for d in etp) and all(d.etp <= sc.cluster.nvlink_domain for d in etp)
