@@ -332,20 +332,16 @@ class Transformer(nn.Module):
         return self.spec.qk_rope_head_dim if self.spec.uses_mla else self.spec.attn_head_dim
 
     def rope(self, seq_len: int) -> torch.Tensor | None:
-        """The RoPE table a block needs for seq_len positions (None with learned positions).
-
-        RoPE has no hard position limit (max_position_embeddings is what the model was trained
-        at; the scenario warns beyond it), so a longer sequence extends the table; learned
-        positions stop at their table (the scenario refuses that earlier)."""
+        """The RoPE table for seq_len positions, extended past max_position_embeddings (RoPE has no
+        hard limit; the scenario warns); None with learned positions, which stop at their table."""
         if not self.uses_rope:
             if seq_len > self.spec.max_position_embeddings:
-                raise ValueError(f"seq_len={seq_len} exceeds max_position_embeddings="
-                                 f"{self.spec.max_position_embeddings} of the learned position table")
+                raise ValueError(f"seq_len={seq_len} exceeds max_position_embeddings={self.spec.max_position_embeddings}")
             return None
         if seq_len > self.freqs.shape[0]:
-            device = self.freqs.device
-            self.freqs = (torch.empty(seq_len, *self.freqs.shape[1:], device=device) if device.type == "meta"
-                          else rope_table(seq_len, self.rope_dim, self.spec.rope_theta).to(device))
+            meta = self.freqs.device.type == "meta"
+            self.freqs = (torch.empty(seq_len, *self.freqs.shape[1:], device="meta") if meta else
+                          rope_table(seq_len, self.rope_dim, self.spec.rope_theta).to(self.freqs.device))
         return self.freqs[:seq_len]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
