@@ -191,7 +191,7 @@ def search(
         sc = scenario_or_default(scenario)
         out_dir, k = out or Path("reports") / sc.name, top or sc.search.top_k
         # --json: stdout carries the object alone; tables and progress go to a silent console
-        shown = Console(file=open(os.devnull, "w"), width=160) if as_json else console
+        shown = Console(quiet=True) if as_json else console
         result = run_search(sc, top=k, out=out_dir, profile=profile, routing_trace=routing, console=shown)
     if as_json:
         typer.echo(result_json(result, sc, top=k, out=out_dir))
