@@ -115,11 +115,12 @@ def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figur
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for e in spans:
         by_kind.setdefault(str(e.get("cat") or e.get("name", "?")).split()[0], []).append(e)
-    for kind, group in by_kind.items():
-        fig.add_bar(orientation="h", name=kind, base=[e["ts"] / 1e3 for e in group],
-                    x=[e["dur"] / 1e3 for e in group],
-                    y=[names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}") for e in group],
-                    hovertext=[str(e.get("name", "")) for e in group], hoverinfo="text+x",
+    for kind, group in by_kind.items():  # numpy arrays: plotly validates lists element by element
+        fig.add_bar(orientation="h", name=kind, base=np.array([e["ts"] / 1e3 for e in group]),
+                    x=np.array([e["dur"] / 1e3 for e in group]),
+                    y=np.array([names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}")
+                                for e in group], dtype=object),
+                    hovertext=np.array([str(e.get("name", "")) for e in group], dtype=object), hoverinfo="text+x",
                     marker={"line": {"width": 0}, **({"color": "#b8c0c8"} if kind == "steady-state" else {})})
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(barmode="overlay")
@@ -180,9 +181,9 @@ def device_map(groups: list[AxisGroups], *, gpus_per_node: int, num_nodes_shown:
     for i, g in enumerate(groups):
         gid = g.group_of[:shown].reshape(num_nodes_shown, gpus_per_node)
         ranks = np.arange(shown).reshape(num_nodes_shown, gpus_per_node)
-        text = [[f"GPU {r} (node {r // gpus_per_node}, local {r % gpus_per_node})<br>{g.axis.value} group {k}"
-                 for r, k in zip(rrow, krow)] for rrow, krow in zip(ranks, gid)]
-        fig.add_heatmap(z=(gid % 20).tolist(), text=text, hoverinfo="text", colorscale="Turbo", showscale=False,
+        text = np.array([[f"GPU {r} (node {r // gpus_per_node}, local {r % gpus_per_node})<br>{g.axis.value} "
+                          f"group {k}" for r, k in zip(rrow, krow)] for rrow, krow in zip(ranks, gid)], dtype=object)
+        fig.add_heatmap(z=gid % 20, text=text, hoverinfo="text", colorscale="Turbo", showscale=False,
                         visible=i == 0, name=g.axis.value, xgap=2, ygap=2,
                         x=[f"gpu {j}" for j in range(gpus_per_node)], y=[f"node {n}" for n in range(num_nodes_shown)])
     buttons = [{"label": f"{g.axis.value} ({g.degree})", "method": "update",
@@ -196,7 +197,7 @@ def device_map(groups: list[AxisGroups], *, gpus_per_node: int, num_nodes_shown:
 def expert_placement(placement: list[list[int]], *, layer_ids: list[int]) -> go.Figure:
     """Which EP rank hosts each expert, per MoE layer."""
     fig = go.Figure()
-    fig.add_heatmap(z=placement, colorscale="Turbo", colorbar={"title": "EP rank"},
+    fig.add_heatmap(z=np.asarray(placement), colorscale="Turbo", colorbar={"title": "EP rank"},
                     y=[f"layer {i}" for i in layer_ids], hovertemplate="expert %{x}, %{y}: EP rank %{z}<extra></extra>")
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, title="Expert placement (best plan)", x="expert", y="",
