@@ -32,9 +32,6 @@ def check_supported(plan: Plan, spec: ModelSpec) -> None:
     """One-line ValueError for limits of this executor's runtime; general plan validity is
     planner.plan.check (the caller runs it first)."""
     d = plan.dims
-    if d.tp > spec.kv_heads and not spec.uses_mla:
-        raise ValueError(f"dims.tp: {d.tp} exceeds num_key_value_heads={spec.kv_heads} (KV-head replication "
-                         "is not implemented); lower tp")
     if d.tp > 1 and spec.vocab_size % d.tp:
         raise ValueError(f"dims.tp: {d.tp} must divide vocab_size={spec.vocab_size} (vocab-parallel embedding)")
     if d.cp > 1 and spec.attention_dropout > 0:

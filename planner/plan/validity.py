@@ -3,7 +3,8 @@
 The search prunes layouts with it, `estimate` and the executor refuse plans with it; the
 executor adds only the limits of its own runtime (executor/parallelize.check_supported).
 Rules (Megatron-LM, Narayanan et al. 2021; MoE folding, Liu et al. 2025): the degrees multiply to
-the world size; tp divides the attention heads and tp and the KV heads divide one another; pp
+the world size; tp divides the attention heads and the KV heads (Megatron-LM core_v0.15.0
+TransformerConfig: num_query_groups must be a multiple of tensor_model_parallel_size); pp
 (times virtual stages) does not exceed the layers; 2*cp divides the sequence (load-balanced
 causal chunks); dp*micro-batch divides the global batch; ep divides the experts and etp the
 expert FFN width; sequence parallelism needs tp > 1 and seq_len/cp divisible by tp; 1F1B-type
@@ -67,8 +68,8 @@ def _dims_problems(d: ParallelDims, t: Target) -> list[str]:
                    f"{t.world_size} GPUs; make the product equal the GPU count")
     if t.num_heads % d.tp:
         out.append(f"tp: {d.tp} does not divide num_attention_heads={t.num_heads}")
-    elif t.kv_heads % d.tp and d.tp % t.kv_heads:
-        out.append(f"tp: {d.tp} and num_key_value_heads={t.kv_heads} must divide one another")
+    elif t.kv_heads % d.tp:  # no KV-head replication in training (Megatron-LM, executor alike)
+        out.append(f"tp: {d.tp} does not divide num_key_value_heads={t.kv_heads}; lower tp")
     if d.pp > t.num_layers:
         out.append(f"pp: {d.pp} exceeds num_hidden_layers={t.num_layers}")
     if d.cp > 1 and t.seq_len % (2 * d.cp):

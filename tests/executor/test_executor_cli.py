@@ -46,7 +46,7 @@ def test_check_launch_world_size_and_unsupported_layouts():
     assert check_launch(Plan.model_validate({"dims": {"dp": 2}}), scenario, launch=Launch()) == 2
     with pytest.raises(ValueError, match="nproc"):
         check_launch(Plan.model_validate({"dims": {"dp": 2}}), scenario, launch=Launch(nproc=4))
-    with pytest.raises(ValueError, match="dims.tp"):
+    with pytest.raises(ValueError, match="tp: 4 does not divide num_key_value_heads=2"):  # planner.plan.check
         check_launch(Plan.model_validate({"dims": {"tp": 4}}), scenario, launch=Launch())
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         check_launch(Plan.model_validate({"dims": {"dp": 4}}), scenario, launch=Launch(nnodes=2))

@@ -55,7 +55,9 @@ def test_plan_validate_for_world_size_and_model() -> None:
         check(Plan(dims={"dp": 1, "tp": 8, "pp": 4}), sc)
     with pytest.raises(ValueError, match="tp: 128 does not divide num_attention_heads=64"):
         check(Plan(dims={"tp": 128}), _scenario(nodes=16))
-    check(Plan(dims={"dp": 1, "tp": 16, "pp": 4}), sc)  # kv heads replicated across tp
+    # no KV-head replication: Megatron-LM (num_query_groups % tp) and the executor refuse it alike
+    with pytest.raises(ValueError, match="tp: 16 does not divide num_key_value_heads=8; lower tp"):
+        check(Plan(dims={"dp": 1, "tp": 16, "pp": 4}), sc)
     with pytest.raises(ValueError, match="ep/etp: expert parallelism needs an MoE model"):
         check(Plan(dims={"dp": 8, "tp": 8, "ep": 2}), sc)
 
