@@ -7,6 +7,7 @@ modules import, never the reverse.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from planner.errors import ScenarioError, UserError, one_line, read_text
 from planner.scenario import clusters, models
-from planner.scenario.spec import Scenario
+from planner.scenario.spec import PositionEmbedding, Scenario
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -41,10 +42,23 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
     try:
         data["model"] = models.resolve_model_table(data["model"], base_dir=base_dir)
         data["cluster"] = clusters.resolve_cluster_table(data["cluster"])
-        return Scenario.model_validate(data)
+        return _positions_cover_the_sequence(Scenario.model_validate(data))
     except ValidationError as err:
         raise ScenarioError(one_line(err), file=source) from None
     except UserError as err:  # already names its own file (an HF config) or field
         raise ScenarioError(str(err), file=None if err.file else source) from None
     except ValueError as err:
         raise ScenarioError(str(err), file=source) from None
+
+
+def _positions_cover_the_sequence(sc: Scenario) -> Scenario:
+    """Learned positions stop at their table (refused); RoPE has no hard limit, so a sequence
+    longer than the model was trained at only warns (quality, not feasibility)."""
+    m, seq = sc.model, sc.job.seq_len
+    if seq > m.max_position_embeddings:
+        if m.position_embedding == PositionEmbedding.LEARNED:
+            raise ValueError(f"job.seq_len: {seq} exceeds the learned position table (max_position_embeddings="
+                             f"{m.max_position_embeddings}); shorten the sequence or enlarge the table")
+        warnings.warn(f"job.seq_len: {seq} exceeds max_position_embeddings={m.max_position_embeddings} of "
+                      f"{m.name}; RoPE extends, but the model was not trained at this length", stacklevel=3)
+    return sc

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 from enum import StrEnum
 from typing import Annotated
 
@@ -173,15 +171,10 @@ class GpuSpec(BaseModel):
 
     @model_validator(mode="after")
     def _has_bf16(self) -> GpuSpec:
+        """bf16 is required; a missing fp16 peak is the bf16 one (tensor cores run both at one rate:
+        A100/H100/B200/MI300X datasheets), except on "cpu" (no fast fp16 GEMM, PLATFORM.md)."""
         if Precision.BF16 not in self.peak_tflops:
             raise ValueError("peak_tflops: needs at least a bf16 entry")
-        return self
-
-    @model_validator(mode="after")
-    def _fp16_at_bf16_rate(self) -> GpuSpec:
-        """Tensor-core GPUs run dense fp16 at the bf16 rate (NVIDIA A100/H100/B200 and AMD MI300X
-        datasheets list equal FP16 and BF16 tensor peaks), so an inline GPU without an fp16 entry
-        gets the bf16 one. Not for "cpu": its fp16 GEMMs have no fast path (PLATFORM.md)."""
         if Precision.FP16 not in self.peak_tflops and self.name.lower() != "cpu":
             self.peak_tflops[Precision.FP16] = self.peak_tflops[Precision.BF16]
         return self
@@ -380,19 +373,6 @@ class Scenario(BaseModel):
                       global_batch=self.job.global_batch, num_experts=m.num_local_experts if m.is_moe else 0,
                       expert_ffn=m.expert_intermediate_size if m.is_moe else 0,
                       num_moe_layers=m.num_moe_layers if m.is_moe else 0)
-
-    @model_validator(mode="after")
-    def _positions_cover_the_sequence(self) -> Scenario:
-        """Learned positions stop at their table (refused); RoPE has no hard limit, so a longer
-        sequence than the model was trained at only warns (quality, not feasibility)."""
-        m, seq = self.model, self.job.seq_len
-        if seq > m.max_position_embeddings:
-            if m.position_embedding == PositionEmbedding.LEARNED:
-                raise ValueError(f"job.seq_len: {seq} exceeds the learned position table (max_position_embeddings="
-                                 f"{m.max_position_embeddings}); shorten the sequence or enlarge the table")
-            warnings.warn(f"job.seq_len: {seq} exceeds max_position_embeddings={m.max_position_embeddings} of "
-                          f"{m.name}; RoPE extends, but the model was not trained at this length", stacklevel=2)
-        return self
 
     @model_validator(mode="after")
     def _fixed_degrees_fit(self) -> Scenario:
