@@ -66,9 +66,12 @@ def _routing_stats(raw: dict, path: Path) -> RoutingStats:
     if experts < 1 or not isinstance(layers, list) or not layers:
         raise UserError("needs num_experts >= 1 and a non-empty layers list", file=path)
     for k, entry in enumerate(layers):  # name the entry: a ragged list only says "not broadcastable"
-        counts = entry.get("expert_tokens") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or "expert_tokens" not in entry:
+            raise UserError(f"layers[{k}]: missing key 'expert_tokens'", file=path,
+                            fix=f"give each layer expert_tokens, num_experts={experts} counts")
+        counts = entry["expert_tokens"]
         if not isinstance(counts, list) or len(counts) != experts:
-            got = len(counts) if isinstance(counts, list) else "no"
+            got = len(counts) if isinstance(counts, list) else "no list of"
             raise UserError(f"layers[{k}].expert_tokens has {got} entries but num_experts={experts}", file=path)
     tokens = np.array([entry["expert_tokens"] for entry in layers], dtype=float)
     if not np.isfinite(tokens).all() or (tokens < 0).any():
