@@ -49,15 +49,13 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
 def check_routing_matches(routing, scenario: Scenario, path: Path) -> None:
     """A routing trace must come from this model: its experts and MoE layers, one for one."""
     from planner.errors import UserError
+    from planner.search.ilp.routing import check_matches
 
     model = scenario.model
     if not model.is_moe:
         raise UserError(f"model {model.name} has no experts to place", file=path, field="--routing",
                         fix="drop --routing, or use an MoE scenario")
-    if routing.num_experts != model.num_local_experts or routing.num_layers != model.num_moe_layers:
-        raise UserError(f"the trace has {routing.num_layers} MoE layers x {routing.num_experts} experts but model "
-                        f"{model.name} has {model.num_moe_layers} x {model.num_local_experts}", file=path,
-                        field="--routing", fix="record the trace with `planner run` on this model")
+    check_matches(routing, num_layers=model.num_moe_layers, num_experts=model.num_local_experts, path=path)
 
 
 def result_json(result: SearchResult, scenario: Scenario, *, top: int, out: Path) -> str:

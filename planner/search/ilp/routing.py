@@ -92,11 +92,12 @@ def _routing_stats(raw: dict, path: Path) -> RoutingStats:
     return RoutingStats(expert_tokens=tokens, affinity=affinity)
 
 
-def check_matches(routing: RoutingStats, *, num_layers: int, num_experts: int) -> None:
-    """ValueError naming the mismatch when a trace was recorded on another model."""
+def check_matches(routing: RoutingStats, *, num_layers: int, num_experts: int, path: Path | None = None) -> None:
+    """UserError naming the mismatch when a trace was recorded on another model (the one copy of the rule)."""
     if routing.num_experts != num_experts or routing.num_layers != num_layers:
-        raise ValueError(f"routing trace: has {routing.num_layers} MoE layers x {routing.num_experts} experts "
-                         f"but the model has {num_layers} MoE layers x {num_experts} experts; record it on this model")
+        raise UserError(f"the trace has {routing.num_layers} MoE layers x {routing.num_experts} experts but the "
+                        f"model has {num_layers} MoE layers x {num_experts} experts", file=path, field="--routing",
+                        fix="record the trace with `planner run` on this model")
 
 
 def zipf_routing(*, num_layers: int, num_experts: int, tokens: int, top_k: int, skew: float = 1.2,
