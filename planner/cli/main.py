@@ -21,7 +21,6 @@ from rich.table import Table
 
 from planner.scenario import CLUSTER_PRESETS, GPU_PRESETS
 from planner.scenario import PRESETS, count_params
-from planner.errors import UserError
 from planner.scenario import Scenario, load_scenario, one_line, scenario_from_dict
 
 EXIT_USER_ERROR = 2
