@@ -33,7 +33,7 @@ LLAMA_405B = {  # Llama 3 paper Table 4 layout (tp8 pp16 dp128) and neighbours t
     "tp8 pp8 cp2 dp128 full": Plan(dims={"tp": 8, "pp": 8, "cp": 2, "dp": 128}, sequence_parallel=True,
                                    recompute="full", zero_stage=1),
     "tp4 pp32 dp128 gpipe": Plan(dims={"tp": 4, "pp": 32, "dp": 128}, schedule="gpipe", zero_stage=3),
-    "tp2 pp64 dp128 zb": Plan(dims={"tp": 2, "pp": 64, "dp": 128}, schedule="zero-bubble", zero_stage=1),
+    "tp8 pp16 dp128 zb": Plan(dims={"tp": 8, "pp": 16, "dp": 128}, schedule="zero-bubble", zero_stage=1),
 }
 DEEPSEEK_V3 = {  # the DeepSeek-V3 report's layout (pp16 ep64, ZeRO-1) and the search's best
     "pp16 dp128 ep64": Plan(dims={"pp": 16, "dp": 128, "ep": 64}, zero_stage=1),

@@ -56,13 +56,16 @@ def _print_result(result: SearchResult) -> None:
               f"peak {best.estimate.peak_memory_bytes / 2**30:.1f} GiB")
     if result.moe:
         m = result.moe
-        print(f"  experts: {m['method']} gap {m['gap']:.1%} in {m['solve_s']:.1f} s; "
-              f"a2a saved {m['all_to_all_saved_s']:.3g} s, "
-              f"total {m['round_robin_s']:.3g} -> {m['cost_s']:.3g} s (sum over MoE layers)")
+        print(f"  experts: {m.method} gap {_pct(m.gap)} in {m.solve_s:.1f} s; "
+              f"total {m.round_robin_s:.3g} -> {m.cost_s:.3g} s (sum over MoE layers)")
     if result.partition:
         p = result.partition
-        print(f"  partition: {p['status']} gap {p['gap']:.1%} in {p['solve_s']:.2f} s; "
-              f"even {p['even_step_time_s']:.3f} s -> uneven {p['uneven_step_time_s']:.3f} s")
+        print(f"  partition: {p.status} gap {_pct(p.gap)} in {p.solve_s:.2f} s; "
+              f"even {p.even_step_time_s:.3f} s -> uneven {p.uneven_step_time_s:.3f} s")
+
+
+def _pct(gap: float | None) -> str:
+    return "-" if gap is None else f"{gap:.1%}"
 
 
 def main() -> int:

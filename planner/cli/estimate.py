@@ -105,6 +105,8 @@ def print_estimate(est: Estimate, plan: Plan, *, console: Console) -> None:
                  f"{est.bubble_fraction:.1%}", str(est.num_micro_batches), f"{est.peak_memory_bytes / GIB:.1f}",
                  "yes" if est.fits else f"no (> {est.memory_capacity_bytes / GIB:.0f})")
     console.print(head)
+    if est.implausible:
+        console.print(f"note: {est.implausible}", highlight=False)
     times = Table("term", "seconds", "share of step", title="time breakdown (slowest stage; comm = traffic time)")
     for term, seconds in est.time_breakdown_s.items():
         times.add_row(term, f"{seconds:.4f}", f"{seconds / est.step_time_s:.1%}")

@@ -375,6 +375,38 @@ def report(out_dir: Annotated[Path, typer.Argument(help="directory a `planner se
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command()
+def frameworks() -> None:
+    """List the framework runtimes a scenario can name with [job] framework = "NAME"."""
+    from planner.scenario.runtime import frameworks as registry
+
+    table = Table("framework", "attention", "grad reduce", "TP overlap", "DP overlap", "CUDA graphs",
+                  "grouped GEMM", "EP dispatcher", "fusion", "description", title="framework runtimes")
+    for name, rt in registry().items():
+        table.add_row(name, rt.attention.value, rt.grad_reduce.value, _yes(rt.tp_comm_overlap), _yes(rt.dp_comm_overlap),
+                      _yes(rt.cuda_graphs), _yes(rt.grouped_gemm), rt.ep_dispatcher.value, rt.fusion.value,
+                      rt.description)
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "-"
+
+
+@app.command()
+def validate(
+    csv: Annotated[Path, typer.Argument(help="CSV with the columns of published_runs.csv")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    loso: Annotated[bool, typer.Option("--loso", help="also report the leave-one-source-out error")] = False,
+) -> None:
+    """Predict every published run in CSV with the cost model and print measured vs predicted."""
+    from planner.cli import validate as va
+
+    with user_errors():
+        result = va.validate_csv(csv, loso=loso)
+    typer.echo(va.result_json(result)) if as_json else va.print_result(result, console=console)
+
+
 def main() -> None:
     app(prog_name="planner")
 

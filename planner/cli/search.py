@@ -40,6 +40,8 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
         result = search(graph, scenario, hw=hw, top_k=top, routing=routing,
                         progress=lambda costed, _: bar.update(task, note=f"{costed} plans costed"))
     console.print(result_table(result, scenario, top=top))
+    for note in plausibility_notes(result, top=top):
+        console.print(note, highlight=False)
     console.print(stats_line(result))
     if result.best is not None:
         write_search_outputs(result, scenario, out_dir)
@@ -89,6 +91,12 @@ def stats_line(result: SearchResult) -> str:
 def _seconds(value: float) -> str:
     """Two decimals without a "-0.00": float noise (a bubble of -1e-15 s) rounds to zero."""
     return f"{round(value, 2) + 0.0:.2f}"
+
+
+def plausibility_notes(result: SearchResult, *, top: int) -> list[str]:
+    """One line per listed plan whose MFU beats every published run of its class (cost/plausibility.py)."""
+    return [f"plan #{c.rank}: {c.estimate.implausible}" for c in result.top[:top]
+            if c.estimate is not None and c.estimate.implausible]
 
 
 def result_table(result: SearchResult, scenario: Scenario, *, top: int) -> Table:

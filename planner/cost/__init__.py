@@ -19,6 +19,7 @@ from planner.cost.comm import (
     Spans,
     block_comm,
     dp_step_comm,
+    interference_s,
     plan_spans,
     pp_p2p_s,
     tp_exposed_s,
@@ -36,6 +37,7 @@ from planner.cost.memory import (
     stage_params,
 )
 from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary, layer_ops
+from planner.cost.plausibility import implausibility
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
@@ -43,7 +45,7 @@ from planner.hardware import Collective, HardwareProfile
 from planner.hardware import composite_span, group_collective_s
 from planner.cost.terms import MemoryTerm, TimeTerm
 from planner.plan import Axis, Plan, Recompute, ZeroStage
-from planner.scenario import GIB, ClusterSpec, JobSpec
+from planner.scenario import GIB, ClusterSpec, JobSpec, Precision
 
 __all__ = [
     "RESERVED_BYTES", "Cost", "Estimate", "GraphKey", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s",
@@ -93,6 +95,7 @@ class Estimate:
     bubble_fraction: float
     num_micro_batches: int
     timeline: list[dict] | None = None
+    implausible: str | None = None  # why the MFU exceeds the best published run of its class (plausibility.py)
 
     def to_dict(self) -> dict:
         return {
@@ -106,6 +109,7 @@ class Estimate:
                            for terms in self.stage_memory],
             "time_breakdown_s": self.time_breakdown_s, "bubble_fraction": self.bubble_fraction,
             "num_micro_batches": self.num_micro_batches, "timeline": self.timeline,
+            "implausible": self.implausible,
         }
 
 
@@ -131,14 +135,16 @@ class _Context:
 
 
 def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
-             timeline: bool = False, flash_attention: bool = True) -> Estimate:
+             timeline: bool = False, flash_attention: bool | None = None) -> Estimate:
     """Predict one training step of `plan` (Megatron-style execution) on `cluster` with profile `hw`.
 
-    `flash_attention=False` prices the eager softmax attention of pre-2023 stacks (materialised
-    scores, s^2 activations). Layers of one block kind cost the same, so chunks are priced as
+    The attention kernel is the job's (`job.attention`, from its framework runtime);
+    `flash_attention` overrides it: False prices the eager softmax attention of pre-2023 stacks
+    (materialised scores, s^2 activations). Layers of one block kind cost the same, so chunks are priced as
     counts of kinds and no work scales with the number of layers.
     """
-    ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash_attention)
+    flash = job.attention.fused if flash_attention is None else flash_attention
+    ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash)
     m = plan.num_micro_batches(job.global_batch)
     chunk_counts, stages = _plan_counts(ctx.summary, plan)
     chunk_costs = _chunk_costs(ctx, chunk_counts)
@@ -163,7 +169,7 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
         raise ValueError(f"graph: traced at seq_len={graph.seq_len} but job.seq_len={job.seq_len}; re-extract it")
     if plan.dims.world_size != cluster.world_size:
         raise ValueError(f"dims: product {plan.dims.world_size} != cluster world size {cluster.world_size}")
-    split = split_for(plan, graph=graph, precision=job.precision, flash=flash)
+    split = split_for(plan, graph=graph, precision=job.precision, flash=flash, job=job)
     spans = plan_spans(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
     costs = {}
@@ -172,7 +178,7 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
         bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
         if kind not in _NON_BLOCK_KINDS:
             comm = block_comm(plan, graph=graph, job=job, moe_block=kind == "moe", spans=spans, hw=hw)
-            cf, cb = _block_comm_costs(plan, comm, t, job=job)
+            cf, cb = _block_comm_costs(plan, comm, t, job=job, hw=hw)
             fwd, bwd = fwd + cf, bwd + cb
             if plan.zero_stage == ZeroStage.PARAMETERS:
                 zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
@@ -237,17 +243,18 @@ def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
     return hw.host.pipe_action_us * 1e-6
 
 
-def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec) -> tuple[Cost, Cost]:
+def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec,
+                      hw: HardwareProfile) -> tuple[Cost, Cost]:
     """EP collectives are exposed (blocking in Megatron), TP ones unless overlapped with their GEMMs
-    (comm.tp_exposed_s); CP ring traffic hides behind attention."""
+    (comm.tp_exposed_s); CP ring traffic hides behind attention, slowing it (comm.interference_s)."""
     cp = plan.dims.cp
     hidden_f = t.attention_fwd_s * (cp - 1) / cp
     hidden_b = t.attention_bwd_s * (cp - 1) / cp
     tp_f = tp_exposed_s(c.tp_fwd_s, plan=plan, job=job, gemm_s=t.fwd_s - t.attention_fwd_s)
     tp_b = tp_exposed_s(c.tp_bwd_s, plan=plan, job=job,
                         gemm_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s - t.attention_bwd_s)
-    exp_f = tp_f + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f)
-    exp_b = tp_b + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b)
+    exp_f = tp_f + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f) + interference_s(min(c.cp_fwd_s, hidden_f), hw)
+    exp_b = tp_b + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b) + interference_s(min(c.cp_bwd_s, hidden_b), hw)
     comm_f = {Axis.TP: c.tp_fwd_s, Axis.CP: c.cp_fwd_s, Axis.EP: c.ep_fwd_s}
     comm_b = {Axis.TP: c.tp_bwd_s, Axis.CP: c.cp_bwd_s, Axis.EP: c.ep_bwd_s}
     return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
@@ -333,12 +340,15 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
     peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s
     peak_mem = max(sum(t.values()) for t in memory)
     capacity = ctx.hw.memory_gib * GIB - RESERVED_BYTES
+    mfu = model_flops / peak
     return Estimate(
         step_time_s=step_s, tokens_per_s_per_gpu=job.tokens_per_step / (step_s * cluster.world_size),
-        mfu=model_flops / peak, hfu=(model_flops + _recompute_flops(ctx) * scale) / peak,
+        mfu=mfu, hfu=(model_flops + _recompute_flops(ctx) * scale) / peak,
         peak_memory_bytes=peak_mem, fits=peak_mem <= capacity, memory_capacity_bytes=capacity,
         stage_memory=memory, time_breakdown_s=breakdown, bubble_fraction=pipe.bubble_fraction,
         num_micro_batches=m, timeline=pipe.timeline,
+        implausible=implausibility(mfu, gpu_name=ctx.hw.device.name, moe=ctx.summary.moe is not None,
+                                   fp8=job.precision == Precision.FP8),
     )
 
 

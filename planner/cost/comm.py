@@ -17,7 +17,7 @@ from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
 from planner.hardware import GroupSpan, composite_span, group_collective_s, p2p_s
 from planner.plan import Axis, Plan, Recompute, ZeroStage, rank_grid
-from planner.scenario import ClusterSpec, JobSpec, ShardingRuntime
+from planner.scenario import ClusterSpec, EpDispatcher, JobSpec, ShardingRuntime
 
 # Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
 TP_COLLECTIVES_PER_BLOCK = 2
@@ -30,6 +30,21 @@ DP_OVERLAP_EFFICIENCY = 0.9
 # runs again within this many parameters of other modules (stage3_max_reuse_distance, default 1e9;
 # DeepSpeed ZeRO config docs and PartitionedParameterCoordinator._keep_for_later).
 DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS = 1e9
+
+
+# NCCL runs one thread block (CTA) per channel on an SM for the whole collective; DGX A100/H100
+# rings and trees across nodes use 16 channels (2 per NIC rail; NCCL_DEBUG=INFO "16 coll
+# channels"), so 16 SMs stop doing model work while a collective overlaps compute (the
+# interference DeepSeek-V3's report, Sec. 3.2.2, limits by giving its all-to-all 20 SMs).
+NCCL_CHANNEL_SMS = 16
+
+
+def interference_s(hidden_comm_s: float, hw: HardwareProfile) -> float:
+    """Compute time lost to NCCL kernels overlapping it: the overlapped compute runs on S - c SMs."""
+    if hidden_comm_s <= 0 or hw.gemm is None:
+        return 0.0
+    sms = hw.gemm.sm_count
+    return hidden_comm_s * NCCL_CHANNEL_SMS / max(1, sms - NCCL_CHANNEL_SMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +123,8 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     tp_bwd += tp_one * extra_tp_reductions(graph, block_kind="moe" if moe_block else "dense",
                                           fused_inputs=TP_COLLECTIVES_PER_BLOCK, hw=hw)
     cp_fwd = _cp_ring_s(plan, graph=graph, tok_bytes=tok, span=spans.cp, hw=hw)
-    ep_fwd = _ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw) if moe_block else 0.0
+    ep_fwd = (_ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw, dispatcher=job.ep_dispatcher)
+              if moe_block else 0.0)
     return LayerComm(tp_fwd_s=tp_fwd, tp_bwd_s=tp_bwd, cp_fwd_s=cp_fwd, cp_bwd_s=2 * cp_fwd,
                      ep_fwd_s=ep_fwd, ep_bwd_s=ep_fwd * (2 if replay else 1))
 
@@ -124,17 +140,36 @@ def _cp_ring_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, span: GroupSp
     return (cp - 1) * p2p_s(hw, kv_bytes, span=span)
 
 
-def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: HardwareProfile) -> float:
-    """Dispatch + combine all-to-all (plus expert-TP gather/scatter) of one MoE layer's forward."""
+def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: HardwareProfile,
+          dispatcher: EpDispatcher = EpDispatcher.ALL_TO_ALL) -> float:
+    """Dispatch + combine (plus expert-TP gather/scatter) of one MoE layer's forward, by dispatcher.
+
+    all_to_all (Megatron alltoall): every routed copy (top-k per token) crosses once each way.
+    all_gather (Megatron allgather): every rank gathers all tokens of its EP group and
+    reduce-scatters the outputs, whatever the routing. deepep (DeepSeek-AI DeepEP, normal
+    kernels): a token bound for several experts on one remote node crosses the fabric once and is
+    forwarded over NVLink, so off-node bytes shrink by min(top_k, remote nodes) / top_k.
+    """
     moe = next(layer.moe for layer in graph.layers if layer.moe is not None)
-    # the busiest receiver's share (placement, routing trace, capacity-factor padding: experts.py)
-    tokens_bytes = tok_bytes / plan.dims.tp * moe.top_k * graph.hidden_size * load_factor(plan, moe)
-    a2a = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes, span=spans.ep)
+    hidden_bytes = tok_bytes / plan.dims.tp * graph.hidden_size
+    tokens_bytes = hidden_bytes * moe.top_k * load_factor(plan, moe)  # busiest receiver (experts.py)
+    match dispatcher:
+        case EpDispatcher.ALL_GATHER:
+            gathered = hidden_bytes * spans.ep.num_ranks
+            moved = (group_collective_s(hw, Collective.ALL_GATHER, gathered, span=spans.ep)
+                     + group_collective_s(hw, Collective.REDUCE_SCATTER, gathered, span=spans.ep))
+        case EpDispatcher.DEEPEP if spans.ep.num_ranks > spans.ep.ranks_per_domain:
+            nodes = spans.ep.num_ranks / spans.ep.ranks_per_domain
+            dedup = min(moe.top_k, nodes - 1) / moe.top_k if nodes > 1 else 1.0
+            moved = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes * max(dedup, 1 / moe.top_k),
+                                           span=spans.ep)
+        case _:
+            moved = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes, span=spans.ep)
     if plan.dims.etp == 1:
-        return a2a
+        return moved
     gathered = tokens_bytes * plan.dims.etp
-    return a2a + (group_collective_s(hw, Collective.ALL_GATHER, gathered, span=spans.etp)
-                  + group_collective_s(hw, Collective.REDUCE_SCATTER, gathered, span=spans.etp))
+    return moved + (group_collective_s(hw, Collective.ALL_GATHER, gathered, span=spans.etp)
+                    + group_collective_s(hw, Collective.REDUCE_SCATTER, gathered, span=spans.etp))
 
 
 def pp_p2p_s(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw: HardwareProfile) -> float:
@@ -172,14 +207,21 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
     for params, span in ((dense_params, spans.dp), (expert_params, spans.edp)):
         if span.num_ranks <= 1 or params <= 0:
             continue
+        # one collective per bucket: each pays its own latency (ring steps grow with the ranks)
+        nb = max(1, math.ceil(params / DP_BUCKET_PARAMS))
         if plan.zero_stage == ZeroStage.NONE:
-            reduce_s += group_collective_s(hw, Collective.ALL_REDUCE, params * grad_b, span=span)
+            reduce_s += nb * group_collective_s(hw, Collective.ALL_REDUCE, params * grad_b / nb, span=span)
         else:
-            reduce_s += group_collective_s(hw, Collective.REDUCE_SCATTER, params * grad_b, span=span)
-            gather_s += group_collective_s(hw, Collective.ALL_GATHER, params * param_b, span=span)
+            reduce_s += nb * group_collective_s(hw, Collective.REDUCE_SCATTER, params * grad_b / nb, span=span)
+            gather_s += nb * group_collective_s(hw, Collective.ALL_GATHER, params * param_b / nb, span=span)
     buckets = max(1, math.ceil((dense_params + expert_params) / DP_BUCKET_PARAMS))
+    # A runtime that reduces after the backward (Megatron-LM local DDP before overlap_grad_reduce)
+    # or gathers before the next forward (no overlap_param_gather) leaves that traffic exposed.
+    bwd_window_s = bwd_window_s if job.dp_comm_overlap else 0.0
+    fwd_window_s = fwd_window_s if job.param_gather_overlap else 0.0
     exposed = max(reduce_s - DP_OVERLAP_EFFICIENCY * bwd_window_s, reduce_s / buckets)
     exposed += max(gather_s - DP_OVERLAP_EFFICIENCY * fwd_window_s, gather_s / buckets) if gather_s else 0.0
+    exposed += interference_s(reduce_s + gather_s - exposed, hw)
     return DataParallelComm(total_s=reduce_s + gather_s, exposed_s=exposed)
 
 
@@ -211,9 +253,11 @@ def zero3_layer_comm(params_local: float, *, plan: Plan, job: JobSpec, span: Gro
             hidden_bwd, serial_bwd = gathers_bwd * gather + scatter, 0.0
         case ShardingRuntime.DEEPSPEED_2021:
             hidden_bwd, serial_bwd = gathers_bwd * gather, scatter
+    exposed_fwd = max(0.0, gather - fwd_window_s)
+    exposed_bwd = max(0.0, hidden_bwd - bwd_window_s)
     return Zero3Comm(fwd_s=gather, bwd_s=gathers_bwd * gather + scatter,
-                     exposed_fwd_s=max(0.0, gather - fwd_window_s),
-                     exposed_bwd_s=max(0.0, hidden_bwd - bwd_window_s) + serial_bwd)
+                     exposed_fwd_s=exposed_fwd + interference_s(gather - exposed_fwd, hw),
+                     exposed_bwd_s=exposed_bwd + serial_bwd + interference_s(hidden_bwd - exposed_bwd, hw))
 
 
 def _recompute_regather_share(params_local: float, *, plan: Plan, job: JobSpec) -> float:

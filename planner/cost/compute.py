@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.cost.experts import load_factor
+from planner.cost.kernels import causal_fraction, flash_rate, fp8_cast_bytes, gemm_s
 from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
 from planner.graph import ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.plan import Plan, Recompute
-from planner.scenario import Precision
+from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute
 
 # FlashAttention's backward recomputes the attention matrix: 5 GEMM-sized products instead of
 # the 4 an autograd count reports (Dao 2023, FlashAttention-2, Sec. 3.1).
@@ -43,6 +44,7 @@ class PassTimes:
     recompute_s: float = 0.0
     attention_fwd_s: float = 0.0  # the part CP ring traffic overlaps with
     attention_bwd_s: float = 0.0
+    gemm_fwd_s: float = 0.0  # the GEMM part of fwd_s (what per-op SAC saves half of)
 
     def __add__(self, other: PassTimes) -> PassTimes:
         return PassTimes(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
@@ -52,7 +54,7 @@ class PassTimes:
 
     def _tuple(self) -> tuple[float, ...]:
         return (self.fwd_s, self.bwd_input_s, self.bwd_weight_s, self.recompute_s,
-                self.attention_fwd_s, self.attention_bwd_s)
+                self.attention_fwd_s, self.attention_bwd_s, self.gemm_fwd_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +72,13 @@ class Split:
     recompute: Recompute
     flash: bool  # fused attention; False = eager softmax over materialised scores
     score_elements: float  # attention scores per layer per micro-batch on one GPU (eager only)
+    attention: AttentionKernel = AttentionKernel.FLASH  # which fused kernel (its rates are in the profile)
+    etp: int = 1
+    experts_local: int = 1  # routed experts on one EP rank (one grouped GEMM runs them all)
+    grouped_gemm: bool = False
+    fusion: Fusion = Fusion.EAGER
+    selective: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
+    cuda_graphs: bool = False
 
     def work_share(self, region: Region) -> float:
         """Fraction of the traced op's work (scaled to the micro-batch) one GPU does."""
@@ -93,16 +102,22 @@ class Split:
         return float(self.cp) if op.kind == OpKind.ATTENTION else 1.0
 
 
-def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: bool = True) -> Split:
+def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: bool = True,
+              job: JobSpec | None = None) -> Split:
     d = plan.dims
     heads = graph.num_attention_heads / d.tp
     scores = plan.micro_batch_size * heads * graph.seq_len * graph.seq_len / d.cp
     moe = next((layer.moe for layer in graph.layers if layer.moe is not None), None)
     imbalance = load_factor(plan, moe)  # placement, routing trace and capacity factor (experts.py)
+    job = job or JobSpec(seq_len=graph.seq_len, global_batch=1)
+    attention = job.attention if job.attention.fused else AttentionKernel.FLASH
     return Split(batch_scale=plan.micro_batch_size / graph.sample_batch,
                  tokens=plan.micro_batch_size * graph.seq_len / d.cp, tp=d.tp, cp=d.cp, ep=d.ep,
                  sp=plan.sequence_parallel, imbalance=imbalance,
-                 precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores)
+                 precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores,
+                 attention=attention, etp=d.etp, experts_local=max(1, moe.num_experts // d.ep) if moe else 1,
+                 grouped_gemm=job.grouped_gemm, fusion=job.fusion, selective=job.selective_recompute,
+                 cuda_graphs=job.cuda_graphs)
 
 
 def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
@@ -113,15 +128,21 @@ def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
             per_call = fwd_flops / split.calls(op)
             if per_call <= 0:
                 return PassTimes()
-            rate = per_call / hw.matmul_s(per_call, precision=split.precision)
+            if hw.gemm is not None and op.dims[2]:
+                return _shaped_gemm(op, per_call, fwd_flops, bwd_flops, split=split, hw=hw)
+            rate = per_call / hw.matmul_s(per_call, precision=_gemm_precision(op, split))
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops / rate
             weight_share = op.bwd_weight_flops / op.bwd_flops if op.bwd_flops else 0.0
-            return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s * (1 - weight_share), bwd_weight_s=bwd_s * weight_share)
+            return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s * (1 - weight_share), bwd_weight_s=bwd_s * weight_share,
+                             gemm_fwd_s=fwd_s)
         case OpKind.ATTENTION if split.flash:
             per_call = fwd_flops / split.calls(op)
             if per_call <= 0:
                 return PassTimes()
-            rate = per_call / hw.attention_s(per_call, precision=split.precision)
+            rates = hw.flash.get(split.attention.value)
+            if rates is not None and op.dims[0]:
+                return _flash(op, fwd_flops, split=split, hw=hw, rates=rates)
+            rate = per_call / hw.attention_s(per_call, precision=_attention_precision(split))
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops * FLASH_BWD_FLOPS_FACTOR / rate
             return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
         case OpKind.ATTENTION:
@@ -131,12 +152,70 @@ def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
             return PassTimes(fwd_s=fwd_s, bwd_input_s=fwd_s * MEMORY_BOUND_BWD_BYTES_FACTOR)
 
 
+def _gemm_precision(op: OpCost, split: Split) -> Precision:
+    """FP8 recipes run the transformer blocks' linear layers in FP8, everything else in bf16."""
+    if split.precision == Precision.FP8 and not op.fp8:
+        return Precision.BF16
+    return split.precision
+
+
+def _attention_precision(split: Split) -> Precision:
+    """Attention stays 16-bit under FP8 recipes (TE and torchao quantise linear layers only)."""
+    return Precision.BF16 if split.precision == Precision.FP8 else split.precision
+
+
+def _shaped_gemm(op: OpCost, per_call: float, fwd_flops: float, bwd_flops: float, *, split: Split,
+                 hw: HardwareProfile) -> PassTimes:
+    """Forward, input-gradient and weight-gradient GEMMs timed by shape (cost/kernels.py).
+
+    One call's n and k are the traced ones split by TP (experts: expert TP) on the parallel
+    dimension; m follows from the call's FLOPs. A rank's experts run as one grouped GEMM when
+    the stack has one, else one kernel each. FP8 linears add their cast traffic.
+    """
+    _, n, k = op.dims
+    div = split.etp if op.region == Region.EXPERT else split.tp if op.region == Region.TP else 1
+    n, k = (n, k / div) if op.row_parallel else (n / div, k)
+    m = per_call / (2.0 * n * k)
+    precision = _gemm_precision(op, split)
+    fp8 = precision == Precision.FP8
+    peak = hw.peak_flops(precision) * (hw.gemm.fp8_ratio if fp8 else 1.0)
+    groups = float(split.experts_local) if op.region == Region.EXPERT else 1.0
+    kw = {"rates": hw.gemm, "peak_flops": peak, "bandwidth_bps": hw.memory_bandwidth_gbs * 1e9,
+          "elem_bytes": precision.bytes, "groups": groups, "grouped": split.grouped_gemm}
+    calls = fwd_flops / per_call / groups  # kernels (or grouped kernels) this op's share stands for
+    fwd_s = calls * gemm_s(m, n, k, **kw)
+    weight_share = op.bwd_weight_flops / op.bwd_flops if op.bwd_flops else 0.0
+    scale = bwd_flops / (2.0 * fwd_flops) if fwd_flops else 0.0  # 1 for a GEMM with a weight
+    input_s = calls * scale * 2 * (1 - weight_share) * gemm_s(m, k, n, **kw)
+    weight_s = calls * scale * 2 * weight_share * gemm_s(k, n, m, **kw)
+    if fp8:
+        cast_f, cast_b = fp8_cast_bytes(m, n, k, fused=split.fusion != Fusion.EAGER)
+        fwd_s += hw.memory_bound_s(calls * groups * cast_f)
+        input_s += hw.memory_bound_s(calls * groups * cast_b)
+    return PassTimes(fwd_s=fwd_s, bwd_input_s=input_s, bwd_weight_s=weight_s, gemm_fwd_s=fwd_s)
+
+
+def _flash(op: OpCost, fwd_flops: float, *, split: Split, hw: HardwareProfile, rates) -> PassTimes:
+    """Fused attention on the work it really does: the traced (full s^2) FLOPs times the causal
+    share, at the kernel's rate for this call length and head size; the backward does 2.5x the
+    forward's products (FlashAttention-2 Sec. 3.1: dQ, dK, dV plus the recomputed scores)."""
+    seq_q, seq_kv, head_dim = op.dims
+    work = fwd_flops * causal_fraction(seq_q, seq_kv)
+    peak = hw.peak_flops(_attention_precision(split))
+    # load-balanced causal CP cuts the sequence into 2 cp chunks (Megatron/TE, torch head-tail):
+    # each ring step is a call on chunk-sized blocks
+    call_seq = seq_kv / (2 * split.cp) if split.cp > 1 else seq_kv
+    fwd_s = work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=False))
+    bwd_s = 2.5 * work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=True))
+    return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
+
+
 def _eager_attention(fwd_flops: float, bwd_flops: float, *, split: Split, hw: HardwareProfile) -> PassTimes:
     """Two batched GEMMs (QK^T, AV) plus memory-bound passes over the score matrix."""
     if fwd_flops <= 0:
         return PassTimes()
     gemm = fwd_flops / 2
-    rate = gemm / hw.matmul_s(gemm, precision=split.precision)
+    rate = gemm / hw.matmul_s(gemm, precision=_attention_precision(split))
     fwd_s = fwd_flops / rate + hw.memory_bound_s(EAGER_SCORE_BYTES_FWD * split.score_elements)
     bwd_s = bwd_flops / rate + hw.memory_bound_s(EAGER_SCORE_BYTES_BWD * split.score_elements)
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
@@ -157,12 +236,16 @@ def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, r
     match split.recompute:
         case Recompute.FULL:
             extra = total.fwd_s
+        case Recompute.SELECTIVE if split.selective == SelectiveRecompute.OP_SAC:
+            # torchtitan per-op SAC saves SDPA and every other matmul output, replays the rest
+            extra = 0.5 * total.gemm_fwd_s + max(0.0, total.fwd_s - total.gemm_fwd_s - total.attention_fwd_s)
         case Recompute.SELECTIVE:
             extra = total.attention_fwd_s
         case Recompute.NONE:
             extra = 0.0
     return PassTimes(fwd_s=total.fwd_s, bwd_input_s=total.bwd_input_s, bwd_weight_s=total.bwd_weight_s,
-                     recompute_s=extra, attention_fwd_s=total.attention_fwd_s, attention_bwd_s=total.attention_bwd_s)
+                     recompute_s=extra, attention_fwd_s=total.attention_fwd_s, attention_bwd_s=total.attention_bwd_s,
+                     gemm_fwd_s=total.gemm_fwd_s)
 
 
 def block_kind_times(graph: ModelGraph, *, split: Split, hw: HardwareProfile) -> dict[str, PassTimes]:
@@ -170,7 +253,7 @@ def block_kind_times(graph: ModelGraph, *, split: Split, hw: HardwareProfile) ->
     out = {}
     key = GraphKey(graph)
     counts = op_counts(key)
-    for kind, ops in layer_ops(key).items():
+    for kind, ops in layer_ops(key, split.fusion != Fusion.EAGER).items():
         recomputed = kind not in ("embedding", "head")
         out[kind] = layer_times(ops, split=split, hw=hw, recomputed=recomputed, counts=counts.get(kind))
     return out
@@ -237,7 +320,11 @@ def extra_tp_reductions(graph: ModelGraph, *, block_kind: str, fused_inputs: int
 def host_times(counts: OpCounts, *, split: Split, host: HostOverhead) -> PassTimes:
     """Host seconds of one layer for one micro-batch: per-op dispatch (fixed plus a part growing
     with the tokens each op touches) and, under TP, the DTensor cost of each sharded module."""
-    n = counts.ops + counts.expert_ops / split.ep
+    if split.cuda_graphs:  # replayed graphs launch no kernel from the host (NVIDIA CUDA Graphs blog, 2019)
+        return PassTimes()
+    # a grouped GEMM stack launches each expert op once for all of a rank's experts
+    experts = split.experts_local * split.ep
+    n = counts.ops + (counts.expert_ops / experts if split.grouped_gemm else counts.expert_ops / split.ep)
     ktokens = split.tokens / 1e3
     fwd_us = n * (host.fwd_us_per_op + host.fwd_us_per_op_per_ktoken * ktokens)
     bwd_us = n * (host.bwd_us_per_op + host.bwd_us_per_op_per_ktoken * ktokens)

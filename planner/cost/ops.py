@@ -47,6 +47,11 @@ class OpCost:
     saved_bytes: float
     saved_region: Region  # where the tensors this op produces (and backward keeps) live
     count: int = 1  # identical operators in the layer this one stands for (numbers are per operator)
+    # GEMMs: (m, n, k) of one traced call and whether TP splits k (row-parallel) rather than n;
+    # attention: (seq_q, seq_kv, head_dim). Zeros when the shapes are unknown.
+    dims: tuple[int, int, int] = (0, 0, 0)
+    row_parallel: bool = False
+    fp8: bool = False  # a transformer-block linear layer (FP8 recipes keep the LM head and router in 16-bit)
 
 
 class IdentityKey:
@@ -73,9 +78,13 @@ class GraphKey(IdentityKey):
         return self.obj
 
 
-@lru_cache(maxsize=32)
-def layer_ops(key: GraphKey) -> dict[str, tuple[OpCost, ...]]:
-    """Reduced operators of the first layer of each block kind (DAG nodes are named 'layer/i:op')."""
+@lru_cache(maxsize=64)
+def layer_ops(key: GraphKey, fused: bool = False) -> dict[str, tuple[OpCost, ...]]:
+    """Reduced operators of the first layer of each block kind (DAG nodes are named 'layer/i:op').
+
+    `fused`: the stack fuses chains of pointwise ops (Megatron/TE fused kernels, torch.compile),
+    so each run of consecutive elementwise ops of one region is one kernel (see _fused_bytes).
+    """
     graph = key.graph
     first: dict[str, Layer] = {}
     for layer in graph.layers:
@@ -85,28 +94,76 @@ def layer_ops(key: GraphKey) -> dict[str, tuple[OpCost, ...]]:
         owner = str(node).split("/", 1)[0]
         if owner in wanted and data.get("op") is not None:
             wanted[owner].append(data["op"])
-    return {kind: _reduce(wanted[layer.name], layer) if wanted[layer.name] else _from_totals(layer)
+    return {kind: _reduce(wanted[layer.name], layer, fused=fused) if wanted[layer.name] else _from_totals(layer)
             for kind, layer in first.items()}
 
 
-def _reduce(ops: list[OpNode], layer: Layer) -> tuple[OpCost, ...]:
+def _reduce(ops: list[OpNode], layer: Layer, *, fused: bool = False) -> tuple[OpCost, ...]:
     attention = [op for op in ops if op.kind == OpKind.ATTENTION]
     norms: dict[str, list[OpNode]] = {}
     out = []
+    run: list[OpNode] = []
     for op in ops:
-        if op.kind == OpKind.NORM:
+        region = _region(op, layer.kind)
+        if run and not (fused and op.kind == OpKind.ELEMENTWISE and _region(run[0], layer.kind) == region):
+            out.append(_elementwise_run(run, layer))
+            run = []
+        if op.kind == OpKind.NORM and fused:
             norms.setdefault(op.module, []).append(op)
-        elif op.kind != OpKind.ATTENTION:
-            region = _region(op, layer.kind)
-            out.append(_cost(op.kind, [op], region=region, saved_region=_saved_region(op, region),
+        elif op.kind == OpKind.NORM:  # eager: every traced op of the norm is its own kernel
+            out.append(_cost(OpKind.NORM, [op], region=Region.SP, saved_region=Region.SP,
                              bytes_moved=op.bytes_read + op.bytes_written))
+        elif op.kind == OpKind.ELEMENTWISE:
+            run.append(op)
+        elif op.kind != OpKind.ATTENTION:
+            cost = _cost(op.kind, [op], region=region, saved_region=_saved_region(op, region),
+                         bytes_moved=op.bytes_read + op.bytes_written)
+            out.append(_with_gemm_dims(cost, op, layer) if op.kind in _GEMM_KINDS else cost)
+    if run:
+        out.append(_elementwise_run(run, layer))
     if attention:
-        out.append(_cost(OpKind.ATTENTION, attention, region=Region.TP, saved_region=Region.TP,
-                         bytes_moved=sum(op.bytes_read + op.bytes_written for op in attention)))
+        core = _cost(OpKind.ATTENTION, attention, region=Region.TP, saved_region=Region.TP,
+                     bytes_moved=sum(op.bytes_read + op.bytes_written for op in attention))
+        out.append(replace(core, dims=_attention_dims(attention)))
     for group in norms.values():  # fused norm: read the input once, write the output once
         out.append(_cost(OpKind.NORM, group, region=Region.SP, saved_region=Region.SP,
                          bytes_moved=2 * group[0].bytes_read))
     return _grouped(out)
+
+
+_GEMM_KINDS = (OpKind.MATMUL, OpKind.EXPERT_MATMUL, OpKind.ROUTER)
+
+
+def _elementwise_run(run: list[OpNode], layer: Layer) -> OpCost:
+    """One kernel for consecutive pointwise ops: every intermediate result stays in registers, so
+    the traffic is what the ops read and write minus each intermediate's write and re-read."""
+    region = _region(run[0], layer.kind)
+    reads, writes = sum(op.bytes_read for op in run), sum(op.bytes_written for op in run)
+    inner = sum(op.bytes_written for op in run[:-1])
+    moved = max(reads + writes - 2 * inner, run[0].bytes_read + run[-1].bytes_written)
+    return _cost(OpKind.ELEMENTWISE, run, region=region, saved_region=_saved_region(run[0], region),
+                 bytes_moved=moved)
+
+
+def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer) -> OpCost:
+    """(m, n, k) from an mm's operands; row-parallel when it is a wo/w2 projection (or, inside
+    the experts, the down projection back to the hidden size)."""
+    shapes = op.input_shapes[-2:]  # addmm carries its bias first
+    if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+        return cost
+    (m, k), (_, n) = shapes
+    row = op.module.endswith(_ROW_PARALLEL) or (op.kind == OpKind.EXPERT_MATMUL and k > n)
+    return replace(cost, dims=(m, n, k), row_parallel=row,
+                   fp8=layer.kind == LayerKind.BLOCK and op.kind != OpKind.ROUTER)
+
+
+def _attention_dims(ops: list[OpNode]) -> tuple[int, int, int]:
+    """(seq_q, seq_kv, head_dim) from the first score product QK^T: (b*h, s_q, d) x (b*h, d, s_kv)."""
+    for op in ops:
+        shapes = op.input_shapes
+        if len(shapes) == 2 and len(shapes[0]) == 3 and len(shapes[1]) == 3 and shapes[0][2] == shapes[1][1]:
+            return shapes[0][1], shapes[1][2], shapes[0][2]
+    return (0, 0, 0)
 
 
 def _grouped(ops: list[OpCost]) -> tuple[OpCost, ...]:

@@ -9,6 +9,9 @@ from planner.hardware.profile import (
     Curve,
     DeviceInfo,
     DeviceKind,
+    FlashRates,
+    GemmRates,
+    GemmTile,
     HardwareProfile,
     HostOverhead,
     KernelSample,
@@ -21,7 +24,7 @@ from planner.hardware.topology import GroupSpan, composite_span, group_collectiv
 
 __all__ = [
     "DATASHEET_CITATIONS", "GPU_LAUNCH_US", "Collective", "CollectiveFit", "CollectiveSample", "Curve",
-    "DeviceInfo", "DeviceKind", "GroupSpan", "HardwareProfile", "HostOverhead", "KernelSample",
+    "DeviceInfo", "DeviceKind", "FlashRates", "GemmRates", "GemmTile", "GroupSpan", "HardwareProfile", "HostOverhead", "KernelSample",
     "ProfileRangeWarning", "ProfileSource", "Tier", "composite_span", "datasheet_profile", "gemm_ceiling",
     "group_collective_s", "group_span", "load_profile", "p2p_s",
 ]

@@ -192,6 +192,39 @@ class HostOverhead(BaseModel):
     pipe_action_us: float = Field(0.0, ge=0)
 
 
+class GemmTile(BaseModel):
+    """One CTA tile shape the GEMM library picks from, and how close to peak an SM runs it."""
+
+    model_config = _FROZEN
+    m: int = Field(gt=0)
+    n: int = Field(gt=0)
+    efficiency: float = Field(gt=0, le=1, description="per-SM throughput relative to the largest tile")
+
+
+class GemmRates(BaseModel):
+    """GEMM time from shape: tiles over SMs in waves, a K-loop fill, a memory roofline, a fixed cost."""
+
+    model_config = _FROZEN
+    sm_count: int = Field(gt=0)
+    ceiling: float = Field(gt=0, le=1, description="sustained fraction of the dense peak for large, tile-aligned "
+                           "GEMMs (sustained clocks included)")
+    fp8_ratio: float = Field(gt=0, le=1, description="FP8 GEMM efficiency relative to the 16-bit one")
+    k_fill: float = Field(ge=0, description="K elements worth of pipeline fill and epilogue per tile")
+    fixed_us: float = Field(ge=0, description="launch + tail cost per GEMM kernel")
+    tiles: list[GemmTile] = Field(min_length=1)
+
+
+class FlashRates(BaseModel):
+    """A fused attention kernel at long sequences, head_dim 128, counting the work it really does
+    (the causal mask's skipped half excluded), as a fraction of the dense 16-bit peak."""
+
+    model_config = _FROZEN
+    fwd: float = Field(gt=0, le=1)
+    bwd: float = Field(gt=0, le=1)
+    seq_half: float = Field(gt=0, description="sequence length at which a call reaches half its long-sequence rate")
+    small_head_ratio: float = Field(gt=0, le=1, description="rate at head_dim <= 64 relative to head_dim 128")
+
+
 class HardwareProfile(BaseModel):
     """One accelerator kind and its links, measured or from datasheets; SI units in the queries."""
 
@@ -210,6 +243,8 @@ class HardwareProfile(BaseModel):
     # Measured profiles: efficiency of memory-bound ops vs bytes moved per call (small tensors stay
     # in cache or pay a fixed launch cost); None means the one memory_bound_efficiency for all sizes.
     memory_bound_curve: Curve | None = None
+    gemm: GemmRates | None = None  # shape model (cost/kernels.py); None: matmul_efficiency by FLOPs
+    flash: dict[str, FlashRates] = {}  # per attention kernel (flash, cudnn); absent: attention_efficiency
     kernel_samples: list[KernelSample] = []
     collectives: list[CollectiveFit] = []
     host: HostOverhead | None = None  # None: kernels only (profiles written before it existed)

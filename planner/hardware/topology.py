@@ -102,7 +102,8 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
     k = span.ranks_per_domain
     match collective:
         case Collective.ALL_TO_ALL:
-            off = size_bytes * (n - k) / n / (inter.bandwidth_gbs * nic_scale * _GB)
+            per_peer = a2a_peer_efficiency(size_bytes / n)
+            off = size_bytes * (n - k) / n / (inter.bandwidth_gbs * nic_scale * per_peer * _GB)
             on = size_bytes * (k - 1) / n / (intra.bandwidth_gbs * _GB)
             return hw.sync_wait_s + inter.latency_us * _US + max(off, on)
         case Collective.SEND_RECV:
@@ -110,7 +111,30 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
         case _:
             bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale)
             steps = collective.traffic_factor(n) * size_bytes
-            return hw.sync_wait_s + inter.latency_us * _US * math.log2(n) + steps / (bus_gbs * _GB)
+            return hw.sync_wait_s + _latency_steps(collective, n) * inter.latency_us * _US + steps / (bus_gbs * _GB)
+
+
+# Per-peer message size at which an all-to-all reaches half the link rate: each peer is its own
+# send/recv with a fixed cost, so small messages under-use the NIC (nccl-tests alltoall_perf and
+# sendrecv_perf on 400G IB: half of the peak bus bandwidth near 64 KiB per peer).
+A2A_HALF_BANDWIDTH_BYTES = 64 * 2**10
+
+
+def a2a_peer_efficiency(per_peer_bytes: float) -> float:
+    return per_peer_bytes / (per_peer_bytes + A2A_HALF_BANDWIDTH_BYTES)
+
+
+def _latency_steps(collective: Collective, n: int) -> float:
+    """Hop latencies on the critical path across nodes, as NCCL's own tuning model counts them
+    (nccl src/graph/tuning.cc): ring all-gather / reduce-scatter take n - 1 steps (NCCL has no
+    tree for them); all-reduce takes the cheaper of a ring's 2(n - 1) and a tree's 2 log2 n."""
+    match collective:
+        case Collective.ALL_GATHER | Collective.REDUCE_SCATTER:
+            return float(n - 1)
+        case Collective.ALL_REDUCE:
+            return min(2.0 * (n - 1), 2.0 * math.log2(n))
+        case _:
+            return 1.0
 
 
 def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:

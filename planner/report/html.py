@@ -179,7 +179,7 @@ def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | 
             "words": plan.describe(), "step_time_s": est["step_time_s"],
             "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"], "mfu": est["mfu"], "hfu": est.get("hfu"),
             "peak_gib": est["peak_memory_bytes"] / GIB, "capacity_gib": est["memory_capacity_bytes"] / GIB,
-            "bubble_fraction": est.get("bubble_fraction"),
+            "bubble_fraction": est.get("bubble_fraction"), "implausible": est.get("implausible"),
         }
     return out
 

@@ -10,6 +10,9 @@ from planner.scenario.models import PRESETS, count_params, load_hf_config, model
 from planner.scenario.spec import (
     GIB,
     Activation,
+    AttentionKernel,
+    EpDispatcher,
+    Fusion,
     ClusterSpec,
     GpuSpec,
     JobSpec,
@@ -24,13 +27,15 @@ from planner.scenario.spec import (
     Precision,
     Scenario,
     SearchSpace,
+    SelectiveRecompute,
     ShardingRuntime,
 )
 
 __all__ = [
-    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "PRESETS", "Activation", "ClusterSpec", "GpuSpec", "JobSpec",
+    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "PRESETS", "Activation", "AttentionKernel", "EpDispatcher", "Fusion",
+    "ClusterSpec", "GpuSpec", "JobSpec",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
-    "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace",
+    "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",
     "ShardingRuntime", "cluster_preset", "count_params", "gpu_preset", "load_hf_config", "load_scenario",
     "model_preset", "one_line", "scenario_from_dict",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from planner.errors import ScenarioError, UserError, one_line, read_text
-from planner.scenario import clusters, models
+from planner.scenario import clusters, models, runtime
 from planner.scenario.spec import PositionEmbedding, Scenario
 
 
@@ -42,6 +42,7 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
     try:
         data["model"] = models.resolve_model_table(data["model"], base_dir=base_dir)
         data["cluster"] = clusters.resolve_cluster_table(data["cluster"])
+        data["job"] = runtime.runtime_job_fields(data["job"])
         return _positions_cover_the_sequence(Scenario.model_validate(data))
     except ValidationError as err:
         raise ScenarioError(one_line(err), file=source) from None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, SelectiveRecompute, ShardingRuntime
 from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
 
 # allow_inf_nan=False: every float a scenario takes is finite (inf bandwidth or NaN peaks would
@@ -168,6 +169,8 @@ class GpuSpec(BaseModel):
     peak_tflops: dict[Precision, Annotated[float, Field(gt=0, le=MAX_TFLOPS)]]
     memory_gib: float = Field(gt=0, le=MAX_MEMORY_GIB)
     memory_bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
+    sm_count: int | None = Field(None, gt=0)  # streaming multiprocessors (CUs): GEMM wave quantisation
+    sustained_clock_ratio: float = Field(1.0, gt=0, le=1)  # sustained tensor clock / the datasheet-peak clock
 
     @model_validator(mode="after")
     def _has_bf16(self) -> GpuSpec:
@@ -276,20 +279,6 @@ class OptimizerSpec(BaseModel):
                 return 8.0  # fp32 master + momentum
 
 
-class ShardingRuntime(StrEnum):
-    """How a ZeRO-3 runtime gathers parameters and reduces gradients (the cost model prices both).
-
-    FSDP: PyTorch FSDP / Megatron-FSDP, one unit per transformer block: gathered for the forward,
-    once more for recompute + backward, reduce-scatter overlapped with the backward.
-    DEEPSPEED_2021: DeepSpeed stage 3 with its 2021 (v0.3-0.4) defaults: parameters gathered and
-    released per sub-module (re-gathered for a recomputed forward unless reused within
-    stage3_max_reuse_distance), gradient reduce-scatter on the compute stream (overlap_comm false).
-    """
-
-    FSDP = "fsdp"
-    DEEPSPEED_2021 = "deepspeed-2021"
-
-
 class JobSpec(BaseModel):
     model_config = _FROZEN
     seq_len: int = Field(gt=0, le=MAX_DIMENSION)
@@ -299,6 +288,15 @@ class JobSpec(BaseModel):
     zero3_runtime: ShardingRuntime = ShardingRuntime.FSDP
     tp_comm_overlap: bool = Field(False, description="Megatron-Core --tp-comm-overlap (Transformer Engine "
                                   "userbuffers): sequence-parallel collectives pipelined with their GEMMs")
+    framework: str = "generic"  # runtime facts below come from its file where the table is silent (runtime.py)
+    attention: AttentionKernel = AttentionKernel.FLASH
+    dp_comm_overlap: bool = Field(True, description="gradient reduction overlapped with the backward")
+    param_gather_overlap: bool = Field(True, description="ZeRO-1/2 parameter all-gather overlapped with the forward")
+    cuda_graphs: bool = False  # kernels replayed from CUDA graphs: no per-kernel launch cost
+    grouped_gemm: bool = False  # one grouped GEMM for a rank's experts instead of one per expert
+    ep_dispatcher: EpDispatcher = EpDispatcher.ALL_TO_ALL
+    fusion: Fusion = Fusion.EAGER
+    selective_recompute: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
 
     @property
     def tokens_per_step(self) -> int:

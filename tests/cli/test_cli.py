@@ -51,7 +51,8 @@ def test_check_and_estimate_every_scenario(path: Path) -> None:
     assert set(est["time_breakdown_s"]) >= {"compute", "bubble", "exposed_comm", "optimizer"}
 
 
-@pytest.mark.parametrize("verb", ["search", "estimate", "graph", "profile", "run", "report", "models", "clusters", "check"])
+@pytest.mark.parametrize("verb", ["search", "estimate", "graph", "profile", "run", "report", "models", "clusters", "check",
+                                  "frameworks", "validate"])
 def test_every_verb_explains_itself(verb: str) -> None:
     result = runner.invoke(app, [verb, "--help"], terminal_width=120)
     assert result.exit_code == 0

@@ -110,7 +110,7 @@ BAD_INPUTS = {
               "model: num_experts_per_tok=9 must be in 1..num_local_experts=8"),
     "unknown-gpu": (lambda t: t.replace('preset = "dgx-h100"\nnum_nodes = 2',
                                         'gpu = "h900"\nnum_nodes = 1\ngpus_per_node = 8\nnetwork = { intra_node_gbs = 1, inter_node_gbs = 1 }'),
-                    "cluster.gpu: unknown GPU 'h900'; known: a100-40gb, a100-80gb, h100-sxm, h800-sxm, h200, b200, gb200, mi250x, mi300x, cpu"),
+                    "cluster.gpu: unknown GPU 'h900'; known: a100-40gb, a100-80gb, h100-sxm, h100-hbm2e-500w, h800-sxm, h200, b200, gb200, mi250x, mi300x, cpu"),
     "gpus-cannot-be-laid-out": (lambda t: t.replace("num_nodes = 2", "num_nodes = 3") + "[search]\nfixed = { tp = 16 }\n",
                                 "search.fixed: tp = 16 does not divide the cluster's 24 GPUs; change the fixed degrees or num_nodes"),
     "bad-axis": (lambda t: t + "[search]\nfixed = { xp = 2 }\n",

@@ -15,11 +15,12 @@ from planner.scenario import GIB, cluster_preset
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.scenario import model_preset
-from planner.plan import Plan, Recompute, Schedule, ZeroStage
+from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import JobSpec, ModelSpec, Scenario, SearchSpace
 from planner.search import pareto_front, search
+from planner.scenario.published import map_row
 
-VALIDATION = Path("/work/shared/validation/published_runs.csv")
+VALIDATION = Path(__file__).resolve().parents[1] / "data" / "published_runs.csv"
 
 
 def build_graph(spec: ModelSpec, *, seq_len: int):
@@ -148,37 +149,23 @@ recompute = ["none"]
 
 
 def _validation_rows() -> list[dict]:
-    if not VALIDATION.is_file():
-        return []
     rows = [r for r in csv.DictReader(VALIDATION.open()) if r["config_complete"].startswith("yes")]
     return [r for r in rows if not r["moe_experts"]]
 
 
 def _row_scenario(row: dict) -> tuple[Scenario, Plan]:
-    hidden, heads = int(row["hidden"]), int(row["heads"])
-    spec = ModelSpec(name=row["model_name"], num_hidden_layers=int(row["layers"]), hidden_size=hidden,
-                     intermediate_size=int(row["ffn_hidden"]), num_attention_heads=heads,
-                     num_key_value_heads=int(row["kv_heads"] or heads), vocab_size=int(row["vocab"]),
-                     hidden_act="gelu", norm="layernorm", position_embedding="learned",
-                     max_position_embeddings=int(row["seq_len"]), tie_word_embeddings=True)
-    gpus = int(row["n_gpus"])
-    cluster = "dgx-a100-40gb" if "40GB" in row["gpu"] else "dgx-a100"
-    zero = ZeroStage.PARAMETERS if "FULL_SH" in row["zero_stage_or_fsdp"] else ZeroStage.NONE
-    recompute = Recompute.SELECTIVE if row["recompute"].startswith("selective") else Recompute.FULL
-    vp = int(row["vp"] or 1)
-    plan = Plan(dims={"tp": int(row["tp"]), "pp": int(row["pp"]), "dp": int(row["dp"])},
-                micro_batch_size=int(row["micro_batch"]), virtual_stages=vp,
-                schedule=Schedule.INTERLEAVED_1F1B if vp > 1 else Schedule.ONE_F_ONE_B, zero_stage=zero,
-                recompute=recompute, sequence_parallel=recompute == Recompute.SELECTIVE and int(row["tp"]) > 1)
+    """The row as `planner validate` maps it (scenario/published.py), with the search space
+    widened to hold its micro-batch size."""
+    run = map_row(row)
+    assert run.reason is None, run.reason
+    sc, plan = run.scenario, run.plan
     sizes = sorted({1, 2, 4, 8, plan.micro_batch_size})
-    sc = _scenario(spec, cluster=cluster, nodes=gpus // 8, seq=int(row["seq_len"]), gbs=int(row["global_batch"]),
-                   micro_batch_sizes=sizes)
-    return sc, plan
+    return sc.model_copy(update={"search": sc.search.model_copy(update={"micro_batch_sizes": sizes})}), plan
 
 
 def _published_in_space(sc: Scenario, plan: Plan) -> bool:
     d = plan.dims
-    lay = ss.Layout(dp=d.dp, tp=d.tp, pp=d.pp, cp=d.cp)
+    lay = ParallelDims(dp=d.dp, tp=d.tp, pp=d.pp, cp=d.cp)
     valid = dict(ss.layouts(sc)).get(lay, "missing") is None
     sched = (plan.schedule, plan.virtual_stages) in ss.schedules(sc, lay, plan.micro_batch_size)
     return (valid and sched and plan.micro_batch_size in ss.micro_batch_sizes(sc, lay)
