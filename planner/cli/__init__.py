@@ -1,5 +1,7 @@
-"""The command line (typer): one small module per verb group; the only place that imports everything."""
+"""The command line (typer): app.py is the plumbing, verbs.py the verbs (each calls one module
+behind it: search.py, estimate.py, validate.py, ...); the only place that imports everything."""
 
-from planner.cli.main import app, main
+from planner.cli import verbs
+from planner.cli.app import app, main
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "verbs"]
