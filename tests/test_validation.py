@@ -102,10 +102,11 @@ def test_search_plausibility_flags_a100_plans_near_the_best_published() -> None:
     est = predict(run)
     assert est.implausible is None or "best published" in est.implausible
     from planner.cost.plausibility import implausibility
+    from planner.scenario import GpuFamily
 
-    assert implausibility(0.53, gpu_name="a100-80gb", moe=False, fp8=False) is not None
-    assert implausibility(0.50, gpu_name="a100-80gb", moe=False, fp8=False) is None
-    assert "above" in implausibility(0.60, gpu_name="a100-80gb", moe=False, fp8=False)
+    assert implausibility(0.53, family=GpuFamily.A100, moe=False, fp8=False) is not None
+    assert implausibility(0.50, family=GpuFamily.A100, moe=False, fp8=False) is None
+    assert "above" in implausibility(0.60, family=GpuFamily.A100, moe=False, fp8=False)
 
 
 def test_rows_choose_their_runtime_by_framework_text() -> None:

@@ -118,7 +118,7 @@ def validate_csv(path: str | Path, *, loso: bool = False) -> ValidationResult:
 
 
 def _family(run: PublishedRun) -> str:
-    return run.scenario.cluster.gpu.name.split("-")[0].lower()
+    return run.scenario.cluster.gpu.family.value
 
 
 def _loso_mape(runs: list[PublishedRun]) -> float:

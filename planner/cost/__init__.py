@@ -347,7 +347,7 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
         peak_memory_bytes=peak_mem, fits=peak_mem <= capacity, memory_capacity_bytes=capacity,
         stage_memory=memory, time_breakdown_s=breakdown, bubble_fraction=pipe.bubble_fraction,
         num_micro_batches=m, timeline=pipe.timeline,
-        implausible=implausibility(mfu, gpu_name=ctx.hw.device.name, moe=ctx.summary.moe is not None,
+        implausible=implausibility(mfu, family=ctx.hw.device.family, moe=ctx.summary.moe is not None,
                                    fp8=job.precision == Precision.FP8),
     )
 

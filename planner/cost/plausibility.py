@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.scenario import GpuFamily
+
 
 @dataclass(frozen=True, slots=True)
 class PublishedBest:
@@ -35,18 +37,14 @@ BEST_PUBLISHED_MFU: dict[tuple[str, str, str], PublishedBest] = {
 # 55.2% MegaScale 175B on 12,288 GPUs, 54.2% MT-NLG 530B); a prediction inside that band is as
 # good as the best-tuned runs ever shown and is flagged too.
 BEST_BAND = 0.04
-# H800 and H200 share the H100 die and its tensor-core peak.
-_FAMILY = {"h800": "h100", "h200": "h100", "gb200": "b200"}
 
 
-def implausibility(mfu: float, *, gpu_name: str, moe: bool, fp8: bool) -> str | None:
+def implausibility(mfu: float, *, family: GpuFamily, moe: bool, fp8: bool) -> str | None:
     """Why this MFU is above anything published for its class (None when it is not, or no data)."""
-    family = gpu_name.split("-")[0].lower()
-    family = _FAMILY.get(family, family)
-    key = (family, "moe" if moe else "dense", "fp8" if fp8 else "16bit")
+    key = (family.die.value, "moe" if moe else "dense", "fp8" if fp8 else "16bit")
     best = BEST_PUBLISHED_MFU.get(key)
     if best is None or mfu <= best.mfu - BEST_BAND:
         return None
     where = "above" if mfu > best.mfu else "within 4 points of"
-    return (f"predicted MFU {mfu:.1%} is {where} the best published {key[1]} {key[2]} run on {family.upper()} "
+    return (f"predicted MFU {mfu:.1%} is {where} the best published {key[1]} {key[2]} run on {key[0].upper()} "
             f"({best.mfu:.1%}, {best.source}); only the best-tuned runs reach this, treat it as optimistic")

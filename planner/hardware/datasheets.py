@@ -8,7 +8,7 @@ from planner.hardware.profile import (
     Collective, CollectiveFit, Curve, DeviceInfo, DeviceKind, FlashRates, GemmRates, GemmTile, HardwareProfile,
     HostOverhead, ProfileSource, Tier,
 )
-from planner.scenario import ClusterSpec, GpuSpec
+from planner.scenario import ClusterSpec, GpuFamily, GpuSpec
 
 _TFLOP = 1e12
 
@@ -53,8 +53,7 @@ GPU_LAUNCH_US = 5.0
 
 def gemm_ceiling(gpu: GpuSpec) -> float:
     """The large-GEMM fraction of peak for this GPU family (0.7 for unknown accelerators)."""
-    family = gpu.name.split("-")[0].lower()
-    return GEMM_CEILING.get(family, 0.70)
+    return GEMM_CEILING.get(gpu.family.value, 0.70)
 
 
 def _saturating_curve(*, ceiling: float, peak_flops: float, fixed_s: float) -> Curve:
@@ -95,13 +94,13 @@ def datasheet_profile(cluster: ClusterSpec, *, ceiling: float | None = None) -> 
     return HardwareProfile(
         name=f"{gpu.name}-datasheet", source=ProfileSource.DATASHEET, citations=list(DATASHEET_CITATIONS),
         created=datetime.date.today().isoformat(),
-        device=DeviceInfo(name=gpu.name, kind=_kind(gpu), num_devices=cluster.world_size),
+        device=DeviceInfo(name=gpu.name, kind=_kind(gpu), num_devices=cluster.world_size, family=gpu.family),
         peak_tflops=dict(gpu.peak_tflops), memory_gib=gpu.memory_gib, memory_bandwidth_gbs=gpu.memory_bandwidth_gbs,
         matmul_efficiency=matmul, attention_efficiency=attention,
         memory_bound_efficiency=MEMORY_BOUND_EFFICIENCY, collectives=_collective_fits(cluster),
         host=_datasheet_host(gpu), gemm=datasheet_gemm(sm_count=gpu.sm_count, ceiling=ceiling,
                                                        fixed_us=GEMM_FIXED_COST_S * 1e6),
-        flash=datasheet_flash(gpu.name.split("-")[0].lower(), clock_ratio=gpu.sustained_clock_ratio),
+        flash=datasheet_flash(gpu.family.value, clock_ratio=gpu.sustained_clock_ratio),
     )
 
 
@@ -113,10 +112,9 @@ def _datasheet_host(gpu: GpuSpec) -> HostOverhead | None:
 
 
 def _kind(gpu: GpuSpec) -> DeviceKind:
-    name = gpu.name.lower()
-    if name.startswith("mi"):
+    if gpu.family.rocm:
         return DeviceKind.ROCM
-    return DeviceKind.CPU if name == "cpu" else DeviceKind.CUDA
+    return DeviceKind.CPU if gpu.family == GpuFamily.CPU else DeviceKind.CUDA
 
 
 DATASHEET_CITATIONS = (

@@ -13,11 +13,12 @@ import warnings
 from enum import StrEnum
 from pathlib import Path
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from planner.errors import load_model
+from planner.scenario.kinds import GpuFamily
 from planner.scenario.spec import MAX_BANDWIDTH_GBS, MAX_MEMORY_GIB, MAX_TFLOPS, Precision
 
 # Finite numbers only: a profile with inf bandwidth or NaN efficiency prices every step at 0 or NaN.
@@ -108,6 +109,12 @@ class DeviceInfo(BaseModel):
     torch_version: str | None = None
     driver_version: str | None = None
     num_devices: int = Field(1, ge=1)
+    family: GpuFamily = GpuFamily.GENERIC  # profiles written before this field: read from the name once
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_from_name(cls, data: Any) -> Any:
+        return GpuFamily.fill(data)
 
 
 class KernelSample(BaseModel):

@@ -6,6 +6,7 @@ spec.py is the schema (a leaf); models.py and clusters.py are the cited presets;
 from planner.errors import ScenarioError, one_line
 from planner.scenario.clusters import CLUSTER_PRESETS, GPU_PRESETS, cluster_preset, gpu_preset
 from planner.scenario.load import load_scenario, scenario_from_dict
+from planner.scenario.kinds import GpuFamily
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
 from planner.scenario.spec import (
     GIB,
@@ -32,7 +33,7 @@ from planner.scenario.spec import (
 )
 
 __all__ = [
-    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "PRESETS", "Activation", "AttentionKernel", "EpDispatcher", "Fusion",
+    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "GpuFamily", "PRESETS", "Activation", "AttentionKernel", "EpDispatcher", "Fusion",
     "ClusterSpec", "GpuSpec", "JobSpec",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",

@@ -53,3 +53,42 @@ class ShardingRuntime(StrEnum):
 
     FSDP = "fsdp"
     DEEPSPEED_2021 = "deepspeed-2021"
+
+
+class GpuFamily(StrEnum):
+    """The silicon a GPU preset or inline GPU is (its die decides GEMM, flash and launch behaviour).
+
+    A field of GpuSpec (and of a profile's DeviceInfo); an inline GPU names it (`family = "h100"`) or it is
+    read once from the name's first dash-separated word, else GENERIC."""
+
+    A100 = "a100"
+    H100 = "h100"
+    H800 = "h800"
+    H200 = "h200"
+    B200 = "b200"
+    GB200 = "gb200"
+    MI250X = "mi250x"
+    MI300X = "mi300x"
+    CPU = "cpu"
+    GENERIC = "generic"
+
+    @classmethod
+    def from_name(cls, name: str) -> GpuFamily:
+        word = name.split("-")[0].lower()
+        return cls(word) if word in cls._value2member_map_ else cls.GENERIC
+
+    @classmethod
+    def fill(cls, data: object) -> object:
+        """A raw GPU (or device) table with its family read from its name when it names none."""
+        if isinstance(data, dict) and "family" not in data and isinstance(data.get("name"), str):
+            return {**data, "family": cls.from_name(data["name"])}
+        return data
+
+    @property
+    def die(self) -> GpuFamily:
+        """H800/H200 share the H100 die and its tensor-core peak; GB200 the B200's."""
+        return {GpuFamily.H800: GpuFamily.H100, GpuFamily.H200: GpuFamily.H100, GpuFamily.GB200: GpuFamily.B200}.get(self, self)
+
+    @property
+    def rocm(self) -> bool:
+        return self in (GpuFamily.MI250X, GpuFamily.MI300X)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, SelectiveRecompute, ShardingRuntime
+from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, GpuFamily, SelectiveRecompute, ShardingRuntime
 from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
 
 # allow_inf_nan=False: every float a scenario takes is finite (inf bandwidth or NaN peaks would
@@ -171,6 +171,12 @@ class GpuSpec(BaseModel):
     memory_bandwidth_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
     sm_count: int | None = Field(None, gt=0)  # streaming multiprocessors (CUs): GEMM wave quantisation
     sustained_clock_ratio: float = Field(1.0, gt=0, le=1)  # sustained tensor clock / the datasheet-peak clock
+    family: GpuFamily = GpuFamily.GENERIC
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_from_name(cls, data: Any) -> Any:
+        return GpuFamily.fill(data)
 
     @model_validator(mode="after")
     def _has_bf16(self) -> GpuSpec:
@@ -178,7 +184,7 @@ class GpuSpec(BaseModel):
         A100/H100/B200/MI300X datasheets), except on "cpu" (no fast fp16 GEMM, PLATFORM.md)."""
         if Precision.BF16 not in self.peak_tflops:
             raise ValueError("peak_tflops: needs at least a bf16 entry")
-        if Precision.FP16 not in self.peak_tflops and self.name.lower() != "cpu":
+        if Precision.FP16 not in self.peak_tflops and self.family != GpuFamily.CPU:
             self.peak_tflops[Precision.FP16] = self.peak_tflops[Precision.BF16]
         return self
 
