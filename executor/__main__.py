@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from executor.launch import MEASUREMENT
+from executor.mesh import logical_rank
 from executor.train import RunOptions, train
 from planner.plan import Plan
 from planner.scenario import Scenario
@@ -47,13 +48,14 @@ def _store() -> dist.Store:
     return dist.PrefixStore(f"executor/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def _init() -> None:
-    """NCCL on CUDA, gloo on CPU; torchrun's environment gives rank and world size."""
+def _init(plan: Plan) -> None:
+    """NCCL on CUDA, gloo on CPU; torchrun's environment gives the physical rank and world size,
+    the plan's device mapping the logical rank this process plays (mesh.logical_rank)."""
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         backend = "nccl"
-    dist.init_process_group(backend, store=_store(), rank=int(os.environ["RANK"]),
+    dist.init_process_group(backend, store=_store(), rank=logical_rank(plan, int(os.environ["RANK"])),
                             world_size=int(os.environ["WORLD_SIZE"]), timeout=COLLECTIVE_TIMEOUT)
 
 
@@ -72,11 +74,12 @@ def _die_with_parent() -> None:
 def main() -> None:
     _die_with_parent()
     a = _args()
-    _init()
+    plan = Plan.load(a.plan)
+    _init(plan)
     options = RunOptions(steps=a.steps, seed=a.seed, checkpoint_every=a.checkpoint_every,
                          checkpoint_dir=a.checkpoint_dir or (a.out / "checkpoints" if a.checkpoint_every else None),
                          resume_from=a.resume_from, data_path=a.data, kill_at_step=a.kill_at_step)
-    measurement = train(Plan.load(a.plan), Scenario.model_validate_json(a.scenario_json.read_text()),
+    measurement = train(plan, Scenario.model_validate_json(a.scenario_json.read_text()),
                         options=options)
     if dist.get_rank() == 0:
         tmp = a.out / (MEASUREMENT + ".tmp")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from planner.plan import Axis, Plan, rank_grid
+from planner.plan import Axis, Plan, physical_ranks, rank_grid
 
 DP_CP = "dp_cp"
 
@@ -46,6 +47,18 @@ class Meshes:
                 return 0 if self.expert is None else self.expert.get_local_rank(axis.value)
             case _:
                 return self.world.get_local_rank(axis.value)
+
+
+def logical_rank(plan: Plan, physical_rank: int) -> int:
+    """The rank-grid rank this process plays: the inverse of the plan's device mapping.
+
+    The launcher numbers processes physically (node_rank * nproc + local_rank, one per GPU); the
+    process group is then initialised with the logical rank, before any group exists, so every
+    group (and its rank order, which torch sorts by global rank) is the rank grid's, while the
+    process keeps driving its own GPU (LOCAL_RANK).
+    """
+    phys = physical_ranks(plan)
+    return physical_rank if phys is None else int(np.flatnonzero(phys == physical_rank)[0])
 
 
 def build_meshes(plan: Plan, *, device_type: str, moe: bool) -> Meshes:

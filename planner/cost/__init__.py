@@ -20,8 +20,6 @@ from planner.cost.comm import (
     block_comm,
     dp_step_comm,
     interference_s,
-    plan_spans,
-    pp_p2p_s,
     tp_exposed_s,
     zero3_layer_comm,
 )
@@ -41,15 +39,15 @@ from planner.cost.plausibility import implausibility
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.graph import ModelGraph
-from planner.hardware import Collective, HardwareProfile
-from planner.hardware import composite_span, group_collective_s
+from planner.hardware import HardwareProfile, node_group_profiles
+from planner.cost.placement import Placement, boundary_p2p_s, loss_sync_s, plan_placement
 from planner.cost.terms import MemoryTerm, TimeTerm
 from planner.plan import Axis, Plan, Recompute, ZeroStage
 from planner.scenario import GIB, ClusterSpec, JobSpec, Precision
 
 __all__ = [
     "RESERVED_BYTES", "Cost", "Estimate", "GraphKey", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s",
-    "layer_ops", "layer_times", "memory_lower_bound_bytes", "op_counts", "split_for",
+    "layer_ops", "layer_times", "memory_lower_bound_bytes", "op_counts", "plan_placement", "split_for",
 ]
 
 _AXES = (Axis.TP, Axis.CP, Axis.EP, Axis.DP)
@@ -129,9 +127,16 @@ class _Context:
     plan: Plan
     hw: HardwareProfile
     job: JobSpec
-    spans: Spans
+    placement: Placement
     memory: dict[str, KindMemory]
-    costs: dict[str, _KindCost]
+    costs: dict[tuple[Spans, int], dict[str, _KindCost]]  # per distinct stage links and GPU type, per kind
+    profiles: tuple[HardwareProfile, ...]  # per node group (hardware.node_group_profiles)
+
+    def stage_key(self, stage: int) -> tuple[Spans, int]:
+        return self.placement.stages[stage], self.placement.stage_group[stage]
+
+    def stage_hw(self, stage: int) -> HardwareProfile:
+        return self.profiles[self.placement.stage_group[stage]]
 
 
 def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
@@ -149,12 +154,12 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     chunk_counts, stages = _plan_counts(ctx.summary, plan)
     chunk_costs = _chunk_costs(ctx, chunk_counts)
     times = [ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s) for c in chunk_costs]
-    p2p = pp_p2p_s(plan, graph=graph, job=job, spans=ctx.spans, hw=hw)
+    p2p = boundary_p2p_s(plan, ctx.placement, graph=graph, job=job, hw=hw)
     if timeline:
         pipe = simulate(plan, times=times, p2p_s=p2p, num_micro_batches=m, timeline=True)
     else:
         pipe = closed_form(plan, times=times, p2p_s=p2p, num_micro_batches=m)
-    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=_loss_sync_s(hw, cluster))
+    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=loss_sync_s(hw, ctx.placement))
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
                              num_micro_batches=m)
     if hw.runtime_bytes:
@@ -170,9 +175,22 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     if plan.dims.world_size != cluster.world_size:
         raise ValueError(f"dims: product {plan.dims.world_size} != cluster world size {cluster.world_size}")
     split = split_for(plan, graph=graph, precision=job.precision, flash=flash, job=job)
-    spans = plan_spans(plan, cluster)
+    placement = plan_placement(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
-    costs = {}
+    profiles = node_group_profiles(hw, cluster)
+    costs: dict[tuple[Spans, int], dict[str, _KindCost]] = {}
+    for spans, group in zip(placement.stages, placement.stage_group, strict=True):  # alike stages share costs
+        if (spans, group) in costs:
+            continue
+        costs[spans, group] = _kind_costs(plan, graph=graph, job=job, spans=spans, hw=profiles[group],
+                                          memory=memory, split=split)
+    return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles)
+
+
+def _kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw: HardwareProfile,
+                memory: dict[str, KindMemory], split: Split) -> dict[str, _KindCost]:
+    """One layer of each block kind on one stage's GPUs and links, for one micro-batch."""
+    out = {}
     for kind, t in _kind_times(GraphKey(graph), split, IdentityKey(hw)).items():
         fwd = Cost(compute_s=t.fwd_s)
         bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
@@ -183,8 +201,8 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
             if plan.zero_stage == ZeroStage.PARAMETERS:
                 zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
                 fwd, bwd = fwd + zf, bwd + zb
-        costs[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
-    return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, spans, memory, costs)
+        out[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
+    return out
 
 
 _KIND_TIMES_PER_GRAPH = 4096  # memo entries kept per graph (distinct Split x profile pairs)
@@ -213,22 +231,24 @@ def _plan_counts(summary: GraphSummary, plan: Plan) -> tuple[list[Counter[str]],
 
 
 def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindCost]:
-    """_chunk_cost of each chunk; chunks of an even split share their kind counts, priced once."""
+    """_chunk_cost of each chunk (chunk c runs on pipeline rank c % pp); chunks alike in kind
+    counts and placement are priced once."""
     seen: dict[tuple, _KindCost] = {}
     out = []
-    for counts in chunk_counts:
-        key = tuple(counts.items())
+    for c, counts in enumerate(chunk_counts):
+        costs = ctx.costs[ctx.stage_key(c % ctx.plan.dims.pp)]
+        key = (tuple(counts.items()), id(costs))
         if key not in seen:
-            seen[key] = _chunk_cost(ctx, counts)
+            seen[key] = _chunk_cost(ctx, counts, costs)
         out.append(seen[key])
     return out
 
 
-def _chunk_cost(ctx: _Context, counts: Counter[str]) -> _KindCost:
+def _chunk_cost(ctx: _Context, counts: Counter[str], costs: dict[str, _KindCost]) -> _KindCost:
     action = Cost(exposed_comm_s=_pipe_action_s(ctx.plan, ctx.hw))
     fwd, bwd, weight_s = action, action, 0.0
     for kind, n in counts.items():
-        c = ctx.costs[kind]
+        c = costs[kind]
         fwd, bwd, weight_s = fwd + c.fwd * n, bwd + c.bwd * n, weight_s + c.weight_s * n
     return _KindCost(fwd, bwd, weight_s)
 
@@ -280,18 +300,6 @@ class _Tail:
     stage_optimizer_s: tuple[float, ...] = ()
 
 
-# The step's mean loss, reduced over every rank for logging (Megatron's
-# average_losses_across_data_parallel_group; this project's executor: one all-reduce over the world).
-LOSS_SYNC_BYTES = 16.0  # loss and a count, fp64
-
-
-def _loss_sync_s(hw: HardwareProfile, cluster: ClusterSpec) -> float:
-    """One tiny blocking all-reduce over the world per step: latency bound (~tens of us on GPUs,
-    milliseconds on an oversubscribed CPU node, where it also waits for descheduled peers)."""
-    world = composite_span(cluster, [(cluster.world_size, 1)])
-    return group_collective_s(hw, Collective.ALL_REDUCE, LOSS_SYNC_BYTES, span=world)
-
-
 def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost],
                loss_sync_s: float) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
@@ -299,17 +307,18 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_
     worst, seen, stage_opt = _Tail(0.0, 0.0, 0.0), {}, []
     for stage, counts in enumerate(stages):
         chunks = chunk_costs[stage::p]
-        signature = (tuple(counts.items()), tuple(map(id, chunks)))  # ranks alike in kinds and chunk costs
+        spans, hw = ctx.placement.stages[stage], ctx.stage_hw(stage)
+        signature = (tuple(counts.items()), tuple(map(id, chunks)), ctx.stage_key(stage))  # alike in kinds, costs, links
         if signature in seen:
             stage_opt.append(seen[signature])
             continue
         params = stage_params(ctx.memory, counts)
-        dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=ctx.spans,
-                          hw=ctx.hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
+        dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=spans,
+                          hw=hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
                           fwd_window_s=sum(c.fwd.total_s for c in chunks))
         local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
         opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
-                          param_bytes=job.precision.bytes, hw=ctx.hw)
+                          param_bytes=job.precision.bytes, hw=hw)
         seen[signature] = opt
         stage_opt.append(opt)
         worst = max(worst, _Tail(dp.exposed_s + opt, dp.total_s, opt), key=lambda t: t.exposed_s)
@@ -337,9 +346,10 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
                   TimeTerm.CORE_SHARING: step_s - solo_s}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
-    peak = ctx.hw.peak_flops(job.precision) * cluster.world_size * step_s
+    per_stage_gpus = cluster.world_size // p
+    peak = sum(ctx.stage_hw(s).peak_flops(job.precision) for s in range(p)) * per_stage_gpus * step_s
     peak_mem = max(sum(t.values()) for t in memory)
-    capacity = ctx.hw.memory_gib * GIB - RESERVED_BYTES
+    capacity = min(ctx.stage_hw(s).memory_gib for s in range(p)) * GIB - RESERVED_BYTES  # the smallest GPU
     mfu = model_flops / peak
     return Estimate(
         step_time_s=step_s, tokens_per_s_per_gpu=job.tokens_per_step / (step_s * cluster.world_size),

@@ -15,9 +15,9 @@ from planner.cost.compute import extra_tp_reductions
 from planner.cost.experts import load_factor
 from planner.graph import ModelGraph
 from planner.hardware import Collective, HardwareProfile
-from planner.hardware import GroupSpan, composite_span, group_collective_s, p2p_s
-from planner.plan import Axis, Plan, Recompute, ZeroStage, rank_grid
-from planner.scenario import ClusterSpec, EpDispatcher, JobSpec, ShardingRuntime
+from planner.hardware import GroupSpan, group_collective_s, p2p_s
+from planner.plan import Plan, Recompute, ZeroStage
+from planner.scenario import EpDispatcher, JobSpec, ShardingRuntime
 
 # Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
 TP_COLLECTIVES_PER_BLOCK = 2
@@ -49,7 +49,8 @@ def interference_s(hidden_comm_s: float, hw: HardwareProfile) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Spans:
-    """Where each parallel group of the plan lies on the cluster."""
+    """Where each parallel group of one pipeline stage lies on the cluster (cost/placement.py);
+    `pp` is the stage's boundary to the next stage."""
 
     tp: GroupSpan
     cp: GroupSpan
@@ -58,17 +59,6 @@ class Spans:
     ep: GroupSpan
     etp: GroupSpan
     edp: GroupSpan
-
-
-def plan_spans(plan: Plan, cluster: ClusterSpec) -> Spans:
-    """Where each axis' groups sit on the cluster, from the plan's rank grid (planner.plan.rank_grid)."""
-    grid, d = rank_grid(plan), plan.dims
-
-    def span(*axes: Axis) -> GroupSpan:
-        return composite_span(cluster, [(d.degree(a), grid.stride(a)) for a in axes])
-
-    return Spans(tp=span(Axis.TP), cp=span(Axis.CP), dp=span(Axis.CP, Axis.DP), pp=span(Axis.PP),
-                 ep=span(Axis.EP), etp=span(Axis.ETP), edp=span(Axis.EDP))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

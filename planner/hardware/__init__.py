@@ -20,11 +20,17 @@ from planner.hardware.profile import (
     Tier,
     load_profile,
 )
-from planner.hardware.topology import GroupSpan, composite_span, group_collective_s, group_span, p2p_s
+from planner.hardware.fabric import TierLevel
+from planner.hardware.groups import node_group_profiles
+from planner.hardware.links import NodeLinks, node_links
+from planner.hardware.topology import (
+    GroupSpan, axis_spans, composite_span, group_collective_s, group_span, p2p_s, strided_members,
+)
 
 __all__ = [
     "DATASHEET_CITATIONS", "GPU_LAUNCH_US", "Collective", "CollectiveFit", "CollectiveSample", "Curve",
     "DeviceInfo", "DeviceKind", "FlashRates", "GemmRates", "GemmTile", "GroupSpan", "HardwareProfile", "HostOverhead", "KernelSample",
     "ProfileRangeWarning", "ProfileSource", "Tier", "composite_span", "datasheet_profile", "gemm_ceiling",
-    "group_collective_s", "group_span", "load_profile", "p2p_s",
+    "group_collective_s", "group_span", "load_profile", "p2p_s", "NodeLinks", "TierLevel", "axis_spans",
+    "node_group_profiles", "node_links", "strided_members",
 ]

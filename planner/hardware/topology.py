@@ -1,8 +1,10 @@
-"""Which network tier a communicator group spans, and how long its collectives take there.
+"""Which links a communicator group crosses, and how long its collectives take there.
 
-The rank grid (plan.rank_order, last axis fastest) puts a group's ranks at base + k*stride; the
-cluster (nvlink_domain, per-node and per-node-pair link overrides) says which of them share the
-fast tier and how slow the slowest NIC path is. Times come from the HardwareProfile's fits.
+Groups arrive as their members' physical ranks (node * gpus_per_node + local GPU: the plan's rank
+grid after its device mapping), every group of one axis at once, because they run concurrently
+and share uplinks. A group is timed on its own links: the NICs and node pairs it touches
+(overrides or a measured link table), and, on a cluster with a [cluster.fabric], the tiers it
+spans (hardware/fabric.py). Clusters without a fabric keep the calibrated two-tier rule below.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from planner.hardware import fabric as fab
+from planner.hardware.links import node_links
 from planner.hardware.profile import Collective, HardwareProfile, Tier
 from planner.scenario import ClusterSpec
 
@@ -19,81 +25,165 @@ _GB = 1e9
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupSpan:
-    """A communicator group laid out on the rank grid: ranks base + k*stride for k < num_ranks.
-
-    `ranks_per_domain` of them share one NVLink domain; the rest reach it over the NIC fabric.
-    """
+    """Where one communicator group lies: its size, members per NVLink domain, the slowest NIC
+    it touches (relative to the cluster's nominal NIC) and, on a tiered fabric, its levels."""
 
     num_ranks: int
     stride: int
     ranks_per_domain: int
-    nic_scale: float = 1.0  # slowest NIC the group touches / the cluster's nominal NIC (overrides)
+    nic_scale: float = 1.0
+    levels: tuple[fab.TierLevel, ...] = ()
+    leaf_latency_us: float = 0.0  # the fabric's first NIC tier latency (what the profile's fit stands for)
+    rail_pxn: bool = False  # rail-optimised fabric: NCCL PXN forwards off-node bytes over NVLink
 
     @property
     def tier(self) -> Tier:
         return Tier.INTRA_NODE if self.ranks_per_domain >= self.num_ranks else Tier.INTER_NODE
 
 
+def strided_members(world: int, axes: list[tuple[int, int]]) -> np.ndarray:
+    """Every group of a rank-grid axis set given as (degree, stride): [num_groups, members]."""
+    ranks = np.arange(world)
+    coord = np.zeros(world, dtype=np.int64)
+    base = ranks.copy()
+    mult = 1
+    for degree, stride in axes:
+        coord += ((ranks // stride) % degree) * mult
+        base -= ((ranks // stride) % degree) * stride
+        mult *= degree
+    order = np.lexsort((coord, base))
+    return ranks[order].reshape(-1, mult)
+
+
 def group_span(cluster: ClusterSpec, *, num_ranks: int, stride: int) -> GroupSpan:
-    """Place a strided group on the cluster (the rank grid puts rank r on node r // gpus_per_node)."""
+    """The worst group of a strided axis on the identity placement (rank r on node r // gpus_per_node)."""
     return composite_span(cluster, [(num_ranks, stride)])
 
 
 def composite_span(cluster: ClusterSpec, axes: list[tuple[int, int]]) -> GroupSpan:
-    """A group varying several rank-grid axes at once, each given as (degree, stride).
+    """A group varying several rank-grid axes at once, each given as (degree, stride)."""
+    return axis_spans(cluster, strided_members(cluster.world_size, axes))[0]
 
-    An axis with stride s contributes min(degree, domain // s) distinct members to one NVLink
-    domain when s divides the domain, else 1 (every member on its own node).
+
+def axis_spans(cluster: ClusterSpec, members: np.ndarray, *, stage_of: np.ndarray | None = None,
+               num_stages: int = 1) -> list[GroupSpan]:
+    """One GroupSpan per pipeline stage for every group of one axis (members: physical ranks).
+
+    Each stage gets its worst group: fewest members per domain, slowest NIC. Congestion counts
+    all groups of the axis (every stage syncs at the same time). Vectorised over the groups:
+    a 98,304-GPU plan's axes take milliseconds.
     """
-    domain = cluster.nvlink_domain
-    num_ranks, per_domain = 1, 1
-    for degree, stride in axes:
-        num_ranks *= degree
-        if stride < domain and domain % stride == 0:
-            per_domain *= min(degree, domain // stride)
-    stride = min((s for d, s in axes if d > 1), default=1)
-    slowest = _slowest_inter_gbs(cluster, num_ranks=num_ranks, stride=stride)
-    return GroupSpan(num_ranks=num_ranks, stride=stride, ranks_per_domain=min(per_domain, num_ranks),
-                     nic_scale=slowest / cluster.network.inter_node_gbs)
+    n = members.shape[1]
+    stage_of = np.zeros(members.shape[0], dtype=np.int64) if stage_of is None else stage_of
+    if n == 1:
+        return [GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1)] * num_stages
+    ranks = members if _ascending(members) else np.sort(members, axis=1)
+    sizes = _domain_sizes(cluster)
+    distinct = _domains_touched(ranks, sizes)
+    reach = np.stack([n // d for d in distinct] + [np.full(members.shape[0], n)])  # [tier, group]
+    nic = _nic_scale(cluster, ranks)
+    senders = _senders(ranks, distinct, sizes) if cluster.fabric is not None else None
+    stride = int(np.diff(ranks[0]).min())
+    worst_reach, worst_nic, present = _per_stage_min(stage_of, reach, nic, num_stages=num_stages)
+    fabric = cluster.fabric
+    out = []
+    for s in range(num_stages):
+        if not present[s]:  # no group of this axis on the stage
+            out.append(GroupSpan(num_ranks=n, stride=stride, ranks_per_domain=n))
+            continue
+        k = [int(v) for v in worst_reach[:, s]]
+        scale = float(worst_nic[s])
+        levels = () if senders is None else fab.build_levels(
+            fabric, reach=k, senders=senders, nic_scale=scale,
+            nominal_gbs=(cluster.network.intra_node_gbs, cluster.network.inter_node_gbs))
+        out.append(GroupSpan(num_ranks=n, stride=stride, ranks_per_domain=min(k[0], n), nic_scale=scale,
+                             levels=levels, leaf_latency_us=0.0 if fabric is None else fabric.tiers[1].latency_us,
+                             rail_pxn=fabric is not None and fabric.rail_optimized and cluster.gpus_per_node > 1))
+    return out
 
 
-def _slowest_inter_gbs(cluster: ClusterSpec, *, num_ranks: int, stride: int) -> float:
-    """Collectives run at the pace of the slowest participant: min over nodes/pairs some group spans."""
-    net = cluster.network
-    if num_ranks * stride <= cluster.gpus_per_node or not (net.node_overrides or net.pair_overrides):
-        return net.inter_node_gbs
-    node_gbs = {o.node: o.inter_node_gbs for o in net.node_overrides}
-    slowest = min([net.inter_node_gbs, *node_gbs.values()])
-    for pair in net.pair_overrides:
-        if _pair_in_some_group(cluster, pair.nodes, num_ranks=num_ranks, stride=stride):
-            slowest = min(slowest, pair.inter_node_gbs)
-    return slowest
+def _domains_touched(ranks: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Per tier, per group: how many domains of that tier its (ascending) members touch. A group
+    inside one domain stays inside one at every outer tier, so only the others are re-counted."""
+    out, spread = [], np.arange(ranks.shape[0])
+    touched = np.ones(ranks.shape[0], dtype=np.int64)
+    for size in sizes:
+        touched = touched.copy()
+        if spread.size:
+            sub = ranks[spread]
+            ids = sub >> (size.bit_length() - 1) if size & (size - 1) == 0 else sub // size
+            touched[spread] = 1 + np.count_nonzero(ids[:, 1:] != ids[:, :-1], axis=1)
+            spread = spread[touched[spread] > 1]
+        else:
+            touched[:] = 1
+        out.append(touched)
+    return out
 
 
-def _pair_in_some_group(cluster: ClusterSpec, nodes: tuple[int, int], *, num_ranks: int, stride: int) -> bool:
-    """Whether some group of this stride has ranks on both nodes (group of rank r: r mod stride, block)."""
-    g = cluster.gpus_per_node
-    block = num_ranks * stride
+def _per_stage_min(stage_of: np.ndarray, reach: np.ndarray, nic: np.ndarray, *,
+                   num_stages: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per stage: the smallest reach on every tier and the slowest NIC scale of its groups."""
+    order = np.argsort(stage_of, kind="stable")
+    sorted_stages = stage_of[order]
+    present = np.zeros(num_stages, dtype=bool)
+    present[sorted_stages] = True
+    starts = np.searchsorted(sorted_stages, np.arange(num_stages))
+    starts = np.minimum(starts, len(order) - 1)
+    return (np.minimum.reduceat(reach[:, order], starts, axis=1), np.minimum.reduceat(nic[order], starts), present)
 
-    def groups(node: int) -> set[tuple[int, int]]:
-        return {(r // block, r % stride) for r in range(node * g, (node + 1) * g)}
 
-    return bool(groups(nodes[0]) & groups(nodes[1]))
+def _ascending(members: np.ndarray) -> bool:
+    return bool((members[:, 1:] > members[:, :-1]).all())
+
+
+def _domain_sizes(cluster: ClusterSpec) -> list[int]:
+    """GPUs per domain of each tier below the outermost (which joins everything)."""
+    if cluster.fabric is None:
+        return [cluster.nvlink_domain]
+    return [t.size_gpus for t in cluster.fabric.tiers[:-1]]
+
+
+def _nic_scale(cluster: ClusterSpec, members: np.ndarray) -> np.ndarray:
+    """Per group: slowest NIC or node pair it crosses over the nominal NIC (1 inside a node)."""
+    if not cluster.network.heterogeneous:
+        return np.ones(members.shape[0])
+    links = node_links(cluster)
+    nodes = members // cluster.gpus_per_node  # rows ascending
+    crosses = nodes[:, -1] != nodes[:, 0]
+    return np.where(crosses, links.group_gbs(nodes) / links.nominal_gbs, 1.0)
+
+
+def _senders(members: np.ndarray, distinct: list[np.ndarray], sizes: list[int]) -> list[int]:
+    """Per tier t >= 1: in the busiest tier-(t-1) domain, the GPUs whose group leaves it (C4)."""
+    out = [0]
+    for t, size in enumerate(sizes):
+        leaves = distinct[t] > 1
+        if leaves.all():
+            out.append(size)  # every GPU's group leaves its domain
+        elif not leaves.any():
+            out.append(0)
+        else:
+            out.append(int(np.bincount(members[leaves].ravel() // size).max()))
+    return out
 
 
 def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: float, *, span: GroupSpan) -> float:
     """Time of a collective on a group that may straddle NVLink domains.
 
-    Inside one domain: the intra fit. Across domains, ring collectives run at one NIC's bus
-    bandwidth per GPU: the hierarchical ideal (k members of a node pooling k NICs) is not what
-    training jobs see, because the node's other GPUs drive their own groups' traffic on those
-    NICs at the same time and NCCL crosses nodes with one NIC per ring channel. Calibrated on
-    the Megatron-Core DP=48 H100 rows and the llm-foundry FSDP A100 rows (SOURCES.md #3, #11).
-    All-to-all sends (n - k)/n of the buffer off-domain over the GPU's own NIC.
+    With a tiered fabric: the hierarchical algorithms of hardware/fabric.py on the group's
+    levels. Without one (two tiers): inside one domain, the intra fit; across domains, ring
+    collectives run at one NIC's bus bandwidth per GPU: the hierarchical ideal (k members of a
+    node pooling k NICs) is not what training jobs see, because the node's other GPUs drive their
+    own groups' traffic on those NICs at the same time and NCCL crosses nodes with one NIC per
+    ring channel. Calibrated on the Megatron-Core DP=48 H100 rows and the llm-foundry FSDP A100
+    rows (SOURCES.md #3, #11). All-to-all sends (n - k)/n of the buffer off-domain over the GPU's
+    own NIC.
     """
     n = span.num_ranks
     if n <= 1 or size_bytes <= 0:
         return 0.0
+    if span.levels:
+        return hw.sync_wait_s + _fabric_s(hw, collective, size_bytes, span=span)
     if span.tier == Tier.INTRA_NODE:
         return hw.collective_s(collective, size_bytes, num_ranks=n, tier=Tier.INTRA_NODE)
     inter = hw.collective_fit(collective, tier=Tier.INTER_NODE, num_ranks=n)
@@ -137,10 +227,22 @@ def _latency_steps(collective: Collective, n: int) -> float:
             return 1.0
 
 
+def _fabric_s(hw: HardwareProfile, collective: Collective, size_bytes: float, *, span: GroupSpan) -> float:
+    """fabric.collective_s with the profile's bus efficiencies (fit bandwidth / nominal link rate)."""
+    intra = hw.collective_fit(collective, tier=Tier.INTRA_NODE, num_ranks=max(2, span.ranks_per_domain))
+    inter = hw.collective_fit(collective, tier=Tier.INTER_NODE, num_ranks=span.num_ranks)
+    return fab.collective_s(collective, size_bytes, levels=span.levels, num_ranks=span.num_ranks,
+                            nvlink_fit_gbs=intra.bandwidth_gbs, nic_fit_gbs=inter.bandwidth_gbs,
+                            nic_latency_us=inter.latency_us, leaf_latency_us=span.leaf_latency_us,
+                            rail_pxn=span.rail_pxn)
+
+
 def p2p_s(hw: HardwareProfile, size_bytes: float, *, span: GroupSpan) -> float:
     """One point-to-point transfer between neighbours of `span` (pipeline activations)."""
     if size_bytes <= 0:
         return 0.0
+    if span.levels:
+        return hw.sync_wait_s + _fabric_s(hw, Collective.SEND_RECV, size_bytes, span=span)
     fit = hw.collective_fit(Collective.SEND_RECV, tier=span.tier, num_ranks=2)
     scale = span.nic_scale if span.tier == Tier.INTER_NODE else 1.0
     return hw.sync_wait_s + fit.latency_us * _US + size_bytes / (fit.bandwidth_gbs * scale * _GB)

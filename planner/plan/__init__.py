@@ -2,12 +2,12 @@
 (validity.py) - the contract between the planner and the executor. A leaf: pydantic, numpy, stdlib."""
 
 from planner.plan.dims import DEFAULT_EXPERT_RANK_ORDER, DEFAULT_RANK_ORDER, Axis, ParallelDims
-from planner.plan.grid import AxisGroups, RankGrid, plan_groups, rank_grid
+from planner.plan.grid import AxisGroups, RankGrid, device_grid, mapping_from_nodes, physical_ranks, plan_groups, rank_grid
 from planner.plan.schema import PLAN_VERSION, Plan, Recompute, Schedule, ZeroStage, even_split
 from planner.plan.validity import HasTarget, Target, check, problems, schedule_problem
 
 __all__ = [
     "DEFAULT_EXPERT_RANK_ORDER", "DEFAULT_RANK_ORDER", "PLAN_VERSION", "Axis", "AxisGroups", "HasTarget",
-    "ParallelDims", "Plan", "RankGrid", "Recompute", "Schedule", "Target", "ZeroStage", "check",
-    "even_split", "plan_groups", "problems", "rank_grid", "schedule_problem",
+    "ParallelDims", "Plan", "RankGrid", "Recompute", "Schedule", "Target", "ZeroStage", "check", "device_grid",
+    "even_split", "mapping_from_nodes", "physical_ranks", "plan_groups", "problems", "rank_grid", "schedule_problem",
 ]

@@ -87,6 +87,32 @@ def _grid(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis,
     return RankGrid(attention_order=order, expert_order=expert_order, attention=attention, expert=expert)
 
 
+def physical_ranks(plan: Plan) -> np.ndarray | None:
+    """Logical rank -> the physical rank (node * gpus_per_node + local GPU, torchrun's numbering)
+    its device mapping puts it on; None for the identity."""
+    if plan.device_mapping is None:
+        return None
+    pairs = np.asarray(plan.device_mapping, dtype=np.int64)
+    per_node = plan.dims.world_size // (int(pairs[:, 0].max()) + 1)
+    return pairs[:, 0] * per_node + pairs[:, 1]
+
+
+def device_grid(plan: Plan) -> RankGrid:
+    """rank_grid with every logical rank replaced by the physical rank it runs on (the mapping
+    applied): what the cost model prices and the executor builds its process groups from."""
+    grid = rank_grid(plan)
+    phys = physical_ranks(plan)
+    if phys is None:
+        return grid
+    return RankGrid(attention_order=grid.attention_order, expert_order=grid.expert_order,
+                    attention=phys[grid.attention], expert=phys[grid.expert])
+
+
+def mapping_from_nodes(node_of: list[int], *, gpus_per_node: int) -> list[tuple[int, int]]:
+    """A node-level mapping (logical node u -> physical node node_of[u], GPUs kept in order)."""
+    return [(node_of[r // gpus_per_node], r % gpus_per_node) for r in range(len(node_of) * gpus_per_node)]
+
+
 def plan_groups(plan: Plan) -> list[AxisGroups]:
     """Attention-layer groups (tp, cp, dp, pp) then, for expert-parallel plans, ep, etp, edp."""
     grid, dims = rank_grid(plan), plan.dims

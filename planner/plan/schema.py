@@ -68,6 +68,11 @@ class Plan(BaseModel):
     expert_rank_order: list[Axis] = Field(
         default_factory=lambda: list(DEFAULT_EXPERT_RANK_ORDER)
     )
+    device_mapping: list[tuple[int, int]] | None = Field(
+        None,
+        description="per logical rank (the rank grid's number), the (node, local GPU) it runs on; "
+        "None means logical rank r on node r // gpus_per_node, GPU r % gpus_per_node (torchrun order)",
+    )
 
     @field_validator("version")
     @classmethod
@@ -86,6 +91,8 @@ class Plan(BaseModel):
             raise ValueError("virtual_stages > 1 needs schedule = 'interleaved-1f1b'")
         if self.schedule == Schedule.INTERLEAVED_1F1B and self.dims.pp == 1:
             raise ValueError("schedule 'interleaved-1f1b' needs pp > 1")
+        if self.device_mapping is not None:
+            _check_mapping(self.device_mapping, world=self.dims.world_size)
         if self.blocks_per_stage is not None:
             want = self.dims.pp * self.virtual_stages
             if len(self.blocks_per_stage) != want:
@@ -131,6 +138,17 @@ class Plan(BaseModel):
         if self.sequence_parallel:
             extras.append("sp")
         return f"{words} ({', '.join(extras)})"
+
+
+def _check_mapping(mapping: list[tuple[int, int]], *, world: int) -> None:
+    """A device mapping must place every logical rank on its own GPU of a full nodes x GPUs grid."""
+    if len(mapping) != world:
+        raise ValueError(f"device_mapping: has {len(mapping)} entries, needs one per rank ({world})")
+    nodes = {node for node, _ in mapping}
+    per_node = world // max(len(nodes), 1)
+    if len(nodes) * per_node != world or set(mapping) != {(n, g) for n in range(len(nodes)) for g in range(per_node)}:
+        raise ValueError(f"device_mapping: must use each (node, gpu) of nodes 0..{len(nodes) - 1} x gpus "
+                         f"0..{per_node - 1} exactly once")
 
 
 def even_split(total: int, parts: int) -> list[int]:

@@ -34,6 +34,7 @@ class Target:
     num_experts: int = 0  # 0 for a dense model
     expert_ffn: int = 0
     num_moe_layers: int = 0
+    gpus_per_node: int = 0  # 0: unknown (a device mapping is then only checked for its own shape)
 
 
 class HasTarget(Protocol):
@@ -108,7 +109,18 @@ def _knob_problems(plan: Plan, t: Target) -> list[str]:
         out.append(f"sequence_parallel: seq_len/cp = {t.seq_len // d.cp} must be divisible by tp={d.tp}")
     out += _schedule_problems(plan, t)
     out += _placement_problems(plan, t)
+    out += _mapping_problems(plan, t)
     return out
+
+
+def _mapping_problems(plan: Plan, t: Target) -> list[str]:
+    if plan.device_mapping is None or not t.gpus_per_node:
+        return []
+    gpus = 1 + max(g for _, g in plan.device_mapping)
+    if gpus != t.gpus_per_node:
+        return [f"device_mapping: places ranks on {gpus} GPUs per node but the cluster has gpus_per_node="
+                f"{t.gpus_per_node}; re-plan for this cluster or drop device_mapping"]
+    return []
 
 
 def _schedule_problems(plan: Plan, t: Target) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from planner.plan import AxisGroups
+import numpy as np
+
+from planner.plan import Axis, AxisGroups, Plan, device_grid
+from planner.scenario import ClusterSpec
 
 
 def rank_ranges(ranks: list[int]) -> str:
@@ -33,3 +36,23 @@ def group_summary(group: AxisGroups, *, gpus_per_node: int, nvlink_domain: int) 
         "nodes_per_group": len(nodes),
         "in_nvlink_domain": len(domains) == 1,
     }
+
+
+def stage_rows(plan: Plan, cluster: ClusterSpec, *, num_blocks: int) -> list[dict[str, object]]:
+    """Which layers run where: per pipeline stage, its physical nodes (after the device mapping),
+    their GPU type and the transformer blocks of its chunks (chunk c runs on stage c % pp)."""
+    grid = device_grid(plan).attention
+    by_stage = np.moveaxis(grid, plan.rank_order.index(Axis.PP), 0).reshape(plan.dims.pp, -1)
+    blocks = plan.stage_blocks(num_blocks)
+    starts = np.cumsum([0, *blocks])
+    group_of = cluster.node_group_of()
+    rows = []
+    for s in range(plan.dims.pp):
+        nodes = sorted({int(r) // cluster.gpus_per_node for r in by_stage[s]})
+        gpus = sorted({(cluster.node_groups[group_of[n]].gpu.name if cluster.node_groups else cluster.gpu.name)
+                       for n in nodes})
+        chunks = range(s, plan.num_chunks, plan.dims.pp)
+        layers = ", ".join(f"{starts[c]}-{starts[c + 1] - 1}" if blocks[c] else "-" for c in chunks)
+        rows.append({"stage": s, "nodes": rank_ranges(nodes), "gpu": " + ".join(gpus),
+                     "blocks": sum(blocks[c] for c in chunks), "layers": layers})
+    return rows

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from planner.errors import UserError, expect_object, one_line, read_json, read_text
 from planner.graph import cache_dir
 from planner.report import figures as figs
-from planner.report.devicemap import group_summary
+from planner.report.devicemap import group_summary, stage_rows
 from planner.scenario import count_params
 from planner.plan import Axis, Plan, plan_groups
 from planner.report.files import PLAN_COLUMNS, Status
@@ -258,7 +258,8 @@ def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, go.F
     nodes_shown = max(1, min(cluster.num_nodes, DEVICE_MAP_GPUS // gpn))
     charts["devicemap"] = figs.device_map(groups, gpus_per_node=gpn, num_nodes_shown=nodes_shown)
     rows = [group_summary(g, gpus_per_node=gpn, nvlink_domain=cluster.nvlink_domain) for g in groups]
-    return {"rows": rows, "nodes_shown": nodes_shown, "num_nodes": cluster.num_nodes}
+    stages = stage_rows(plan, cluster, num_blocks=scenario.model.num_hidden_layers)
+    return {"rows": rows, "nodes_shown": nodes_shown, "num_nodes": cluster.num_nodes, "stages": stages}
 
 
 def _table(df: pd.DataFrame, notes: dict[str, str]) -> dict[str, Any]:

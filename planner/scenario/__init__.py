@@ -4,7 +4,7 @@ spec.py is the schema (a leaf); models.py and clusters.py are the cited presets;
 """
 
 from planner.errors import ScenarioError, one_line
-from planner.scenario.clusters import CLUSTER_PRESETS, GPU_PRESETS, cluster_preset, gpu_preset
+from planner.scenario.clusters import CLUSTER_PRESETS, FABRIC_PRESETS, GPU_PRESETS, cluster_preset, fabric_preset, gpu_preset
 from planner.scenario.load import load_scenario, scenario_from_dict
 from planner.scenario.kinds import GpuFamily
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
@@ -15,10 +15,16 @@ from planner.scenario.spec import (
     EpDispatcher,
     Fusion,
     ClusterSpec,
+    FabricSpec,
+    FabricTier,
     GpuSpec,
     JobSpec,
+    LinkSample,
+    LinkTable,
+    LoadBalancing,
     ModelSpec,
     NetworkSpec,
+    NodeGroup,
     NodeLinkOverride,
     NormKind,
     OptimizerKind,
@@ -30,11 +36,13 @@ from planner.scenario.spec import (
     SearchSpace,
     SelectiveRecompute,
     ShardingRuntime,
+    TierKind,
 )
 
 __all__ = [
-    "CLUSTER_PRESETS", "GIB", "GPU_PRESETS", "GpuFamily", "PRESETS", "Activation", "AttentionKernel", "EpDispatcher", "Fusion",
-    "ClusterSpec", "GpuSpec", "JobSpec",
+    "CLUSTER_PRESETS", "FABRIC_PRESETS", "GIB", "GPU_PRESETS", "GpuFamily", "PRESETS", "Activation", "AttentionKernel",
+    "ClusterSpec", "EpDispatcher", "FabricSpec", "FabricTier", "Fusion", "GpuSpec", "JobSpec", "LinkSample", "LinkTable",
+    "LoadBalancing", "NodeGroup", "TierKind", "fabric_preset",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",
     "ShardingRuntime", "cluster_preset", "count_params", "gpu_preset", "load_hf_config", "load_scenario",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.scenario.spec import ClusterSpec, GpuSpec, NetworkSpec
+from planner.scenario.spec import ClusterSpec, FabricSpec, FabricTier, GpuSpec, NetworkSpec, TierKind
 
 
 def _gpu(name: str, *, bf16: float, fp8: float | None, fp32: float, mem_gib: float, bw_gbs: float,
@@ -61,6 +61,78 @@ _HDR_IB_GBS = 25.0  # one 200 Gb/s HDR NIC per GPU
 _NDR_IB_GBS = 50.0  # one 400 Gb/s NDR NIC per GPU
 
 
+# -- hierarchical fabrics ---------------------------------------------------------------------
+# NVIDIA DGX SuperPOD reference architectures (RA-11333-001 for DGX H100; the DGX B200 RA's
+# "Larger DGX SuperPOD component counts" table): a scalable unit (SU) is 32 DGX nodes (256 GPUs)
+# on a rail-optimised leaf layer, one leaf switch per rail; up to 8 SUs (2,048 GPUs: 64 leaf,
+# 32 spine switches) form a 2-tier fabric; 16 SUs and more add a core tier (64 SUs = 16,384 GPUs:
+# 512 leaf, 512 spine, 256 core switches). Node-leaf, leaf-spine and spine-core cable counts are
+# all equal to the GPU count, i.e. every tier is non-blocking (oversubscription 1).
+# Latency: the NIC-to-NIC small-message latency of one leaf crossing is the inter-node latency of
+# the node presets (8 us, NCCL tree/ring latency on NDR); each further tier adds two switch
+# traversals (up and down, ~0.13 us port-to-port on NVIDIA Quantum-2 NDR switches) plus ~100 m of
+# fibre each way (~0.5 us), rounded to +1 us per tier.
+_SU_GPUS = 256  # 32 DGX nodes x 8 GPUs (SuperPOD RA)
+_POD_GPUS = 2048  # 8 SUs: the largest 2-tier SuperPOD (B200 RA table)
+_TIER_HOP_US = 1.0
+
+
+def _tier(kind: TierKind, size: int, gbs: float, latency_us: float, oversub: float = 1.0) -> FabricTier:
+    return FabricTier(kind=kind, size_gpus=size, bandwidth_gbs=gbs, latency_us=latency_us, oversubscription=oversub)
+
+
+def _superpod(name: str, *, nvlink_gbs: float, nic_gbs: float, core: bool, gpus: int = 16384,
+              core_oversub: float = 1.0) -> FabricSpec:
+    nic_lat = 8.0
+    tiers = [_tier(TierKind.NVLINK, 8, nvlink_gbs, 3.0), _tier(TierKind.LEAF, _SU_GPUS, nic_gbs, nic_lat)]
+    if core:
+        tiers += [_tier(TierKind.SPINE, _POD_GPUS, nic_gbs, nic_lat + _TIER_HOP_US),
+                  _tier(TierKind.CORE, gpus, nic_gbs, nic_lat + 2 * _TIER_HOP_US, core_oversub)]
+    else:
+        tiers.append(_tier(TierKind.SPINE, gpus, nic_gbs, nic_lat + _TIER_HOP_US))
+    cite = ("NVIDIA DGX SuperPOD RA (DGX H100 RA-11333-001; DGX B200 RA component-count table): 32-node SUs, "
+            "rail-optimised leaves, 2 tiers up to 8 SUs, a core tier beyond, all tiers 1:1")
+    if not core:
+        cite += ("; 2-tier at 16,384 GPUs = one 2-tier fat tree per rail plane (8 planes of 2,048 nodes, "
+                 "rail-only/multi-plane designs: Wang et al. 2023 arXiv 2307.12169), a hypothetical for comparison")
+    return FabricSpec(name=name, tiers=tiers, rail_optimized=True, citation=cite)
+
+
+# GB200 NVL72 (DGX SuperPOD GB200 RA): an SU is 8 NVL72 racks on NDR 400 Gb/s InfiniBand (one
+# ConnectX-7 per GPU), 2 tiers up to 16 SUs (128 racks, 9,216 GPUs), a core tier beyond. Large
+# jobs are placed in segments of 16 of a rack's 18 compute trays (64 GPUs per NVLink domain;
+# NVIDIA technical blog "Unlock exascale performance on GB200 NVL72 with Slurm topology-aware job
+# scheduling", segment size 16 for jobs of 128+ GPUs), so the job sees 64-GPU NVLink domains and
+# 512-GPU SUs of job GPUs, 8,192-GPU spine pods.
+_NVL_JOB_GPUS = 64
+
+
+def _gb200_superpod(gpus: int = 98304) -> FabricSpec:
+    su, pod = 8 * _NVL_JOB_GPUS, 128 * _NVL_JOB_GPUS
+    return FabricSpec(name="superpod-gb200", rail_optimized=True, tiers=[
+        _tier(TierKind.NVLINK, _NVL_JOB_GPUS, 900.0, 3.0), _tier(TierKind.LEAF, su, 50.0, 8.0),
+        _tier(TierKind.SPINE, pod, 50.0, 8.0 + _TIER_HOP_US), _tier(TierKind.CORE, gpus, 50.0, 8.0 + 2 * _TIER_HOP_US)],
+        citation="NVIDIA DGX SuperPOD GB200 RA (8-rack SUs, NDR 400G per GPU, 2 tiers to 128 racks, core beyond); "
+                 "Slurm block topology segment 16 trays = 64 GPUs per NVLink domain (NVIDIA technical blog)")
+
+
+FABRIC_PRESETS: dict[str, FabricSpec] = {
+    "superpod-h100-3tier": _superpod("superpod-h100-3tier", nvlink_gbs=450.0, nic_gbs=50.0, core=True),
+    "superpod-h100-2tier": _superpod("superpod-h100-2tier", nvlink_gbs=450.0, nic_gbs=50.0, core=False),
+    # a tapered core (2:1 spine-to-core) as many large sites build to save optics; not in the RA
+    "superpod-h100-3tier-tapered": _superpod("superpod-h100-3tier-tapered", nvlink_gbs=450.0, nic_gbs=50.0,
+                                             core=True, core_oversub=2.0),
+    "superpod-b200-3tier": _superpod("superpod-b200-3tier", nvlink_gbs=900.0, nic_gbs=50.0, core=True),
+    "superpod-gb200": _gb200_superpod(),
+}
+
+
+def fabric_preset(name: str) -> FabricSpec:
+    if name not in FABRIC_PRESETS:
+        raise ValueError(f"cluster.fabric.preset: unknown fabric '{name}'; known: {', '.join(FABRIC_PRESETS)}")
+    return FABRIC_PRESETS[name]
+
+
 def _cluster(name: str, gpu: str, *, gpus_per_node: int, intra: float, inter: float,
              intra_lat_us: float = 3.0, inter_lat_us: float = 8.0, nvlink_domain: int | None = None) -> dict[str, Any]:
     return {
@@ -91,6 +163,14 @@ CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
                             nvlink_domain=72),
     # AMD MI300X platform: 8 GPUs on Infinity Fabric (7 links x 64 GB/s per direction), 8x 400 Gb/s NICs.
     "mi300x-8": _cluster("mi300x-8", "mi300x", gpus_per_node=8, intra=448.0, inter=_NDR_IB_GBS),
+    # SuperPODs: the node presets with their reference fabric (num_nodes comes from the scenario).
+    "superpod-h100": _cluster("superpod-h100", "h100-sxm", gpus_per_node=8, intra=_NVLINK4_GBS, inter=_NDR_IB_GBS)
+    | {"fabric": FABRIC_PRESETS["superpod-h100-3tier"].model_dump()},
+    "superpod-b200": _cluster("superpod-b200", "b200", gpus_per_node=8, intra=_NVLINK5_GBS, inter=_NDR_IB_GBS)
+    | {"fabric": FABRIC_PRESETS["superpod-b200-3tier"].model_dump()},
+    # GB200 NVL72 racks at scale, 64 job GPUs per NVLink domain (see _gb200_superpod).
+    "superpod-gb200": _cluster("superpod-gb200", "gb200", gpus_per_node=4, intra=_NVLINK5_GBS, inter=_NDR_IB_GBS,
+                               nvlink_domain=_NVL_JOB_GPUS) | {"fabric": FABRIC_PRESETS["superpod-gb200"].model_dump()},
     # This project's CPU test machine: one node, 4 gloo ranks on loopback (../shared/PLATFORM.md).
     "cpu-local": _cluster("cpu-local", "cpu", gpus_per_node=4, intra=1.0, inter=1.0, intra_lat_us=300.0,
                           inter_lat_us=300.0),
@@ -120,4 +200,12 @@ def resolve_cluster_table(table: dict[str, Any]) -> dict[str, Any]:
         table = base | {"num_nodes": 1} | table
     if isinstance(table.get("gpu"), str):
         table["gpu"] = gpu_preset(table["gpu"]).model_dump()
+    if isinstance(table.get("fabric"), dict) and "preset" in table["fabric"]:
+        fabric = dict(table["fabric"])
+        table["fabric"] = fabric_preset(fabric.pop("preset")).model_dump() | fabric
+    if isinstance(table.get("node_groups"), list):
+        table["node_groups"] = [g | {"gpu": gpu_preset(g["gpu"]).model_dump()} if isinstance(g, dict) and
+                                isinstance(g.get("gpu"), str) else g for g in table["node_groups"]]
+        if "gpu" not in table and table["node_groups"] and isinstance(table["node_groups"][0], dict):
+            table["gpu"] = table["node_groups"][0].get("gpu")
     return table

@@ -6,6 +6,7 @@ modules import, never the reverse.
 
 from __future__ import annotations
 
+import json
 import tomllib
 import warnings
 from pathlib import Path
@@ -41,7 +42,7 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
     data.setdefault("name", name)
     try:
         data["model"] = models.resolve_model_table(data["model"], base_dir=base_dir)
-        data["cluster"] = clusters.resolve_cluster_table(data["cluster"])
+        data["cluster"] = _read_link_table(clusters.resolve_cluster_table(data["cluster"]), base_dir=base_dir)
         data["job"] = runtime.runtime_job_fields(data["job"])
         return _positions_cover_the_sequence(Scenario.model_validate(data))
     except ValidationError as err:
@@ -63,3 +64,19 @@ def _positions_cover_the_sequence(sc: Scenario) -> Scenario:
         warnings.warn(f"job.seq_len: {seq} exceeds max_position_embeddings={m.max_position_embeddings} of "
                       f"{m.name}; RoPE extends, but the model was not trained at this length", stacklevel=3)
     return sc
+
+
+def _read_link_table(cluster: dict[str, Any], *, base_dir: Path) -> dict[str, Any]:
+    """`[cluster.network] links = "profiles/X.json"`: the measured link table of that profile."""
+    network = cluster.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("links"), str):
+        return cluster
+    path = (base_dir / network["links"]).resolve()
+    if not path.is_file():
+        raise ValueError(f"cluster.network.links: profile {network['links']} not found; run "
+                         "`planner profile --links --out` first or fix the path")
+    table = json.loads(path.read_text()).get("links")
+    if table is None:
+        raise ValueError(f"cluster.network.links: profile {network['links']} has no link table; "
+                         "re-profile with `planner profile --links`")
+    return cluster | {"network": network | {"links": table}}

@@ -87,6 +87,17 @@ def _presets() -> dict[str, ModelSpec]:
         first_k_dense_replace=3, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
         qk_rope_head_dim=64, v_head_dim=128,
     )
+    # A 1.9T-parameter, 384-expert MoE: HYPOTHETICAL, derived from the public Kimi K2 architecture
+    # (moonshotai/Kimi-K2-Instruct config.json: 61 layers, hidden 7168, MLA, 384 routed experts
+    # top-8 + 1 shared, first layer dense, vocab 163840) with the expert FFN widened 2048 -> 3840:
+    # 1.92T total / 54B active parameters. No released model has this configuration.
+    p["moe-1.9t-384e"] = ModelSpec(
+        name="moe-1.9t-384e", num_hidden_layers=61, hidden_size=7168, intermediate_size=18432,
+        num_attention_heads=64, num_key_value_heads=64, vocab_size=163840, max_position_embeddings=131072,
+        num_local_experts=384, num_experts_per_tok=8, moe_intermediate_size=3840, n_shared_experts=1,
+        first_k_dense_replace=1, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128,
+    )
     # Tiny models for CPU runs and tests (ours).
     p["tiny-dense"] = ModelSpec(
         name="tiny-dense", num_hidden_layers=4, hidden_size=128, intermediate_size=352,

@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, GpuFamily, SelectiveRecompute, ShardingRuntime
 from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
+from planner.scenario.network import (  # noqa: F401  (re-exported: the cluster schema lives there)
+    MAX_BANDWIDTH_GBS, MAX_GPUS, FabricSpec, FabricTier, LinkSample, LinkTable, LoadBalancing, NetworkSpec,
+    NodeLinkOverride, PairLinkOverride, TierKind,
+)
 
 # allow_inf_nan=False: every float a scenario takes is finite (inf bandwidth or NaN peaks would
 # turn step times into 0 or NaN far from the field that caused it).
@@ -20,10 +24,7 @@ GIB = 2**30  # the unit of every *_gib field
 # catch typos and overflow (1e300 TFLOP/s makes a step 0 s and MFU meaningless).
 MAX_TFLOPS = 1e7
 MAX_MEMORY_GIB = 1e6
-MAX_BANDWIDTH_GBS = 1e7
 MAX_DIMENSION = 2**24  # hidden sizes, vocabularies, sequence lengths, batch sizes
-# Largest cluster accepted: 2^24 GPUs (~100x the largest 2025 training clusters, ~100k-200k GPUs).
-MAX_GPUS = 2**24
 
 
 class Precision(StrEnum):
@@ -189,33 +190,13 @@ class GpuSpec(BaseModel):
         return self
 
 
-class NodeLinkOverride(BaseModel):
-    """A node whose NIC differs from the rest (Holmes/Pipette heterogeneous clusters)."""
+class NodeGroup(BaseModel):
+    """Consecutive nodes with one GPU type (Metis, Um et al. 2024: heterogeneous GPU clusters)."""
 
     model_config = _FROZEN
-    node: int = Field(ge=0)
-    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
-
-
-class PairLinkOverride(BaseModel):
-    """A slow or fast path between two specific nodes."""
-
-    model_config = _FROZEN
-    nodes: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
-    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
-
-
-class NetworkSpec(BaseModel):
-    """Bandwidths are GB/s per GPU per direction; latencies in microseconds."""
-
-    model_config = _FROZEN
-    intra_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
-    inter_node_gbs: float = Field(gt=0, le=MAX_BANDWIDTH_GBS)
-    intra_node_latency_us: float = Field(3.0, ge=0, le=1e6)
-    inter_node_latency_us: float = Field(10.0, ge=0, le=1e6)
-    nvlink_domain: int | None = Field(None, gt=0, le=MAX_GPUS, description="GPUs sharing the fast tier; default gpus_per_node")
-    node_overrides: list[NodeLinkOverride] = []
-    pair_overrides: list[PairLinkOverride] = []
+    gpu: GpuSpec
+    num_nodes: int = Field(gt=0, le=MAX_GPUS)
+    intra_node_gbs: float | None = Field(None, gt=0, le=MAX_BANDWIDTH_GBS, description="this group's NVLink rate; None = network's")
 
 
 class ClusterSpec(BaseModel):
@@ -225,6 +206,8 @@ class ClusterSpec(BaseModel):
     num_nodes: int = Field(gt=0, le=MAX_GPUS)
     gpus_per_node: int = Field(gt=0, le=MAX_GPUS)
     network: NetworkSpec
+    fabric: FabricSpec | None = Field(None, description="tiered fabric; None = one NIC tier (network)")
+    node_groups: list[NodeGroup] | None = Field(None, description="GPU type per run of nodes; None = all `gpu`")
 
     @model_validator(mode="after")
     def _overrides_in_range(self) -> ClusterSpec:
@@ -246,6 +229,16 @@ class ClusterSpec(BaseModel):
         for p in self.network.pair_overrides:
             if max(p.nodes) >= self.num_nodes or p.nodes[0] == p.nodes[1]:
                 raise ValueError(f"network.pair_overrides: nodes {p.nodes} must be two distinct nodes < {self.num_nodes}")
+        links = self.network.links
+        if links is not None and links.num_nodes != self.num_nodes:
+            raise ValueError(f"network.links: the link table has {links.num_nodes} nodes but num_nodes="
+                             f"{self.num_nodes}; profile the same nodes or change num_nodes")
+        if self.fabric is not None and self.fabric.nvlink.size_gpus != self.nvlink_domain:
+            raise ValueError(f"fabric.tiers: the nvlink tier has {self.fabric.nvlink.size_gpus} GPUs but the "
+                             f"cluster's NVLink domain is {self.nvlink_domain}; make them equal")
+        if self.node_groups is not None and sum(g.num_nodes for g in self.node_groups) != self.num_nodes:
+            raise ValueError(f"node_groups: num_nodes add up to {sum(g.num_nodes for g in self.node_groups)} "
+                             f"but the cluster has num_nodes={self.num_nodes}")
         return self
 
     @property
@@ -255,6 +248,16 @@ class ClusterSpec(BaseModel):
     @property
     def nvlink_domain(self) -> int:
         return self.network.nvlink_domain or self.gpus_per_node
+
+    @property
+    def heterogeneous_gpus(self) -> bool:
+        return self.node_groups is not None and len({g.gpu.name for g in self.node_groups}) > 1
+
+    def node_group_of(self) -> list[int]:
+        """Per node, the index of its node group (node groups run in order over the nodes; all 0 without)."""
+        if self.node_groups is None:
+            return [0] * self.num_nodes
+        return [i for i, g in enumerate(self.node_groups) for _ in range(g.num_nodes)]
 
 
 class OptimizerKind(StrEnum):
@@ -376,7 +379,8 @@ class Scenario(BaseModel):
                       num_heads=m.num_attention_heads, kv_heads=m.kv_heads, seq_len=self.job.seq_len,
                       global_batch=self.job.global_batch, num_experts=m.num_local_experts if m.is_moe else 0,
                       expert_ffn=m.expert_intermediate_size if m.is_moe else 0,
-                      num_moe_layers=m.num_moe_layers if m.is_moe else 0)
+                      num_moe_layers=m.num_moe_layers if m.is_moe else 0,
+                      gpus_per_node=self.cluster.gpus_per_node)
 
     @model_validator(mode="after")
     def _fixed_degrees_fit(self) -> Scenario:

@@ -81,8 +81,10 @@ def plan_key(plan: Plan) -> tuple:
     placement = None if plan.expert_placement is None else tuple(map(tuple, plan.expert_placement))
     blocks = None if plan.blocks_per_stage is None else tuple(plan.blocks_per_stage)
     load = None if plan.expert_load is None else tuple(map(tuple, plan.expert_load))
+    mapping = None if plan.device_mapping is None else tuple(plan.device_mapping)
     return (plan.dims, plan.micro_batch_size, plan.virtual_stages, plan.schedule,
-            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement, load)
+            plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement, load,
+            tuple(plan.rank_order), tuple(plan.expert_rank_order), mapping)
 
 
 def usable_capacity_bytes(e: Estimate, scenario: Scenario) -> float:

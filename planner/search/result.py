@@ -70,12 +70,25 @@ class PlacementSummary:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MappingSummary:
-    """The device-mapping ILP: logical -> physical node on clusters with uneven links."""
+    """Device mapping of the best plan on a cluster with uneven links (search/mapping.py).
+
+    node_of: logical -> physical node of the chosen method; slowest_link_s / identity_s: the
+    ILP's objective (busiest NIC or pipeline link) for it and for the identity; *_step_s: the
+    cost model's step time of the identity, the chosen, the heuristic and the ILP mapping; gap:
+    the ILP's proven relative gap (None where it did not run, over 16 units).
+    """
 
     node_of: list[int]
     slowest_link_s: float
     identity_s: float
     status: str
+    method: str = "ilp"
+    gap: float | None = None
+    identity_step_s: float | None = None
+    mapped_step_s: float | None = None
+    heuristic_step_s: float | None = None
+    heuristic_solve_s: float | None = None
+    ilp_step_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,23 +4,22 @@ device mapping for the best one. The cost model re-prices every tuned plan and i
 
 from __future__ import annotations
 
-import numpy as np
 
 from planner import cost
 from planner.graph import LayerKind
-from planner.plan import Axis, Plan, Recompute, rank_grid
+from planner.plan import Axis, Plan, Recompute
 from planner.search import ilp
 from planner.search.ilp import routing as ex
 from planner.search.pricer import Pricer
-from planner.search.result import Candidate, MappingSummary, PartitionSummary, PlacementSummary, TuneResult
+from planner.search.hetero import speed_partitions
+from planner.search.mapping import map_devices, vary_rank_orders
+from planner.search.result import Candidate, PartitionSummary, PlacementSummary, TuneResult
 
 _PARTITION_TOP = 2  # top plans with pp > 1 that get the stage-partition ILP
 _PARTITION_LIMIT_S = 1.0
 _PARTITION_WINDOW = 2  # chunks a layer may move from the even split
 _PLACEMENT_LIMIT_S = 3.0
 _TRACE_TOKENS = 16384  # tokens drawn for a synthetic trace; counts are scaled to the step
-_RING_ALL_REDUCE_FACTOR = 2  # a ring all-reduce sends ~2x the buffer per rank (nccl-tests PERFORMANCE.md)
-_FWD_AND_BWD = 2  # pipeline neighbours exchange activations forward and gradients backward
 
 
 def tune_top(run: Pricer, *, routing: ex.RoutingStats | None) -> TuneResult:
@@ -30,14 +29,12 @@ def tune_top(run: Pricer, *, routing: ex.RoutingStats | None) -> TuneResult:
     for cand in staged:
         summary = _repartition(run, cand)
         partition = partition or summary
+    speed_partitions(run)
+    vary_rank_orders(run)
     best = min((c for c in run.candidates if c.fits), key=lambda c: c.estimate.step_time_s, default=None)
     moe = _place(run, best, routing) if best is not None and best.plan.dims.ep > 1 else None
-    problem = mapping_problem(run, best) if best is not None else None
-    mapping = None
-    if problem is not None:
-        mapped = ilp.map_devices(problem)
-        mapping = MappingSummary(node_of=list(mapped.node_of), slowest_link_s=mapped.slowest_link_s,
-                                 identity_s=mapped.identity_s, status=mapped.solve.status.value)
+    best = min((c for c in run.candidates if c.fits), key=lambda c: c.estimate.step_time_s, default=None)
+    mapping = map_devices(run, best) if best is not None else None
     return TuneResult(partition=partition, moe=moe, device_mapping=mapping)
 
 
@@ -154,32 +151,3 @@ def _place(run: Pricer, best: Candidate, routing: ex.RoutingStats | None) -> Pla
         all_to_all_saved_s=ep_s(twin) - ep_s(placed),
         saved_s=twin.estimate.step_time_s - placed.estimate.step_time_s, synthetic_trace=routing is None,
         ep=best.plan.dims.ep, rank_order=[a.value for a in best.plan.rank_order], expert_axis=Axis.EP.value)
-
-
-def mapping_problem(run: Pricer, cand: Candidate) -> ilp.DeviceMappingProblem | None:
-    """Logical nodes of the best plan and their inter-node traffic (stage weights for the data-
-    parallel gradient sync, activations between pipeline neighbours)."""
-    cluster, plan = run.scenario.cluster, cand.plan
-    net = cluster.network
-    if not (net.node_overrides or net.pair_overrides) or cluster.num_nodes > 16:
-        return None
-    per_node, d = cluster.gpus_per_node, plan.dims
-    grid = rank_grid(plan).attention
-    stage_of = np.moveaxis(grid, plan.rank_order.index(Axis.PP), 0)
-    stage = np.empty(cluster.world_size, dtype=int)
-    for s in range(d.pp):
-        stage[stage_of[s].ravel()] = s
-    weights = [t.get("weights", 0.0) for t in cand.estimate.stage_memory]
-    job = run.scenario.job
-    node_bytes = tuple(float(_RING_ALL_REDUCE_FACTOR * sum(weights[stage[g]] for g in range(u * per_node, (u + 1) * per_node)))
-                       for u in range(cluster.num_nodes))
-    act = plan.micro_batch_size * job.seq_len * run.scenario.model.hidden_size * job.precision.bytes / (d.tp * d.cp)
-    m = plan.num_micro_batches(job.global_batch)
-    node = stage.reshape(cluster.num_nodes, per_node)
-    edges = tuple((u, v, float(_FWD_AND_BWD * m * act)) for u in range(cluster.num_nodes) for v in range(u + 1, cluster.num_nodes)
-                  if np.any(np.abs(node[u][:, None] - node[v][None, :]) == 1))
-    nic = [net.inter_node_gbs] * cluster.num_nodes
-    for o in net.node_overrides:
-        nic[o.node] = o.inter_node_gbs
-    pairs = {tuple(p.nodes): p.inter_node_gbs for p in net.pair_overrides}
-    return ilp.DeviceMappingProblem(node_bytes=node_bytes, edges=edges, nic_gbs=tuple(nic), pair_gbs=pairs)

@@ -1,0 +1,129 @@
+"""Where each parallel group of a plan runs: its physical ranks (the rank grid after the plan's
+device mapping) and, per pipeline stage, the links its groups cross (hardware.axis_spans).
+
+Group-aware pricing: a stage's collectives are timed on the NICs, node pairs and fabric tiers of
+that stage's own groups, not on the slowest NIC of the cluster; each pipeline boundary on the
+link between its two stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from planner.cost.comm import Spans, pp_p2p_s
+from planner.graph import ModelGraph
+from planner.cost.ops import IdentityKey
+from planner.hardware import GroupSpan, axis_spans
+from planner.plan import DEFAULT_EXPERT_RANK_ORDER, Axis, ParallelDims, Plan, device_grid
+from planner.hardware import Collective, HardwareProfile, group_collective_s
+from planner.scenario import ClusterSpec, JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Spans of every pipeline stage (`pp` of stage s: its boundary to stage s+1) and of the world;
+    `stage_group`: the node group (GPU type) whose GPUs set each stage's pace (the slowest it spans)."""
+
+    stages: tuple[Spans, ...]
+    boundaries: tuple[GroupSpan, ...]
+    world: GroupSpan
+    stage_group: tuple[int, ...]
+
+
+def plan_placement(plan: Plan, cluster: ClusterSpec) -> Placement:
+    """The plan's groups on the cluster, memoised by layout, orders and mapping (knobs do not move groups)."""
+    mapping = None if plan.device_mapping is None else tuple(plan.device_mapping)
+    return _placement(plan.dims, tuple(plan.rank_order), tuple(plan.expert_rank_order), mapping,
+                      IdentityKey(cluster))
+
+
+@lru_cache(maxsize=512)
+def _placement(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
+               mapping: tuple[tuple[int, int], ...] | None, cluster_key: IdentityKey) -> Placement:
+    attention = ParallelDims(dp=dims.dp, tp=dims.tp, pp=dims.pp, cp=dims.cp)
+    tp, cp, dp, boundaries, world, stage_group = _attention(attention, order, mapping, cluster_key)
+    ep, etp, edp = _expert(dims, order, expert_order, mapping, cluster_key)
+    stages = tuple(Spans(tp=tp[s], cp=cp[s], dp=dp[s], pp=boundaries[min(s, len(boundaries) - 1)], ep=ep[s],
+                         etp=etp[s], edp=edp[s]) for s in range(dims.pp))
+    return Placement(stages=stages, boundaries=boundaries, world=world, stage_group=stage_group)
+
+
+def _setup(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
+           mapping: tuple[tuple[int, int], ...] | None):
+    plan = Plan(dims=dims, rank_order=list(order), expert_rank_order=list(expert_order),
+                device_mapping=None if mapping is None else list(mapping))
+    grid = device_grid(plan)
+    by_stage = np.moveaxis(grid.attention, order.index(Axis.PP), 0).reshape(dims.pp, -1)
+    stage_of = np.empty(dims.world_size, dtype=np.int64)
+    stage_of[by_stage] = np.arange(dims.pp)[:, None]
+    return grid, by_stage, stage_of
+
+
+def _spans(cluster: ClusterSpec, grid, stage_of: np.ndarray, num_stages: int, *axes: Axis) -> list[GroupSpan]:
+    array, names = grid.grid_of(axes[0])
+    pos = sorted(names.index(a) for a in axes)  # outer first: rows come out ascending when unmapped
+    width = int(np.prod([array.shape[p] for p in pos]))
+    members = np.moveaxis(array, pos, list(range(-len(pos), 0))).reshape(-1, width)
+    return axis_spans(cluster, members, stage_of=stage_of[members[:, 0]], num_stages=num_stages)
+
+
+@lru_cache(maxsize=512)
+def _attention(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple[int, int], ...] | None,
+               cluster_key: IdentityKey) -> tuple:
+    """tp, cp, dp x cp spans per stage, the pipeline boundaries and the world: shared by every
+    expert folding of one attention layout."""
+    cluster: ClusterSpec = cluster_key.obj
+    grid, by_stage, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
+    spans = [_spans(cluster, grid, stage_of, dims.pp, *axes) for axes in ((Axis.TP,), (Axis.CP,), (Axis.CP, Axis.DP))]
+    world = axis_spans(cluster, np.sort(grid.attention.ravel())[None, :])[0]
+    return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage))
+
+
+def _stage_groups(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[int, ...]:
+    """Per stage, the node group of its slowest GPU (lockstep tensor/data parallelism waits for it)."""
+    if cluster.node_groups is None:
+        return (0,) * by_stage.shape[0]
+    group_of = np.asarray(cluster.node_group_of())[by_stage // cluster.gpus_per_node]
+    speed = [g.gpu.peak_tflops["bf16"] for g in cluster.node_groups]
+    return tuple(min(set(row.tolist()), key=lambda g: (speed[g], g)) for row in group_of)
+
+
+@lru_cache(maxsize=512)
+def _expert(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
+            mapping: tuple[tuple[int, int], ...] | None, cluster_key: IdentityKey) -> tuple:
+    cluster: ClusterSpec = cluster_key.obj
+    grid, _, stage_of = _setup(dims, order, expert_order, mapping)
+    return tuple(_spans(cluster, grid, stage_of, dims.pp, axis) for axis in (Axis.EP, Axis.ETP, Axis.EDP))
+
+
+def _boundaries(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[GroupSpan, ...]:
+    """The link of each pipeline boundary s -> s+1: all its rank pairs at once (they send together)."""
+    pp = by_stage.shape[0]
+    if pp == 1:
+        return (GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1),)
+    pairs = np.stack([by_stage[:-1], by_stage[1:]], axis=-1).reshape(-1, 2)
+    boundary = np.repeat(np.arange(pp - 1), by_stage.shape[1])
+    return tuple(axis_spans(cluster, pairs, stage_of=boundary, num_stages=pp - 1))
+
+
+def boundary_p2p_s(plan: Plan, placement: Placement, *, graph: ModelGraph, job: JobSpec, hw: HardwareProfile) -> float:
+    """Mean activation transfer over the pipeline's boundaries, each on its own link: the closed
+    form's 2(p-1) hops then sum the boundaries exactly (the event simulator sees their mean)."""
+    if plan.dims.pp == 1:
+        return 0.0
+    hops = [pp_p2p_s(plan, graph=graph, job=job, spans=placement.stages[s], hw=hw) for s in range(plan.dims.pp - 1)]
+    return sum(hops) / len(hops)
+
+
+# The step's mean loss, reduced over every rank for logging (Megatron's
+# average_losses_across_data_parallel_group; this project's executor: one all-reduce over the world).
+LOSS_SYNC_BYTES = 16.0  # loss and a count, fp64
+
+
+def loss_sync_s(hw: HardwareProfile, placement: Placement) -> float:
+    """One tiny blocking all-reduce over the world per step: latency bound (~tens of us on GPUs,
+    milliseconds on an oversubscribed CPU node, where it also waits for descheduled peers)."""
+    return group_collective_s(hw, Collective.ALL_REDUCE, LOSS_SYNC_BYTES, span=placement.world)

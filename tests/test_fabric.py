@@ -1,0 +1,140 @@
+"""Real clusters: tiered fabrics, group-aware links, device mappings priced and searched (issue 15)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import SCENARIOS
+from planner import cost
+from planner.graph import extract_graph
+from planner.hardware import Collective, axis_spans, datasheet_profile, group_collective_s, strided_members
+from planner.hardware.fabric import uplink_load
+from planner.plan import Plan, device_grid, mapping_from_nodes, rank_grid
+from planner.scenario import ClusterSpec, LoadBalancing, ScenarioError, cluster_preset, load_scenario
+from planner.search import search
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def hetero():
+    sc = load_scenario(SCENARIOS / "llama3-8b_hetero.toml")
+    return sc, extract_graph(sc.model, seq_len=sc.job.seq_len), datasheet_profile(sc.cluster)
+
+
+def _with_fabric(preset: str, num_nodes: int) -> ClusterSpec:
+    return cluster_preset(preset, num_nodes=num_nodes)
+
+
+def test_superpod_presets_nest_and_cite() -> None:
+    c = _with_fabric("superpod-h100", 2048)
+    assert c.world_size == 16384
+    assert [t.size_gpus for t in c.fabric.tiers] == [8, 256, 2048, 16384]
+    gb = _with_fabric("superpod-gb200", 24576)
+    assert gb.world_size == 98304 and gb.nvlink_domain == 64
+    assert all(preset.citation for preset in (c.fabric, gb.fabric))
+
+
+def test_fabric_mismatch_is_one_line(write_scenario) -> None:
+    path = write_scenario('[model]\npreset = "llama3-8b"\n[cluster]\npreset = "dgx-h100"\nnum_nodes = 2\n'
+                          '[cluster.fabric]\npreset = "superpod-gb200"\n[job]\nseq_len = 4096\nglobal_batch = 8\n')
+    with pytest.raises(ScenarioError, match="fabric.tiers: the nvlink tier has 64 GPUs"):
+        load_scenario(path)
+
+
+def test_hierarchical_levels_follow_the_tiers() -> None:
+    """A dp group of one GPU per node over 64 nodes: 32 nodes share a leaf (SU), 2 SUs meet at the spine."""
+    c = _with_fabric("superpod-h100", 64)
+    span = axis_spans(c, strided_members(c.world_size, [(64, 8)]))[0]
+    assert [(lv.tier.value, lv.fan_in, lv.shard) for lv in span.levels] == [("leaf", 32, 1), ("spine", 2, 32)]
+    tp = axis_spans(c, strided_members(c.world_size, [(8, 1)]))[0]
+    assert [(lv.tier.value, lv.fan_in) for lv in tp.levels] == [("nvlink", 8)]
+
+
+def test_three_tiers_cost_more_than_two_for_a_group_crossing_the_core() -> None:
+    two, three = _with_fabric("superpod-h100", 2048), _with_fabric("superpod-h100", 2048)
+    two = two.model_copy(update={"fabric": cluster_preset("superpod-h100").fabric.model_copy(
+        update={"tiers": cluster_preset("superpod-h100").fabric.tiers[:2] + [
+            cluster_preset("superpod-h100").fabric.tiers[2].model_copy(update={"size_gpus": 16384})]})})
+    hw = datasheet_profile(three)
+    members = strided_members(16384, [(2048, 8)])  # one GPU per node over the whole machine
+    t2 = group_collective_s(hw, Collective.ALL_REDUCE, 1e9, span=axis_spans(two, members)[0])
+    t3 = group_collective_s(hw, Collective.ALL_REDUCE, 1e9, span=axis_spans(three, members)[0])
+    assert t3 > t2  # one more level: its latency hops and its own reduce-scatter/all-gather step
+
+
+def test_ecmp_collisions_and_oversubscription_slow_uplinks() -> None:
+    assert uplink_load(senders=256, domain_gpus=256, oversubscription=1, balancing=LoadBalancing.ADAPTIVE) == 1
+    assert uplink_load(senders=256, domain_gpus=256, oversubscription=2, balancing=LoadBalancing.ADAPTIVE) == 2
+    ecmp = uplink_load(senders=256, domain_gpus=256, oversubscription=1, balancing=LoadBalancing.ECMP)
+    assert 2 < ecmp < 256  # balls into bins: the busiest uplink carries several flows
+    assert uplink_load(senders=64, domain_gpus=256, oversubscription=2, balancing=LoadBalancing.ADAPTIVE) == 1
+
+
+def test_group_aware_price_differs_from_slowest_nic(hetero) -> None:
+    """dp2 x tp8 x pp2 on the hetero cluster: stage 0's dp groups span nodes 0-1 (their 25 GB/s
+    pair), stage 1's nodes 2-3 (node 3's 12.5 GB/s NIC). The slowest-NIC rule charged both 12.5."""
+    sc, _, hw = hetero
+    cluster = sc.cluster
+    plan = Plan.model_validate({"dims": {"dp": 2, "tp": 8, "pp": 2}})
+    grid = rank_grid(plan)
+    members = np.moveaxis(grid.attention, plan.rank_order.index(grid.attention_order[1]), -1).reshape(-1, 2)
+    stage_of = members[:, 0] // 16
+    stage0, stage1 = axis_spans(cluster, members, stage_of=stage_of, num_stages=2)
+    assert stage0.nic_scale == pytest.approx(25 / 50) and stage1.nic_scale == pytest.approx(12.5 / 50)
+    slowest = stage0.__class__(num_ranks=2, stride=8, ranks_per_domain=1, nic_scale=12.5 / 50)
+    aware = group_collective_s(hw, Collective.ALL_REDUCE, 4e9, span=stage0)
+    assert aware < 0.6 * group_collective_s(hw, Collective.ALL_REDUCE, 4e9, span=slowest)
+
+
+def test_mapping_round_trips_and_is_priced(hetero, tmp_path) -> None:
+    sc, graph, hw = hetero
+    base = Plan.model_validate({"dims": {"dp": 4, "cp": 2, "pp": 4}})  # one stage per node
+    mapped = base.model_copy(update={"device_mapping": mapping_from_nodes([0, 2, 1, 3], gpus_per_node=8)})
+    path = tmp_path / "plan.json"
+    path.write_text(mapped.to_json())
+    loaded = Plan.load(path)
+    assert loaded == mapped and loaded.device_mapping[8] == (2, 0)
+    assert device_grid(loaded).attention.ravel()[8] == 16  # logical rank 8 runs on node 2, GPU 0
+    t_base, t_mapped = (cost.estimate(graph, p, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
+                        for p in (base, loaded))
+    assert t_mapped < t_base  # the 0-1 pair (25 GB/s) no longer carries a pipeline boundary
+    with pytest.raises(ValueError, match="device_mapping"):
+        Plan.model_validate({"dims": {"dp": 2}, "device_mapping": [[0, 0], [0, 0]]})
+
+
+def test_searched_mapping_beats_identity_on_the_hetero_cluster(hetero) -> None:
+    sc, graph, hw = hetero
+    result = search(graph, sc, hw=hw)
+    m = result.device_mapping
+    assert m is not None and m.gap == 0.0 and m.status == "optimal"
+    assert m.mapped_step_s < m.identity_step_s
+    assert result.best.plan.device_mapping is not None
+    assert result.best.plan.device_mapping != mapping_from_nodes(list(range(4)), gpus_per_node=8)
+
+
+def test_mixed_a100_h100_cluster_plans_estimates_and_reports_both(tmp_path) -> None:
+    """Metis-style: stages on H100 nodes take ~3x the layers of stages on A100 nodes."""
+    from planner.report import write_search_outputs
+    from planner.report.devicemap import stage_rows
+
+    sc = load_scenario(SCENARIOS / "llama3-8b_a100-h100.toml")
+    graph = extract_graph(sc.model, seq_len=sc.job.seq_len)
+    hw = datasheet_profile(sc.cluster)
+    result = search(graph, sc, hw=hw)
+    plan = result.best.plan
+    rows = stage_rows(plan, sc.cluster, num_blocks=sc.model.num_hidden_layers)
+    by_gpu = {r["gpu"]: r["blocks"] for r in rows}
+    assert set(by_gpu) == {"a100-80gb", "h100-sxm"}, rows
+    assert by_gpu["h100-sxm"] >= 2 * by_gpu["a100-80gb"]
+    even = plan.model_copy(update={"blocks_per_stage": None})
+    tuned_s = cost.estimate(graph, plan, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
+    even_s = cost.estimate(graph, even, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
+    assert tuned_s < 0.8 * even_s  # the A100 stages no longer hold the pipeline back
+    out = tmp_path / "report"
+    write_search_outputs(result, sc, out)
+    html = (out / "report.html").read_text()
+    assert "stage-layers" in html and "a100-80gb" in html and "h100-sxm" in html
