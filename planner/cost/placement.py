@@ -58,7 +58,7 @@ def _setup(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis
     grid = device_grid(plan)
     by_stage = np.moveaxis(grid.attention, order.index(Axis.PP), 0).reshape(dims.pp, -1)
     stage_of = np.empty(dims.world_size, dtype=np.int64)
-    stage_of[by_stage] = np.arange(dims.pp)[:, None]
+    stage_of[by_stage] = _ids(dims.pp)[:, None]
     return grid, by_stage, stage_of
 
 
@@ -99,13 +99,18 @@ def _expert(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axi
     return tuple(_spans(cluster, grid, stage_of, dims.pp, axis) for axis in (Axis.EP, Axis.ETP, Axis.EDP))
 
 
+def _ids(n: int) -> np.ndarray:
+    """Stage (or boundary) numbers 0..n-1."""
+    return np.fromiter(range(n), dtype=np.int64, count=n)
+
+
 def _boundaries(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[GroupSpan, ...]:
     """The link of each pipeline boundary s -> s+1: all its rank pairs at once (they send together)."""
     pp = by_stage.shape[0]
     if pp == 1:
         return (GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1),)
     pairs = np.stack([by_stage[:-1], by_stage[1:]], axis=-1).reshape(-1, 2)
-    boundary = np.repeat(np.arange(pp - 1), by_stage.shape[1])
+    boundary = np.repeat(_ids(pp - 1), by_stage.shape[1])
     return tuple(axis_spans(cluster, pairs, stage_of=boundary, num_stages=pp - 1))
 
 

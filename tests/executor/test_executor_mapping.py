@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from executor.mesh import build_meshes, logical_rank
 from executor.train import RunOptions, train
 from planner.plan import Axis, Plan
-from test_executor_parity import DENSE, SGD, STEPS, TOLERANCE, reference_losses, scenario_for
+from tests.executor.test_executor_parity import DENSE, SGD, STEPS, TOLERANCE, reference_losses, scenario_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
