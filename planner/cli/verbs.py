@@ -189,13 +189,14 @@ def profile(
     scenario: Annotated[list[Path] | None, typer.Option(help="also time this scenario's layer shapes")] = None,
     quick: Annotated[bool, typer.Option(help="reduced sweep (seconds, for tests)")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads per rank (default: cores / nproc)")] = None,
+    links: Annotated[bool, typer.Option("--links", help="also measure every node pair (and rail) into a link table")] = False,
 ) -> None:
     """Measure kernels and links on this machine (torch.distributed for links) into a profile."""
     from planner.profiler import run as profiler
 
     with user_errors():
         config = profiler.config_from_cli(out=out, nproc=nproc, device=device, scenarios=scenario or [], quick=quick,
-                                         threads=threads)
+                                         threads=threads, links=links)
         with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console) as bar:
             measured = profiler.profile_machine(config, progress=bar)
         if measured is None:  # a torchrun rank other than 0

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from planner.errors import load_model
 from planner.scenario.kinds import GpuFamily
-from planner.scenario.spec import MAX_BANDWIDTH_GBS, MAX_MEMORY_GIB, MAX_TFLOPS, Precision
+from planner.scenario.spec import MAX_BANDWIDTH_GBS, MAX_MEMORY_GIB, MAX_TFLOPS, LinkTable, Precision
 
 # Finite numbers only: a profile with inf bandwidth or NaN efficiency prices every step at 0 or NaN.
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -260,6 +260,9 @@ class HardwareProfile(BaseModel):
     # includes. 0 on GPUs: the CUDA context and NCCL buffers (~0.5-1 GiB) sit outside the caching
     # allocator's peak the executor reports and are covered by cost.memory.RESERVED_BYTES.
     runtime_bytes: float = Field(0.0, ge=0)
+    # `planner profile --links`: every node pair (and rail) of the launch, measured; scenarios point
+    # [cluster.network] links at this file to price each group on its own links.
+    links: LinkTable | None = None
 
     @model_validator(mode="after")
     def _bf16_everywhere(self) -> HardwareProfile:

@@ -57,6 +57,7 @@ def build_profile(report: RankReport, config: ProfileConfig) -> HardwareProfile:
         kernel_samples=[_sample(r) for r in report.kernels],
         collectives=collective_fits(report.links),
         runtime_bytes=0.0 if config.cuda else report.runtime_bytes,  # see HardwareProfile.runtime_bytes
+        links=report.pairs,
     )
     return kernels_only.model_copy(update={"host": _host_overhead(report, config, kernels_only)})
 

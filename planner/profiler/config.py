@@ -12,7 +12,7 @@ from planner.hardware import DeviceKind
 from planner.profiler import host as ph
 from planner.profiler import kernels as pk
 from planner.profiler import links as pl
-from planner.scenario import Scenario
+from planner.scenario import LinkTable, Scenario
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,6 +23,7 @@ class ProfileConfig:
     quick: bool = False
     scenarios: tuple[Scenario, ...] = ()
     threads: int | None = None  # CPU threads per rank; None = cores // ranks
+    pair_links: bool = False  # `--links`: also measure every node pair (profiler/pairs.py)
 
     def __post_init__(self) -> None:
         if self.nproc < 1:
@@ -52,3 +53,4 @@ class RankReport:
     host: list[ph.HostSamples] = field(default_factory=list)  # one per rank (CPU runs)
     notes: list[str] = field(default_factory=list)
     runtime_bytes: float = 0.0  # resident set after torch import + process-group init (CPU)
+    pairs: LinkTable | None = None  # `--links`: the measured per-pair table

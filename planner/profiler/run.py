@@ -24,6 +24,7 @@ from planner.profiler import host as ph
 from planner.profiler.build import build_profile, host_workload
 from planner.profiler import kernels as pk
 from planner.profiler import links as pl
+from planner.profiler import pairs as pp
 from planner.hardware import (
     DeviceKind,
     HardwareProfile,
@@ -31,7 +32,7 @@ from planner.hardware import (
 )
 from planner.profiler.config import ProfileConfig, RankReport
 from planner.report import check_output_file, write_file
-from planner.scenario import load_scenario
+from planner.scenario import LinkTable, load_scenario
 
 Tick = Callable[[str], None]
 
@@ -157,9 +158,20 @@ def _measure(config: ProfileConfig, *, world_size: int, local_world_size: int, t
     tick(f"total {len(cases) + len(tiers) * len(pl.link_cases(link_sweep)) + (not config.cuda)}")
     kernels = _kernel_sweep(cases, sweep=sweep, device=device, tick=tick)
     links = [r for tg in tiers for r in pl.measure_tier(tg, sweep=link_sweep, device=device, tick=tick)]
+    pairs = _pair_table(config, world_size=world_size, local_world_size=local_world_size, device=device, tick=tick)
     host = [] if config.cuda else _host_probe(config, tick=tick)
     return RankReport(kernels=kernels, links=links, world_size=world_size, threads=threads,
-                      skipped_kernels=len(all_cases) - len(cases), host=host)
+                      skipped_kernels=len(all_cases) - len(cases), host=host, pairs=pairs)
+
+
+def _pair_table(config: ProfileConfig, *, world_size: int, local_world_size: int, device: torch.device,
+                tick: Tick) -> LinkTable | None:
+    if not config.pair_links or world_size == 1:
+        return None
+    tick("node pairs")
+    cases = pp.pair_cases(world_size=world_size, local_world_size=local_world_size)
+    samples = pp.measure_pairs(cases, sizes=pp.pair_sizes(quick=config.quick), device=device)
+    return pp.link_table(samples, world_size=world_size, local_world_size=local_world_size) if samples else None
 
 
 def _host_probe(config: ProfileConfig, *, tick: Tick) -> list[ph.HostSamples]:
@@ -212,11 +224,15 @@ def summary_rows(profile: HardwareProfile) -> list[tuple[str, str]]:
     for fit in profile.collectives:
         rows.append((f"{fit.collective.value} {fit.tier.value} x{fit.num_ranks}",
                      f"{fit.latency_us:.0f} us + bytes / {fit.bandwidth_gbs:.2f} GB/s"))
+    for pair in profile.links.pairs if profile.links else ():
+        rail = "" if pair.rail is None else f" rail {pair.rail}"
+        rows.append((f"link nodes {pair.nodes[0]}-{pair.nodes[1]}{rail}",
+                     f"{pair.latency_us:.0f} us + bytes / {pair.bandwidth_gbs:.2f} GB/s"))
     return rows
 
 
 def config_from_cli(*, out: Path, nproc: int, device: str | None, scenarios: list[Path], quick: bool,
-                    threads: int | None = None) -> ProfileConfig:
+                    threads: int | None = None, links: bool = False) -> ProfileConfig:
     """Validate `planner profile` arguments; ValueError names the flag to fix."""
     check_output_file(out, flag="--out", suffix=".json")  # before minutes of measuring
     if device is None:
@@ -228,5 +244,7 @@ def config_from_cli(*, out: Path, nproc: int, device: str | None, scenarios: lis
 
     if threads is not None and threads < 1:
         raise ValueError(f"--threads: must be >= 1, got {threads}")
-    return ProfileConfig(name=out.stem, device=kind, nproc=nproc, quick=quick, threads=threads,
+    if links and nproc < 2:
+        raise ValueError("--links: needs at least two ranks (--nproc 2 or more, or a multi-node torchrun)")
+    return ProfileConfig(name=out.stem, device=kind, nproc=nproc, quick=quick, threads=threads, pair_links=links,
                          scenarios=tuple(load_scenario(p) for p in scenarios))

@@ -76,14 +76,14 @@ def map_devices(run: Pricer, best: Candidate) -> MappingSummary | None:
     start = time.perf_counter()
     heuristic = greedy_swap(problem)
     heuristic_s = time.perf_counter() - start
-    options = {"heuristic": heuristic}
+    options = {"identity": list(range(len(problem.node_bytes))), "heuristic": heuristic}
     solve = None
     if len(problem.node_bytes) <= _ILP_MAX_UNITS:
         solve = ilp.map_devices(problem, time_limit_s=_ILP_LIMIT_S)
         options["ilp"] = list(solve.node_of)
     priced = {name: run.cost(_mapped(best.plan, units, unit=unit, gpus_per_node=cluster.gpus_per_node))
               for name, units in options.items()}
-    method = min(priced, key=lambda k: _time(priced[k]))
+    method = min(priced, key=lambda k: _time(priced[k]))  # ties keep the identity (listed first)
     node_of = _nodes(options[method], unit=unit)
     return MappingSummary(node_of=node_of, slowest_link_s=problem.evaluate(options[method]),
                           identity_s=problem.evaluate(list(range(len(problem.node_bytes)))),

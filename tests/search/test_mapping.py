@@ -16,7 +16,7 @@ from planner.hardware import (
     datasheet_profile,
     group_collective_s,
 )
-from planner.plan import Plan, device_grid, mapping_from_nodes, rank_grid
+from planner.plan import DEFAULT_RANK_ORDER, Axis, Plan, device_grid, mapping_from_nodes, rank_grid
 from planner.scenario import load_scenario
 from planner.search import search
 
@@ -93,3 +93,50 @@ def test_mixed_a100_h100_cluster_plans_estimates_and_reports_both(tmp_path) -> N
     write_search_outputs(result, sc, out)
     html = (out / "report.html").read_text()
     assert "stage-layers" in html and "a100-80gb" in html and "h100-sxm" in html
+
+
+ISLANDS = '''[model]
+preset = "llama3-8b"
+[cluster]
+gpu = "h100-sxm"
+num_nodes = 4
+gpus_per_node = 8
+[cluster.network]
+intra_node_gbs = 450
+inter_node_gbs = 50
+[cluster.network.links]
+num_nodes = 4
+islands = ["ib", "roce", "ib", "roce"]
+pairs = [
+  { nodes = [0, 2], bandwidth_gbs = 50, latency_us = 5 },
+  { nodes = [1, 3], bandwidth_gbs = 25, latency_us = 8 },
+  { nodes = [0, 1], bandwidth_gbs = 6.25, latency_us = 20 },
+  { nodes = [0, 3], bandwidth_gbs = 6.25, latency_us = 20 },
+  { nodes = [1, 2], bandwidth_gbs = 6.25, latency_us = 20 },
+  { nodes = [2, 3], bandwidth_gbs = 6.25, latency_us = 20 },
+]
+[job]
+seq_len = 8192
+global_batch = 128
+[search]
+fixed = { tp = 8, pp = 2 }
+'''
+
+
+def test_mixed_nic_islands_keep_data_parallel_groups_inside_an_island(write_scenario) -> None:
+    """Holmes-style IB and RoCE islands, interleaved in node order: the identity puts each stage's
+    dp pair across the 6.25 GB/s gateway; the mapping moves each stage into one island."""
+    sc = load_scenario(write_scenario(ISLANDS))
+    graph = extract_graph(sc.model, seq_len=sc.job.seq_len)
+    hw = datasheet_profile(sc.cluster)
+    result = search(graph, sc, hw=hw)
+    m, plan = result.device_mapping, result.best.plan
+    assert m is not None and m.mapped_step_s <= m.identity_step_s
+    naive = plan.model_copy(update={"rank_order": list(DEFAULT_RANK_ORDER), "device_mapping": None})
+    naive_s = cost.estimate(graph, naive, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
+    assert result.best.estimate.step_time_s < naive_s
+    islands = sc.cluster.network.links.islands
+    grid = np.moveaxis(device_grid(plan).attention, plan.rank_order.index(Axis.PP), 0)
+    stage_nodes = grid.reshape(plan.dims.pp, -1) // sc.cluster.gpus_per_node
+    for nodes in stage_nodes:
+        assert len({islands[n] for n in set(nodes.tolist())}) == 1, stage_nodes
