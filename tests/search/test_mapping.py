@@ -110,10 +110,10 @@ islands = ["ib", "roce", "ib", "roce"]
 pairs = [
   { nodes = [0, 2], bandwidth_gbs = 50, latency_us = 5 },
   { nodes = [1, 3], bandwidth_gbs = 25, latency_us = 8 },
-  { nodes = [0, 1], bandwidth_gbs = 6.25, latency_us = 20 },
-  { nodes = [0, 3], bandwidth_gbs = 6.25, latency_us = 20 },
-  { nodes = [1, 2], bandwidth_gbs = 6.25, latency_us = 20 },
-  { nodes = [2, 3], bandwidth_gbs = 6.25, latency_us = 20 },
+  { nodes = [0, 1], bandwidth_gbs = 1.0, latency_us = 20 },
+  { nodes = [0, 3], bandwidth_gbs = 1.0, latency_us = 20 },
+  { nodes = [1, 2], bandwidth_gbs = 1.0, latency_us = 20 },
+  { nodes = [2, 3], bandwidth_gbs = 1.0, latency_us = 20 },
 ]
 [job]
 seq_len = 8192
@@ -125,7 +125,7 @@ fixed = { tp = 8, pp = 2 }
 
 def test_mixed_nic_islands_keep_data_parallel_groups_inside_an_island(write_scenario) -> None:
     """Holmes-style IB and RoCE islands, interleaved in node order: the identity puts each stage's
-    dp pair across the 6.25 GB/s gateway; the mapping moves each stage into one island."""
+    dp pair across the 1 GB/s gateway; the mapping moves each stage into one island."""
     sc = load_scenario(write_scenario(ISLANDS))
     graph = extract_graph(sc.model, seq_len=sc.job.seq_len)
     hw = datasheet_profile(sc.cluster)
@@ -134,7 +134,8 @@ def test_mixed_nic_islands_keep_data_parallel_groups_inside_an_island(write_scen
     assert m is not None and m.mapped_step_s <= m.identity_step_s
     naive = plan.model_copy(update={"rank_order": list(DEFAULT_RANK_ORDER), "device_mapping": None})
     naive_s = cost.estimate(graph, naive, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
-    assert result.best.estimate.step_time_s < naive_s
+    best_s = cost.estimate(graph, plan, hw=hw, cluster=sc.cluster, job=sc.job).step_time_s
+    assert best_s < 0.95 * naive_s
     islands = sc.cluster.network.links.islands
     grid = np.moveaxis(device_grid(plan).attention, plan.rank_order.index(Axis.PP), 0)
     stage_nodes = grid.reshape(plan.dims.pp, -1) // sc.cluster.gpus_per_node
