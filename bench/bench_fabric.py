@@ -1,17 +1,21 @@
-"""One Llama 3.1 405B plan on a 16,384-GPU H100 SuperPOD under different fabrics, with the reason.
+"""Two Llama 3.1 405B plans on a 16,384-GPU H100 SuperPOD under different fabrics, with the reason.
 
-Same plan (tp8 x pp16 x dp128, 1F1B, mbs 1, ZeRO-1; Dubey et al. 2024 Table 4's layout without
-CP), same GPUs; only [cluster.fabric] changes:
+Same plans (tp8 x pp16 x dp128 as in Dubey et al. 2024 Table 4 without CP, and tp8 x pp4 x dp512,
+1F1B, mbs 1, ZeRO-1, SP), same GPUs; only [cluster.fabric] changes:
   flat            no fabric table: the calibrated two-tier rule (one NIC tier, hardware/topology.py)
   2-tier          NVLink 8, leaf 256 (SU), spine 16,384 (a rail-plane 2-tier fat tree; hypothetical)
   3-tier          the SuperPOD RA's NVLink 8, leaf 256, spine 2,048, core 16,384, all 1:1
   3-tier tapered  the same with a 2:1 spine-to-core taper
   3-tier ECMP     the same with static ECMP hashing above the leaves instead of adaptive routing
-For each: step time, data-parallel and pipeline seconds, and the levels a dp group climbs
-(tier:fan-in), which is the explanation: dp groups (stride 8 x 16 stages... one GPU per node,
-128 nodes) span 4 SUs, so on the 3-tier fabric they reach the spine but not the core; what
-differs is the core tier's extra latency on the pipeline boundaries that cross pods and the
-per-level reduce-scatter / all-gather steps.
+For each: step time, data-parallel / pipeline / tensor-parallel milliseconds, the levels a dp
+group climbs (tier:fan-in@GB/s per flow) and the outermost tier each pipeline boundary crosses.
+That is the explanation. pp16: a stage is 1,024 GPUs, so its dp groups (one GPU per node) span
+4 SUs inside one 2,048-GPU pod and never reach the core; only the 7 boundaries between pods do.
+pp4: a stage is 4,096 GPUs, two pods, so dp adds a core level. A non-blocking 3-tier costs only
+the core's extra hop latency and one more reduce-scatter/all-gather level on 1/256 of the
+buffer (microseconds); a 2:1 core taper halves the core level's bandwidth (boundaries slow 2x);
+ECMP hashing above the leaves loads the busiest uplink with several flows (balls into bins),
+which costs tens to hundreds of milliseconds.
 Run: python bench/bench_fabric.py
 """
 

@@ -129,11 +129,11 @@ class _Context:
     job: JobSpec
     placement: Placement
     memory: dict[str, KindMemory]
-    costs: dict[tuple[Spans, int], dict[str, _KindCost]]  # per distinct stage links and GPU type, per kind
+    costs: dict[int, dict[str, _KindCost]]  # per stage class (alike links and GPU type), per block kind
     profiles: tuple[HardwareProfile, ...]  # per node group (hardware.node_group_profiles)
 
-    def stage_key(self, stage: int) -> tuple[Spans, int]:
-        return self.placement.stages[stage], self.placement.stage_group[stage]
+    def stage_key(self, stage: int) -> int:
+        return self.placement.stage_class[stage]
 
     def stage_hw(self, stage: int) -> HardwareProfile:
         return self.profiles[self.placement.stage_group[stage]]
@@ -178,12 +178,10 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     placement = plan_placement(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
     profiles = node_group_profiles(hw, cluster)
-    costs: dict[tuple[Spans, int], dict[str, _KindCost]] = {}
-    for spans, group in zip(placement.stages, placement.stage_group, strict=True):  # alike stages share costs
-        if (spans, group) in costs:
-            continue
-        costs[spans, group] = _kind_costs(plan, graph=graph, job=job, spans=spans, hw=profiles[group],
-                                          memory=memory, split=split)
+    costs: dict[int, dict[str, _KindCost]] = {}
+    for cls in sorted(set(placement.stage_class)):  # alike stages share costs
+        costs[cls] = _kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls],
+                                 hw=profiles[placement.stage_group[cls]], memory=memory, split=split)
     return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles)
 
 

@@ -31,6 +31,8 @@ class Placement:
     boundaries: tuple[GroupSpan, ...]
     world: GroupSpan
     stage_group: tuple[int, ...]
+    stage_class: tuple[int, ...]  # per stage, the first stage with the same spans and GPU type
+
 
 
 def plan_placement(plan: Plan, cluster: ClusterSpec) -> Placement:
@@ -48,7 +50,9 @@ def _placement(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[
     ep, etp, edp = _expert(dims, order, expert_order, mapping, cluster_key)
     stages = tuple(Spans(tp=tp[s], cp=cp[s], dp=dp[s], pp=boundaries[min(s, len(boundaries) - 1)], ep=ep[s],
                          etp=etp[s], edp=edp[s]) for s in range(dims.pp))
-    return Placement(stages=stages, boundaries=boundaries, world=world, stage_group=stage_group)
+    first: dict[tuple[Spans, int], int] = {}
+    classes = tuple(first.setdefault((spans, g), s) for s, (spans, g) in enumerate(zip(stages, stage_group, strict=True)))
+    return Placement(stages=stages, boundaries=boundaries, world=world, stage_group=stage_group, stage_class=classes)
 
 
 def _setup(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],

@@ -78,44 +78,62 @@ def axis_spans(cluster: ClusterSpec, members: np.ndarray, *, stage_of: np.ndarra
     if n == 1:
         return [GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1)] * num_stages
     ranks = members if _ascending(members) else np.sort(members, axis=1)
+    ranks = ranks.astype(np.int32, copy=False) if cluster.world_size < 2**31 else ranks  # half the memory traffic
     sizes = _domain_sizes(cluster)
-    distinct = _domains_touched(ranks, sizes)
+    distinct = _touched_by_translation(ranks, sizes)
     reach = np.stack([n // d for d in distinct] + [np.full(members.shape[0], n)])  # [tier, group]
     nic = _nic_scale(cluster, ranks)
     senders = _senders(ranks, distinct, sizes) if cluster.fabric is not None else None
     stride = int(np.diff(ranks[0]).min())
     worst_reach, worst_nic, present = _per_stage_min(stage_of, reach, nic, num_stages=num_stages)
     fabric = cluster.fabric
-    out = []
+    out, built = [], {}
     for s in range(num_stages):
         if not present[s]:  # no group of this axis on the stage
             out.append(GroupSpan(num_ranks=n, stride=stride, ranks_per_domain=n))
             continue
-        k = [int(v) for v in worst_reach[:, s]]
-        scale = float(worst_nic[s])
-        levels = () if senders is None else fab.build_levels(
-            fabric, reach=k, senders=senders, nic_scale=scale,
-            nominal_gbs=(cluster.network.intra_node_gbs, cluster.network.inter_node_gbs))
-        out.append(GroupSpan(num_ranks=n, stride=stride, ranks_per_domain=min(k[0], n), nic_scale=scale,
-                             levels=levels, leaf_latency_us=0.0 if fabric is None else fabric.tiers[1].latency_us,
-                             rail_pxn=fabric is not None and fabric.rail_optimized and cluster.gpus_per_node > 1))
+        key = (tuple(int(v) for v in worst_reach[:, s]), float(worst_nic[s]))
+        if key not in built:  # stages alike in reach and NIC share one span
+            k, scale = key
+            levels = () if senders is None else fab.build_levels(
+                fabric, reach=list(k), senders=senders, nic_scale=scale,
+                nominal_gbs=(cluster.network.intra_node_gbs, cluster.network.inter_node_gbs))
+            built[key] = GroupSpan(
+                num_ranks=n, stride=stride, ranks_per_domain=min(k[0], n), nic_scale=scale, levels=levels,
+                leaf_latency_us=0.0 if fabric is None else fabric.tiers[1].latency_us,
+                rail_pxn=fabric is not None and fabric.rail_optimized and cluster.gpus_per_node > 1)
+        out.append(built[key])
     return out
+
+
+def _touched_by_translation(ranks: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """_domains_touched, counted once per translation class: groups of a rank-grid axis share one
+    offset pattern (without a device mapping), and every tier size divides the largest, so two
+    groups whose first members agree modulo the largest size touch alike at every tier."""
+    offsets = ranks[0] - ranks[0, 0]
+    if ranks.shape[0] < 64 or not np.array_equal(ranks - ranks[:, :1], np.broadcast_to(offsets, ranks.shape)):
+        return _domains_touched(ranks, sizes)
+    residue, inverse = np.unique(ranks[:, 0] % max(sizes), return_inverse=True)
+    classes = _domains_touched(residue[:, None] + offsets[None, :], sizes)
+    return [c[inverse] for c in classes]
 
 
 def _domains_touched(ranks: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """Per tier, per group: how many domains of that tier its (ascending) members touch. A group
     inside one domain stays inside one at every outer tier, so only the others are re-counted."""
-    out, spread = [], np.arange(ranks.shape[0])
+    out, spread = [], None  # None: every group still spans several domains
     touched = np.ones(ranks.shape[0], dtype=np.int64)
     for size in sizes:
         touched = touched.copy()
-        if spread.size:
-            sub = ranks[spread]
+        sub = ranks if spread is None else ranks[spread]
+        if sub.shape[0]:
             ids = sub >> (size.bit_length() - 1) if size & (size - 1) == 0 else sub // size
-            touched[spread] = 1 + np.count_nonzero(ids[:, 1:] != ids[:, :-1], axis=1)
-            spread = spread[touched[spread] > 1]
-        else:
-            touched[:] = 1
+            counts = 1 + np.count_nonzero(ids[:, 1:] != ids[:, :-1], axis=1)
+            if spread is None:
+                touched, spread = counts, np.flatnonzero(counts > 1)
+            else:
+                touched[spread] = counts
+                spread = spread[counts > 1]
         out.append(touched)
     return out
 
@@ -123,7 +141,10 @@ def _domains_touched(ranks: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 def _per_stage_min(stage_of: np.ndarray, reach: np.ndarray, nic: np.ndarray, *,
                    num_stages: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per stage: the smallest reach on every tier and the slowest NIC scale of its groups."""
-    order = np.argsort(stage_of, kind="stable")
+    if num_stages == 1:
+        return reach.min(axis=1, keepdims=True), nic.min(keepdims=True).reshape(1), np.ones(1, dtype=bool)
+    ordered = bool((stage_of[1:] >= stage_of[:-1]).all())  # rows already by stage (pp outermost)
+    order = np.arange(len(stage_of)) if ordered else np.argsort(stage_of, kind="stable")
     sorted_stages = stage_of[order]
     present = np.zeros(num_stages, dtype=bool)
     present[sorted_stages] = True

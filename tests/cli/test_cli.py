@@ -26,7 +26,7 @@ def _estimate_flags(path: Path) -> list[str]:
         tp //= 2
     pp = 4 if sc.model.num_hidden_layers >= 32 and sc.cluster.world_size >= 32 * tp else 1
     dp = sc.cluster.world_size // (tp * pp)
-    while sc.job.global_batch % dp:
+    while sc.job.global_batch % dp or sc.job.global_batch // dp < pp:  # 1F1B needs m >= pp
         dp //= 2
     cp = sc.cluster.world_size // (tp * pp * dp)
     return ["--tp", str(tp), "--pp", str(pp), "--cp", str(cp), "--dp", str(dp)]
