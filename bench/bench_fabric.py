@@ -52,7 +52,7 @@ def main() -> None:
     graph = extract_graph(sc.model, seq_len=sc.job.seq_len)
     for plan in PLANS:
         print(f"\nplan: {plan.describe()} on {sc.cluster.world_size} x {sc.cluster.gpu.name}")
-        print(f"{'fabric':20s} {'step s':>9s} {'dp ms':>8s} {'pp ms':>7s} {'tp ms':>8s}  dp levels (tier:fan-in@GB/s) | "
+        print(f"{'fabric':20s} {'step ms':>11s} {'dp ms':>8s} {'pp ms':>7s} {'tp ms':>8s}  dp levels (tier:fan-in@GB/s) | "
               "pipeline boundaries by outermost tier")
         for name, fabric in fabrics().items():
             cluster = sc.cluster.model_copy(update={"fabric": fabric})
@@ -61,7 +61,7 @@ def main() -> None:
             dp = " ".join(f"{lv.tier.value}:{lv.fan_in}@{lv.bandwidth_gbs:.3g}" for lv in place.stages[0].dp.levels)
             tops = Counter(s.levels[-1].tier.value for s in place.boundaries if s.levels)
             b = e.time_breakdown_s
-            print(f"{name:20s} {e.step_time_s:9.4f} {b['dp'] * 1e3:8.1f} {b['pp'] * 1e3:7.2f} {b['tp'] * 1e3:8.1f}  "
+            print(f"{name:20s} {e.step_time_s * 1e3:11.3f} {b['dp'] * 1e3:8.1f} {b['pp'] * 1e3:7.2f} {b['tp'] * 1e3:8.1f}  "
                   f"{dp or '(two-tier rule)'} | {dict(tops) or '-'}")
 
 
