@@ -132,9 +132,6 @@ class _Context:
     costs: dict[int, dict[str, _KindCost]]  # per stage class (alike links and GPU type), per block kind
     profiles: tuple[HardwareProfile, ...]  # per node group (hardware.node_group_profiles)
 
-    def stage_key(self, stage: int) -> int:
-        return self.placement.stage_class[stage]
-
     def stage_hw(self, stage: int) -> HardwareProfile:
         return self.profiles[self.placement.stage_group[stage]]
 
@@ -178,10 +175,8 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     placement = plan_placement(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
     profiles = node_group_profiles(hw, cluster)
-    costs: dict[int, dict[str, _KindCost]] = {}
-    for cls in sorted(set(placement.stage_class)):  # alike stages share costs
-        costs[cls] = _kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls],
-                                 hw=profiles[placement.stage_group[cls]], memory=memory, split=split)
+    costs = {cls: _kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls], memory=memory, split=split,
+                              hw=profiles[placement.stage_group[cls]]) for cls in set(placement.stage_class)}
     return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles)
 
 
@@ -234,7 +229,7 @@ def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindC
     seen: dict[tuple, _KindCost] = {}
     out = []
     for c, counts in enumerate(chunk_counts):
-        costs = ctx.costs[ctx.stage_key(c % ctx.plan.dims.pp)]
+        costs = ctx.costs[ctx.placement.stage_class[c % ctx.plan.dims.pp]]
         key = (tuple(counts.items()), id(costs))
         if key not in seen:
             seen[key] = _chunk_cost(ctx, counts, costs)
@@ -306,7 +301,7 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_
     for stage, counts in enumerate(stages):
         chunks = chunk_costs[stage::p]
         spans, hw = ctx.placement.stages[stage], ctx.stage_hw(stage)
-        signature = (tuple(counts.items()), tuple(map(id, chunks)), ctx.stage_key(stage))  # alike in kinds, costs, links
+        signature = (tuple(counts.items()), tuple(map(id, chunks)), ctx.placement.stage_class[stage])  # alike in kinds, costs, links
         if signature in seen:
             stage_opt.append(seen[signature])
             continue
@@ -344,8 +339,7 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
                   TimeTerm.CORE_SHARING: step_s - solo_s}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
-    per_stage_gpus = cluster.world_size // p
-    peak = sum(ctx.stage_hw(s).peak_flops(job.precision) for s in range(p)) * per_stage_gpus * step_s
+    peak = sum(ctx.stage_hw(s).peak_flops(job.precision) for s in range(p)) * (cluster.world_size // p) * step_s
     peak_mem = max(sum(t.values()) for t in memory)
     capacity = min(ctx.stage_hw(s).memory_gib for s in range(p)) * GIB - RESERVED_BYTES  # the smallest GPU
     mfu = model_flops / peak

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from planner import cost
 from planner.hardware import node_group_profiles
-from planner.plan import Plan
+from planner.plan import Plan, Recompute, ZeroStage
 from planner.search.pricer import Pricer
 from planner.search.result import Candidate
 
@@ -26,8 +26,18 @@ def speed_partitions(run: Pricer) -> list[Candidate]:
     out = []
     for cand in fitting[:_TOP]:
         blocks = proportional_blocks(run, cand.plan)
-        if blocks is not None and blocks != cand.plan.stage_blocks(len(run.graph.blocks)):
-            out.append(run.cost(cand.plan.model_copy(update={"blocks_per_stage": blocks})))
+        if blocks is None or blocks == cand.plan.stage_blocks(len(run.graph.blocks)):
+            continue
+        # the faster stages now hold more layers: if that overflows their memory, shard the
+        # states (ZeRO-3), then recompute, before giving the partition up
+        for knobs in ({}, {"zero_stage": ZeroStage.PARAMETERS}, {"zero_stage": ZeroStage.PARAMETERS,
+                                                                  "recompute": Recompute.FULL}):
+            if knobs.get("zero_stage") and cand.plan.dims.dp * cand.plan.dims.cp == 1:
+                break
+            tuned = run.cost(cand.plan.model_copy(update={"blocks_per_stage": blocks} | knobs))
+            out.append(tuned)
+            if tuned.fits:
+                break
     return out
 
 

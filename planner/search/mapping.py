@@ -4,9 +4,10 @@ logical node. The cost model (group-aware, per stage) judges every variant.
 1. Rank order: the orders of the axes whose degree is > 1 are tried for the top layouts (rank
    order alone moves a dp8 x tp8 plan between 32.6 s and 82.8 s), attention axes then expert axes.
 2. Device mapping, where links differ (overrides, a measured link table, NIC islands): the
-   Holmes/Pipette ILP (search/ilp/devices.py) on up to 16 mapping units with its proven gap, and
-   a scalable heuristic at any size: the heaviest logical units on the fastest NICs, then
-   pairwise swaps while the slowest link time falls. Units are NVLink domains (a multi-node
+   Holmes/Pipette ILP (search/ilp/devices.py) on up to 16 mapping units with its proven gap (on
+   its slowest-link objective), and a scalable heuristic at any size: the heaviest logical units
+   on the fastest NICs, then pairwise swaps while the slowest link time falls; the best of the
+   identity, heuristic and ILP then gets pairwise swaps priced by the cost model itself. Units are NVLink domains (a multi-node
    NVL72 rack moves whole) and local GPUs never move, so every group stays rail-aligned.
 """
 
@@ -27,6 +28,7 @@ _ORDER_TOP = 3  # fitting layouts whose rank orders are tried
 _ILP_MAX_UNITS = 16
 _ILP_LIMIT_S = 5.0
 _SWAP_ROUNDS = 4  # passes of pairwise swaps in the heuristic
+_SWAP_BUDGET = 120  # cost-model estimates the final swap pass may spend (~5 ms each)
 _RING_ALL_REDUCE_FACTOR = 2  # a ring all-reduce sends ~2x the buffer per rank (nccl-tests PERFORMANCE.md)
 _FWD_AND_BWD = 2  # pipeline neighbours exchange activations forward and gradients backward
 
@@ -83,7 +85,9 @@ def map_devices(run: Pricer, best: Candidate) -> MappingSummary | None:
         options["ilp"] = list(solve.node_of)
     priced = {name: run.cost(_mapped(best.plan, units, unit=unit, gpus_per_node=cluster.gpus_per_node))
               for name, units in options.items()}
-    method = min(priced, key=lambda k: _time(priced[k]))  # ties keep the identity (listed first)
+    start = min(priced, key=lambda k: _time(priced[k]))  # ties keep the identity (listed first)
+    options["swaps"], priced["swaps"] = _cost_swaps(run, best.plan, options[start], unit=unit)
+    method = min(priced, key=lambda k: _time(priced[k]))
     node_of = _nodes(options[method], unit=unit)
     return MappingSummary(node_of=node_of, slowest_link_s=problem.evaluate(options[method]),
                           identity_s=problem.evaluate(list(range(len(problem.node_bytes)))),
@@ -92,6 +96,29 @@ def map_devices(run: Pricer, best: Candidate) -> MappingSummary | None:
                           identity_step_s=best.estimate.step_time_s, mapped_step_s=_time(priced[method]),
                           heuristic_step_s=_time(priced["heuristic"]), heuristic_solve_s=heuristic_s,
                           ilp_step_s=_time(priced["ilp"]) if "ilp" in priced else None)
+
+
+def _cost_swaps(run: Pricer, plan: Plan, units: list[int], *, unit: int) -> tuple[list[int], Candidate]:
+    """First-improvement pairwise swaps of mapping units, each priced by the cost model (the
+    judge the ILP and greedy objectives only approximate), within _SWAP_BUDGET estimates."""
+    gpn = run.scenario.cluster.gpus_per_node
+    units = list(units)
+    best = run.cost(_mapped(plan, units, unit=unit, gpus_per_node=gpn))
+    budget = _SWAP_BUDGET
+    improved = True
+    while improved and budget > 0:
+        improved = False
+        for a, b in itertools.combinations(range(len(units)), 2):
+            if budget <= 0:
+                break
+            budget -= 1
+            units[a], units[b] = units[b], units[a]
+            cand = run.cost(_mapped(plan, units, unit=unit, gpus_per_node=gpn))
+            if _time(cand) < _time(best) - 1e-12:
+                best, improved = cand, True
+            else:
+                units[a], units[b] = units[b], units[a]
+    return units, best
 
 
 def _nodes(units: list[int], *, unit: int) -> list[int]:
