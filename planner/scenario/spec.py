@@ -192,7 +192,6 @@ class GpuSpec(BaseModel):
 
 class NodeGroup(BaseModel):
     """Consecutive nodes with one GPU type (Metis, Um et al. 2024: heterogeneous GPU clusters)."""
-
     model_config = _FROZEN
     gpu: GpuSpec
     num_nodes: int = Field(gt=0, le=MAX_GPUS)
@@ -233,12 +232,11 @@ class ClusterSpec(BaseModel):
         if links is not None and links.num_nodes != self.num_nodes:
             raise ValueError(f"network.links: the link table has {links.num_nodes} nodes but num_nodes="
                              f"{self.num_nodes}; profile the same nodes or change num_nodes")
-        if self.fabric is not None and self.fabric.nvlink.size_gpus != self.nvlink_domain:
-            raise ValueError(f"fabric.tiers: the nvlink tier has {self.fabric.nvlink.size_gpus} GPUs but the "
-                             f"cluster's NVLink domain is {self.nvlink_domain}; make them equal")
-        if self.node_groups is not None and sum(g.num_nodes for g in self.node_groups) != self.num_nodes:
-            raise ValueError(f"node_groups: num_nodes add up to {sum(g.num_nodes for g in self.node_groups)} "
-                             f"but the cluster has num_nodes={self.num_nodes}")
+        if self.fabric is not None and (tier := self.fabric.nvlink.size_gpus) != self.nvlink_domain:
+            raise ValueError(f"fabric.tiers: the nvlink tier has {tier} GPUs but the cluster's NVLink domain is "
+                             f"{self.nvlink_domain}; make them equal")
+        if self.node_groups is not None and (total := sum(g.num_nodes for g in self.node_groups)) != self.num_nodes:
+            raise ValueError(f"node_groups: num_nodes add up to {total} but the cluster has num_nodes={self.num_nodes}")
         return self
 
     @property
@@ -250,14 +248,13 @@ class ClusterSpec(BaseModel):
         return self.network.nvlink_domain or self.gpus_per_node
 
     @property
-    def heterogeneous_gpus(self) -> bool:
-        return self.node_groups is not None and len({g.gpu.name for g in self.node_groups}) > 1
+    def heterogeneous_gpus(self) -> bool:  # node groups with more than one GPU type
+        return len({g.gpu.name for g in self.node_groups or []}) > 1
 
     def node_group_of(self) -> list[int]:
         """Per node, the index of its node group (node groups run in order over the nodes; all 0 without)."""
-        if self.node_groups is None:
-            return [0] * self.num_nodes
-        return [i for i, g in enumerate(self.node_groups) for _ in range(g.num_nodes)]
+        return [i for i, g in enumerate(self.node_groups or [NodeGroup(gpu=self.gpu, num_nodes=self.num_nodes)])
+                for _ in range(g.num_nodes)]
 
 
 class OptimizerKind(StrEnum):
