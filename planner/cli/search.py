@@ -94,9 +94,17 @@ def _seconds(value: float) -> str:
 
 
 def plausibility_notes(result: SearchResult, *, top: int) -> list[str]:
-    """One line per listed plan whose MFU beats every published run of its class (cost/plausibility.py)."""
-    return [f"plan #{c.rank}: {c.estimate.implausible}" for c in result.top[:top]
-            if c.estimate is not None and c.estimate.implausible]
+    """The reason, once, for the listed plans whose MFU reaches the best published run of their
+    class (cost/plausibility.py): the first such plan's full line, then the others' ranks."""
+    flagged = [c for c in result.top[:top] if c.estimate is not None and c.estimate.implausible]
+    if not flagged:
+        return []
+    notes = [f"plan #{flagged[0].rank}: {flagged[0].estimate.implausible}"]
+    if len(flagged) > 1:
+        mfus = [c.estimate.mfu for c in flagged[1:]]
+        notes.append(f"plans {', '.join(f'#{c.rank}' for c in flagged[1:])}: near or above the same published best (MFU "
+                     f"{min(mfus):.1%}-{max(mfus):.1%})")
+    return notes
 
 
 def result_table(result: SearchResult, scenario: Scenario, *, top: int) -> Table:
