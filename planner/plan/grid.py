@@ -75,7 +75,7 @@ def rank_grid(plan: Plan) -> RankGrid:
     return _grid(plan.dims, tuple(plan.rank_order), tuple(plan.expert_rank_order))
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=16)  # a 16M-rank grid is ~256 MB: keep few
 def _grid(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...]) -> RankGrid:
     attention = np.arange(dims.world_size).reshape([dims.degree(a) for a in order])
     stages = np.sort(np.moveaxis(attention, order.index(Axis.PP), 0).reshape(dims.pp, -1), axis=1)

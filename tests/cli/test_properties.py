@@ -33,7 +33,8 @@ from planner.hardware import datasheet_profile, load_profile
 from planner.plan import Plan, check
 from planner.scenario import PRESETS, cluster_preset
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# derandomize: CI draws the same examples on every run (a failure reproduces; no example database needed)
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 NASTY = st.sampled_from([0, -1, -8, 1, 2, 3, 7, 10**12, 2**63, 1e300, -1e300, 0.0, -0.5, 0.5, math.nan, math.inf,
                          -math.inf, "", "x", "1", [], [0], [-2, 0], {}, {"a": 1}, True, False, None])
 TINY_MODELS = ["tiny-dense", "tiny-moe", "tiny-gpt", "tiny-mla"]
