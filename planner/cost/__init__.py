@@ -34,12 +34,12 @@ from planner.cost.memory import (
     stage_counts,
     stage_params,
 )
-from planner.cost.ops import GraphKey, GraphSummary, IdentityKey, graph_summary, layer_ops
+from planner.cost.ops import GraphKey, GraphSummary, graph_summary, layer_ops
 from planner.cost.plausibility import implausibility
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
 from planner.cost.sharing import NodeWork, shared_step_s
-from planner.graph import ModelGraph
-from planner.hardware import HardwareProfile, node_group_profiles
+from planner.graph import BlockKind, ModelGraph
+from planner.hardware import HardwareProfile, IdentityKey, node_group_profiles
 from planner.cost.placement import Placement, boundary_p2p_s, loss_sync_s, plan_placement
 from planner.cost.terms import MemoryTerm, TimeTerm
 from planner.plan import Axis, Plan, Recompute, ZeroStage
@@ -188,7 +188,7 @@ def _kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw
         fwd = Cost(compute_s=t.fwd_s)
         bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
         if kind not in _NON_BLOCK_KINDS:
-            comm = block_comm(plan, graph=graph, job=job, moe_block=kind == "moe", spans=spans, hw=hw)
+            comm = block_comm(plan, graph=graph, job=job, moe_block=kind == BlockKind.MOE, spans=spans, hw=hw)
             cf, cb = _block_comm_costs(plan, comm, t, job=job, hw=hw)
             fwd, bwd = fwd + cf, bwd + cb
             if plan.zero_stage == ZeroStage.PARAMETERS:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from planner.cost.compute import extra_tp_reductions
 from planner.cost.experts import load_factor
-from planner.graph import ModelGraph
+from planner.graph import BlockKind, ModelGraph
 from planner.hardware import Collective, HardwareProfile
 from planner.hardware import GroupSpan, group_collective_s, p2p_s
 from planner.plan import Plan, Recompute, ZeroStage
@@ -110,7 +110,7 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     tp_fwd = TP_COLLECTIVES_PER_BLOCK * tp_one
     replay = plan.recompute == Recompute.FULL
     tp_bwd = tp_fwd * (2 if replay else 1)
-    tp_bwd += tp_one * extra_tp_reductions(graph, block_kind="moe" if moe_block else "dense",
+    tp_bwd += tp_one * extra_tp_reductions(graph, block_kind=BlockKind.MOE if moe_block else BlockKind.DENSE,
                                           fused_inputs=TP_COLLECTIVES_PER_BLOCK, hw=hw)
     cp_fwd = _cp_ring_s(plan, graph=graph, tok_bytes=tok, span=spans.cp, hw=hw)
     ep_fwd = (_ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw, dispatcher=job.ep_dispatcher)

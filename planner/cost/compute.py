@@ -14,7 +14,7 @@ from functools import lru_cache
 from planner.cost.experts import load_factor
 from planner.cost.kernels import causal_fraction, flash_rate, fp8_cast_bytes, gemm_s
 from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
-from planner.graph import ModelGraph, OpKind
+from planner.graph import BlockKind, ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.plan import Plan, Recompute
 from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute
@@ -254,7 +254,7 @@ def block_kind_times(graph: ModelGraph, *, split: Split, hw: HardwareProfile) ->
     key = GraphKey(graph)
     counts = op_counts(key)
     for kind, ops in layer_ops(key, split.fusion != Fusion.EAGER).items():
-        recomputed = kind not in ("embedding", "head")
+        recomputed = kind not in (BlockKind.EMBEDDING, BlockKind.HEAD)
         out[kind] = layer_times(ops, split=split, hw=hw, recomputed=recomputed, counts=counts.get(kind))
     return out
 

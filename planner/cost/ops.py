@@ -18,6 +18,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 from planner.graph import Layer, LayerKind, MoEStats, ModelGraph, OpKind, OpNode
+from planner.hardware import IdentityKey
 
 # Column-parallel GEMMs produce head/column-split outputs; row-parallel ones produce the full
 # hidden state (replicated without SP); MLA down-projections stay replicated (Megatron MLA).
@@ -52,22 +53,6 @@ class OpCost:
     dims: tuple[int, int, int] = (0, 0, 0)
     row_parallel: bool = False
     fp8: bool = False  # a transformer-block linear layer (FP8 recipes keep the LM head and router in 16-bit)
-
-
-class IdentityKey:
-    """Identity-hashed handle so lru_cache can key on unhashable or mutable inputs (graphs,
-    hardware profiles); the cache holds the object, so its id is not reused while cached."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.obj is self.obj
 
 
 class GraphKey(IdentityKey):

@@ -15,8 +15,7 @@ import numpy as np
 
 from planner.cost.comm import Spans, pp_p2p_s
 from planner.graph import ModelGraph
-from planner.cost.ops import IdentityKey
-from planner.hardware import GroupSpan, axis_spans
+from planner.hardware import GroupSpan, IdentityKey, axis_spans
 from planner.plan import DEFAULT_EXPERT_RANK_ORDER, Axis, ParallelDims, Plan, device_grid
 from planner.hardware import Collective, HardwareProfile, group_collective_s
 from planner.scenario import ClusterSpec, JobSpec

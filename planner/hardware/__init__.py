@@ -14,6 +14,7 @@ from planner.hardware.profile import (
     GemmTile,
     HardwareProfile,
     HostOverhead,
+    IdentityKey,
     KernelSample,
     ProfileRangeWarning,
     ProfileSource,
@@ -29,7 +30,7 @@ from planner.hardware.topology import (
 
 __all__ = [
     "DATASHEET_CITATIONS", "GPU_LAUNCH_US", "Collective", "CollectiveFit", "CollectiveSample", "Curve",
-    "DeviceInfo", "DeviceKind", "FlashRates", "GemmRates", "GemmTile", "GroupSpan", "HardwareProfile", "HostOverhead", "KernelSample",
+    "DeviceInfo", "DeviceKind", "FlashRates", "GemmRates", "GemmTile", "GroupSpan", "HardwareProfile", "HostOverhead", "IdentityKey", "KernelSample",
     "ProfileRangeWarning", "ProfileSource", "Tier", "composite_span", "datasheet_profile", "gemm_ceiling",
     "group_collective_s", "group_span", "load_profile", "p2p_s", "NodeLinks", "TierLevel", "axis_spans",
     "node_group_profiles", "node_links", "strided_members",

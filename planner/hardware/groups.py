@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from planner.hardware.datasheets import datasheet_profile
-from planner.hardware.profile import HardwareProfile
+from planner.hardware.profile import HardwareProfile, IdentityKey
 from planner.scenario import ClusterSpec
 
 
@@ -15,26 +15,11 @@ def node_group_profiles(hw: HardwareProfile, cluster: ClusterSpec) -> tuple[Hard
     """Profile of each node group, in ClusterSpec.node_groups order; (hw,) for one GPU type."""
     if cluster.node_groups is None:
         return (hw,)
-    return _profiles(_Key(hw), _Key(cluster))
-
-
-class _Key:
-    """Identity-hashed handle (profiles and clusters are unhashable pydantic models)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Key) and other.obj is self.obj
+    return _profiles(IdentityKey(hw), IdentityKey(cluster))
 
 
 @lru_cache(maxsize=64)
-def _profiles(hw: _Key, cluster_key: _Key) -> tuple[HardwareProfile, ...]:
+def _profiles(hw: IdentityKey, cluster_key: IdentityKey) -> tuple[HardwareProfile, ...]:
     cluster: ClusterSpec = cluster_key.obj
     out = []
     for group in cluster.node_groups or ():

@@ -340,3 +340,19 @@ def _curve_for(curves: dict[Precision, Curve], precision: Precision) -> Curve:
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read profiles/*.json; ValueError with one line when the file is missing or malformed."""
     return load_model(HardwareProfile, path, what="profile", flag="--profile")
+
+
+class IdentityKey:
+    """Identity-hashed handle so lru_cache can key on unhashable or mutable inputs (graphs,
+    hardware profiles); the cache holds the object, so its id is not reused while cached."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.obj is self.obj

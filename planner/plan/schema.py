@@ -137,6 +137,8 @@ class Plan(BaseModel):
             extras.append(f"recompute-{self.recompute.value}")
         if self.sequence_parallel:
             extras.append("sp")
+        if tuple(self.rank_order) != DEFAULT_RANK_ORDER:  # the search varies it: twins must read apart
+            extras.append("order " + "-".join(a.value for a in self.rank_order))
         return f"{words} ({', '.join(extras)})"
 
 

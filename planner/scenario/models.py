@@ -31,6 +31,10 @@ def _llama(name: str, *, layers: int, hidden: int, ffn: int, heads: int, kv: int
 
 
 def _presets() -> dict[str, ModelSpec]:
+    return _gpt_presets() | _llama_presets() | _moe_presets() | _tiny_presets()
+
+
+def _gpt_presets() -> dict[str, ModelSpec]:
     p: dict[str, ModelSpec] = {}
     # GPT-3 family: Brown et al. 2020, "Language Models are Few-Shot Learners", Table 2.1.
     # Vocabulary 50257 padded to 51200 as Megatron-LM does. The 1.3B row lists 24 heads of 128,
@@ -52,6 +56,11 @@ def _presets() -> dict[str, ModelSpec]:
     ]:
         p[name] = _gpt(name, layers=layers, hidden=hidden, heads=heads).model_copy(
             update={"tie_word_embeddings": True})
+    return p
+
+
+def _llama_presets() -> dict[str, ModelSpec]:
+    p: dict[str, ModelSpec] = {}
     # Llama 2: Touvron et al. 2023 (arXiv 2307.09288) Table 1 + meta-llama/Llama-2-*-hf config.json.
     p["llama2-7b"] = _llama("llama2-7b", layers=32, hidden=4096, ffn=11008, heads=32, kv=32, vocab=32000)
     p["llama2-13b"] = _llama("llama2-13b", layers=40, hidden=5120, ffn=13824, heads=40, kv=40, vocab=32000)
@@ -64,6 +73,11 @@ def _presets() -> dict[str, ModelSpec]:
             name = f"{version}-{size}"
             p[name] = _llama(name, layers=layers, hidden=hidden, ffn=ffn, heads=heads, kv=8,
                              vocab=128256, theta=500000.0, max_pos=max_pos)
+    return p
+
+
+def _moe_presets() -> dict[str, ModelSpec]:
+    p: dict[str, ModelSpec] = {}
     # Mixtral: Jiang et al. 2024 (arXiv 2401.04088) Table 1 + mistralai/Mixtral-*-v0.1 config.json.
     p["mixtral-8x7b"] = _llama("mixtral-8x7b", layers=32, hidden=4096, ffn=14336, heads=32, kv=8,
                                vocab=32000, theta=1e6, max_pos=32768).model_copy(
@@ -98,6 +112,11 @@ def _presets() -> dict[str, ModelSpec]:
         first_k_dense_replace=1, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
         qk_rope_head_dim=64, v_head_dim=128,
     )
+    return p
+
+
+def _tiny_presets() -> dict[str, ModelSpec]:
+    p: dict[str, ModelSpec] = {}
     # Tiny models for CPU runs and tests (ours).
     p["tiny-dense"] = ModelSpec(
         name="tiny-dense", num_hidden_layers=4, hidden_size=128, intermediate_size=352,
