@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from executor.mesh import Meshes
-from executor.ring_attention import zigzag_positions
+from executor.ulysses import cp_positions
 from planner.plan import Axis, Plan
 from planner.scenario import JobSpec
 
@@ -48,9 +48,10 @@ def _text_windows(path: Path, *, shape: tuple[int, int], vocab: int, gen: torch.
 
 def local_batch(batch: tuple[torch.Tensor, torch.Tensor], *, plan: Plan,
                 meshes: Meshes) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's rows (its dp shard) and positions (its two zigzag chunks under cp)."""
+    """This rank's rows (its dp shard) and positions (its CP kind's layout under cp)."""
     dp, cp = plan.dims.dp, plan.dims.cp
     rows = batch[0].shape[0] // dp
     start = meshes.local_rank(Axis.DP) * rows
-    positions = zigzag_positions(batch[0].shape[1], rank=meshes.local_rank(Axis.CP), cp=cp)
+    positions = cp_positions(plan.cp_kind, batch[0].shape[1], rank=meshes.local_rank(Axis.CP), cp=cp,
+                             a2a=plan.cp_a2a)
     return tuple(t[start:start + rows][:, positions] for t in batch)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from executor.mesh import Meshes
+from executor.offload import HostOptimizer
 from planner.plan import Axis
 from planner.scenario import JobSpec, OptimizerKind
 
@@ -81,7 +82,7 @@ class PlanOptimizer:
     the updated values (one flat broadcast per owner).
     """
 
-    def __init__(self, groups: list[ReplicaGroup], *, job: JobSpec, shard: bool) -> None:
+    def __init__(self, groups: list[ReplicaGroup], *, job: JobSpec, shard: bool, offload: bool = False) -> None:
         self.groups = groups
         self.owners: list[tuple[ReplicaGroup, int, list[nn.Parameter]]] = []
         owned: list[nn.Parameter] = []
@@ -91,10 +92,13 @@ class PlanOptimizer:
             owned += shares[dist.get_rank(g.group) if shard else 0]
             if size > 1:
                 self.owners += [(g, rank, share) for rank, share in enumerate(shares) if share]
-        self.inner = make_optimizer(owned, job=job) if owned else None
+        self.host = HostOptimizer(owned, job=job, make=make_optimizer) if owned and offload else None
+        self.inner = self.host.inner if self.host else make_optimizer(owned, job=job) if owned else None
 
     def step(self) -> None:
-        if self.inner is not None:
+        if self.host is not None:
+            self.host.step()  # gradients to the host pool, step there, weights back
+        elif self.inner is not None:
             self.inner.step()
         with torch.no_grad():
             for g, rank, share in self.owners:

@@ -41,6 +41,12 @@ class Meshes:
             case _:
                 return self.world.size(self.world.mesh_dim_names.index(axis.value))
 
+    def cp_groups(self) -> list[list[int]]:
+        """Every CP group's global ranks in CP order (the cp axis of the attention grid)."""
+        cp_dim = self.world.mesh_dim_names.index(Axis.CP.value)
+        grid = self.world.mesh.movedim(cp_dim, -1)
+        return grid.reshape(-1, grid.shape[-1]).tolist()
+
     def local_rank(self, axis: Axis) -> int:
         match axis:
             case Axis.EDP | Axis.EP | Axis.ETP:

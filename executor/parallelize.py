@@ -21,9 +21,9 @@ from torch.utils.checkpoint import checkpoint
 
 from executor.expert_parallel import layer_placement, shard_experts
 from executor.mesh import Meshes
-from executor.ring_attention import RingAttention, zigzag_positions
+from executor.ulysses import cp_core, cp_positions, hybrid_groups
 from executor.tied import use_vocab_parallel_head
-from planner.plan import Axis, Plan, Recompute, Schedule, ZeroStage
+from planner.plan import Axis, CpKind, OffloadState, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import ModelSpec, PositionEmbedding
 from planner.graph import MoE, Transformer
 
@@ -38,6 +38,12 @@ def check_supported(plan: Plan, spec: ModelSpec) -> None:
         raise ValueError("dims.cp: ring attention has no attention dropout; set attention_dropout=0")
     if plan.schedule == Schedule.ZERO_BUBBLE and d.pp > 1:
         raise ValueError("schedule: zero-bubble is not run by the executor; use gpipe, 1f1b or interleaved-1f1b")
+    if set(plan.offload) - {OffloadState.OPTIMIZER} or (plan.offload and plan.zero_stage >= ZeroStage.GRADIENTS):
+        raise ValueError("offload: this executor offloads only the optimizer state, with zero_stage 0 or 1")
+    if plan.vocab_parallel and (d.tp > 1 or d.cp > 1 or spec.tie_word_embeddings or plan.schedule != Schedule.GPIPE
+                                or plan.zero_stage >= ZeroStage.GRADIENTS or plan.virtual_stages > 1):
+        raise ValueError("vocab_parallel: this executor runs it with tp=cp=1, untied embeddings, schedule gpipe, "
+                         "one virtual stage and zero_stage 0 or 1")
 
 
 def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int) -> nn.Module:
@@ -54,7 +60,7 @@ def parallelize(model: Transformer, plan: Plan, *, meshes: Meshes, seq_len: int)
     if plan.dims.tp > 1:
         apply_tp(model, tp_mesh=meshes.world[Axis.TP.value], sequence_parallel=plan.sequence_parallel, spec=spec)
     if plan.dims.cp > 1:
-        apply_cp(model, meshes=meshes, seq_len=seq_len)
+        apply_cp(model, meshes=meshes, seq_len=seq_len, kind=plan.cp_kind, a2a=plan.cp_a2a)
     if plan.recompute != Recompute.NONE:
         apply_recompute(model, mode=plan.recompute)
     if plan.zero_stage >= ZeroStage.GRADIENTS and meshes.dp_cp.size() > 1:
@@ -146,12 +152,14 @@ def _full_sequence_rope(rope, seq_len: int, *, tp: int) -> torch.Tensor | None:
     return rope(seq_len * tp)
 
 
-def apply_cp(model: Transformer, *, meshes: Meshes, seq_len: int) -> None:
-    """Ring attention in every block; positions (RoPE rows or learned ids) follow the zigzag layout."""
+def apply_cp(model: Transformer, *, meshes: Meshes, seq_len: int, kind: CpKind, a2a: int) -> None:
+    """The CP kind's attention core in every block (ring, bidirectional ring, Ulysses, or Ulysses
+    over a2a ranks around a ring); positions (RoPE rows or learned ids) follow that kind's layout."""
     cp, rank = meshes.size(Axis.CP), meshes.local_rank(Axis.CP)
-    positions = zigzag_positions(seq_len, rank=rank, cp=cp)
+    positions = cp_positions(kind, seq_len, rank=rank, cp=cp, a2a=a2a)
+    hybrid = hybrid_groups(meshes.cp_groups(), a2a=a2a) if kind == CpKind.HYBRID else None
     for block in model.layers.values():
-        block.attention.core = RingAttention(meshes.group(Axis.CP))
+        block.attention.core = cp_core(kind, meshes.group(Axis.CP), hybrid=hybrid)
     if model.spec.position_embedding == PositionEmbedding.ROPE:
         # Transformer.rope(s) slices freqs[:s]; holding exactly this rank's rows makes that right.
         model.freqs = model.freqs[positions.to(model.freqs.device)].clone()

@@ -169,3 +169,96 @@ class RingAttention(nn.Module):
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         return _RingAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), self.group, scale)
+
+
+def _shift_both(fwd: torch.Tensor, bwd: torch.Tensor,
+                group: dist.ProcessGroup) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """`fwd` to the next ring rank and `bwd` to the previous one at once (both link directions);
+    distinct tags keep the two apart when cp = 2 makes both peers the same rank."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    got_fwd, got_bwd = torch.empty_like(fwd), torch.empty_like(bwd)
+    ops = [dist.P2POp(dist.isend, fwd, group=group, group_peer=nxt, tag=0),
+           dist.P2POp(dist.isend, bwd, group=group, group_peer=prv, tag=1),
+           dist.P2POp(dist.irecv, got_fwd, group=group, group_peer=prv, tag=0),
+           dist.P2POp(dist.irecv, got_bwd, group=group, group_peer=nxt, tag=1)]
+    return dist.batch_isend_irecv(ops), got_fwd, got_bwd
+
+
+def _bidirectional_sources(rank: int, step: int, cp: int) -> tuple[int, int]:
+    """The chunks in hand at `step`: the first chunk of rank-step (travelling forward) and the
+    second chunk of rank+step (travelling backward)."""
+    return zigzag_chunks((rank - step) % cp, cp=cp)[0], zigzag_chunks((rank + step) % cp, cp=cp)[1]
+
+
+class _BidirectionalRingAttention(torch.autograd.Function):
+    """Zigzag ring attention with each rank's two chunks travelling opposite ways: per step every
+    link carries half the K,V in each direction (cost/context.py's ring-bidirectional)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, scale):
+        rank, cp = dist.get_rank(group), dist.get_world_size(group)
+        q_parts, q_chunks = _halves(q), zigzag_chunks(rank, cp=cp)
+        (k0, k1), (v0, v1) = _halves(k), _halves(v)
+        fwd_msg, bwd_msg = _pack(k0, v0), _pack(k1, v1)
+        acc = [None, None]
+        for step in range(cp):
+            pending = _shift_both(fwd_msg, bwd_msg, group) if step < cp - 1 else None
+            blocks = [_unpack(fwd_msg, (k0, v0)), _unpack(bwd_msg, (k1, v1))]
+            for (k_blk, v_blk), k_chunk in zip(blocks, _bidirectional_sources(rank, step, cp)):
+                for i in range(2):
+                    mask = _mask(q_chunks[i], k_chunk)
+                    if mask != BlockMask.SKIP:
+                        acc[i] = _merge(acc[i], *_attend(q_parts[i], k_blk, v_blk, mask=mask, scale=scale))
+            if pending is not None:
+                for req in pending[0]:
+                    req.wait()
+                fwd_msg, bwd_msg = pending[1], pending[2]
+        out = torch.cat([acc[0][0], acc[1][0]], dim=-2)
+        lse = torch.cat([acc[0][1], acc[1][1]], dim=-1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.group, ctx.scale = group, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, scale = ctx.group, ctx.scale
+        rank, cp = dist.get_rank(group), dist.get_world_size(group)
+        delta = (dout * out).sum(dim=-1)
+        dq = torch.zeros_like(q)
+        (k0, k1), (v0, v1) = _halves(k), _halves(v)
+        like = (k0, v0, k0, v0)
+        msgs = [_pack(k0, v0, torch.zeros_like(k0), torch.zeros_like(v0)),
+                _pack(k1, v1, torch.zeros_like(k1), torch.zeros_like(v1))]
+        q_chunks = zigzag_chunks(rank, cp=cp)
+        for step in range(cp):
+            for msg, k_chunk in zip(msgs, _bidirectional_sources(rank, step, cp)):
+                k_blk, v_blk, dk_blk, dv_blk = _unpack(msg, like)
+                for i, (q_i, do_i, lse_i, dl_i, dq_i) in enumerate(
+                        zip(_halves(q), _halves(dout), lse.chunk(2, -1), delta.chunk(2, -1), _halves(dq))):
+                    mask = _mask(q_chunks[i], k_chunk)
+                    if mask == BlockMask.SKIP:
+                        continue
+                    g_q, g_k, g_v = _attend_grad(q_i, k_blk, v_blk, do_i, lse_i, dl_i, mask=mask, scale=scale)
+                    dq_i.add_(g_q)
+                    dk_blk.add_(g_k)
+                    dv_blk.add_(g_v)
+            reqs, fwd_msg, bwd_msg = _shift_both(msgs[0], msgs[1], group)  # cp hops bring each home
+            for req in reqs:
+                req.wait()
+            msgs = [fwd_msg, bwd_msg]
+        _, _, dk0, dv0 = _unpack(msgs[0], like)
+        _, _, dk1, dv1 = _unpack(msgs[1], like)
+        return dq, torch.cat([dk0, dk1], dim=-2), torch.cat([dv0, dv1], dim=-2), None, None
+
+
+class BidirectionalRingAttention(RingAttention):
+    """RingAttention whose two zigzag chunks travel opposite ways round the ring."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if k.shape[1] != q.shape[1]:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        return _BidirectionalRingAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), self.group, scale)

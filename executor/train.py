@@ -18,13 +18,16 @@ from torch import nn
 
 from executor import checkpoint
 from executor.data import global_batch, local_batch
+from executor.documents import (DocumentState, PackedRows, apply_documents, check_documents,
+                                measured_loads, packed_batch, rank_rows)
 from executor.data_parallel import PlanOptimizer, replica_groups, sync_gradients
 from executor.mesh import Meshes, build_meshes
 from executor.parallelize import check_supported, materialise, parallelize
 from executor.pipeline import build_schedule, chunk_ids, run_pipeline_step, split_chunk
+from executor.vocab_parallel import VocabPipeline, vocab_parallel_rank
 from executor.routing import routing_trace
 from executor.tied import broadcast_tied, sum_tied_gradients, tied_group, tied_params
-from planner.plan import Axis, Plan, ZeroStage, check
+from planner.plan import Axis, OffloadState, Plan, ZeroStage, check
 from planner.scenario import GIB, Scenario
 from planner.graph import Transformer, loss_fn
 
@@ -50,6 +53,9 @@ class Measurement(BaseModel):
     restarts: int = 0
     resumed_from_step: int | None = None
     routing: dict | None = None
+    dp_loads: list[list[list[int]]] | None = None  # per step, per dp rank: [tokens, attention pairs] attended
+    offload: dict[str, float] | None = None  # optimizer offload, summed over ranks: host pool and bytes moved
+    params: list[int] | None = None  # parameters (local shards) each rank holds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +79,8 @@ class Rank:
     optimizer: PlanOptimizer
     sync: list | None  # replica groups to all-reduce (ZeRO 0/1); None when FSDP reduces
     tied: dist.ProcessGroup | None = None  # first+last stage pair holding a tied embedding (pp > 1)
+    documents: DocumentState | None = None  # packed variable-length rows ([job.sequences])
+    vocab: VocabPipeline | None = None  # vocabulary-parallel pipeline (plan.vocab_parallel)
 
 
 def device_for_rank() -> torch.device:
@@ -94,24 +102,38 @@ def build_rank(plan: Plan, scenario: Scenario, *, meshes: Meshes, device: torch.
         broadcast_tied(tied_params(modules), group=tied)
     for m in modules:
         parallelize(m, plan, meshes=meshes, seq_len=job.seq_len)
+    vocab = None
+    if plan.vocab_parallel:
+        modules, vocab = vocab_parallel_rank(whole, plan, pp_rank=meshes.local_rank(Axis.PP), group=meshes.group(Axis.PP),
+                                             device=device, seed=seed, stage=modules[0])
+    documents = DocumentState() if job.sequences is not None else None
+    if documents is not None:
+        apply_documents(modules[0], documents)
     fsdp = plan.zero_stage >= ZeroStage.GRADIENTS and meshes.dp_cp.size() > 1
     groups = replica_groups(modules, meshes=meshes)
-    optimizer = PlanOptimizer(groups, job=job, shard=plan.zero_stage == ZeroStage.OPTIMIZER)
+    optimizer = PlanOptimizer(groups, job=job, shard=plan.zero_stage == ZeroStage.OPTIMIZER,
+                              offload=OffloadState.OPTIMIZER in plan.offload)
     schedule = None
-    if plan.dims.pp > 1:
+    if plan.dims.pp > 1 and vocab is None:
         schedule = build_schedule(modules, plan, chunks=chunks, group=meshes.group(Axis.PP), device=device,
                                   num_micro_batches=plan.num_micro_batches(job.global_batch))
     return Rank(modules=modules, chunks=chunks, schedule=schedule, optimizer=optimizer,
-                sync=None if fsdp else groups, tied=tied)
+                sync=None if fsdp else groups, tied=tied, documents=documents, vocab=vocab)
 
 
 def forward_backward(rank: Rank, plan: Plan, *, inputs: torch.Tensor, labels: torch.Tensor,
-                     num_micro_batches: int) -> float | None:
+                     num_micro_batches: int, packed: PackedRows | None = None) -> float | None:
     """Gradients of the mean micro-batch loss; returns that loss where this rank computes it."""
+    if rank.vocab is not None:
+        return rank.vocab.step(inputs, labels, num_micro_batches=num_micro_batches)
     if rank.schedule is not None:
         return run_pipeline_step(rank.schedule, plan, chunks=rank.chunks, inputs=inputs, labels=labels)
     model, total = rank.modules[0], 0.0
-    for x, y in zip(inputs.chunk(num_micro_batches), labels.chunk(num_micro_batches)):
+    for k, (x, y) in enumerate(zip(inputs.chunk(num_micro_batches), labels.chunk(num_micro_batches))):
+        if packed is not None:  # this micro-batch's document ids and positions for the attention cores
+            rows = x.shape[0]
+            rank.documents.doc_ids = packed.doc_ids[k * rows:(k + 1) * rows].to(x.device)
+            rank.documents.positions = packed.positions[k * rows:(k + 1) * rows]
         loss = loss_fn(model(x), y) / num_micro_batches
         loss.backward()
         total += loss.item()
@@ -129,10 +151,18 @@ def global_loss(local: float | None, *, device: torch.device) -> float:
 def train_step(rank: Rank, plan: Plan, scenario: Scenario, *, step: int, options: RunOptions,
                meshes: Meshes, device: torch.device) -> float:
     job = scenario.job
-    inputs, labels = local_batch(global_batch(step, job=job, vocab=scenario.model.vocab_size, seed=options.seed,
-                                              data_path=options.data_path), plan=plan, meshes=meshes)
+    packed = None
+    if job.sequences is not None:
+        packed = rank_rows(packed_batch(step, job=job, vocab=scenario.model.vocab_size, seed=options.seed), job=job,
+                           dp=plan.dims.dp, dp_rank=meshes.local_rank(Axis.DP), balance=plan.balance)
+        inputs, labels = packed.inputs, packed.labels
+    else:
+        inputs, labels = local_batch(global_batch(step, job=job, vocab=scenario.model.vocab_size, seed=options.seed,
+                                                  data_path=options.data_path), plan=plan, meshes=meshes)
     local = forward_backward(rank, plan, inputs=inputs.to(device), labels=labels.to(device),
-                             num_micro_batches=plan.num_micro_batches(job.global_batch))
+                             num_micro_batches=plan.num_micro_batches(job.global_batch), packed=packed)
+    if rank.documents is not None:
+        rank.documents.close_step()
     if rank.tied is not None:
         sum_tied_gradients(tied_params(rank.modules), group=rank.tied)
     if rank.sync is not None:
@@ -159,6 +189,7 @@ def train(plan: Plan, scenario: Scenario, *, options: RunOptions) -> Measurement
     spec = scenario.model
     check(plan, dataclasses.replace(scenario.plan_target(), world_size=dist.get_world_size()))
     check_supported(plan, spec)
+    check_documents(plan, scenario.job)
     device = device_for_rank()
     meshes = build_meshes(plan, device_type=device.type, moe=spec.is_moe)
     rank = build_rank(plan, scenario, meshes=meshes, device=device, seed=options.seed)
@@ -217,6 +248,21 @@ def _gather_floats(values: list[float], *, device: torch.device, op: dist.Reduce
     return t.tolist()
 
 
+def _offload_totals(rank: Rank, plan: Plan, *, device: torch.device) -> dict[str, float] | None:
+    """Host pool bytes and transfers of an offloaded optimizer, summed over the ranks (collective)."""
+    if OffloadState.OPTIMIZER not in plan.offload:
+        return None
+    host = rank.optimizer.host
+    mine = [0.0] * 4 if host is None else [host.state_bytes(), host.d2h_bytes, host.h2d_bytes,
+                                           sum(_local_numel(p) for p in host.params)]
+    moved = _gather_floats(mine, device=device, op=dist.ReduceOp.SUM)
+    return dict(zip(("host_state_bytes", "d2h_bytes", "h2d_bytes", "params"), moved, strict=True))
+
+
+def _local_numel(p: torch.Tensor) -> int:
+    return (p.to_local() if hasattr(p, "to_local") else p).numel()
+
+
 def _measure(plan: Plan, scenario: Scenario, *, rank: Rank, meshes: Meshes, device: torch.device,
              losses: list[float], times: list[float], resumed: int | None) -> Measurement:
     world = dist.get_world_size()
@@ -224,6 +270,9 @@ def _measure(plan: Plan, scenario: Scenario, *, rank: Rank, meshes: Meshes, devi
     memory = [0.0] * world
     memory[dist.get_rank()] = peak_memory_bytes(device) / GIB
     memory = _gather_floats(memory, device=device, op=dist.ReduceOp.SUM)
+    params = [0.0] * world
+    params[dist.get_rank()] = float(sum(_local_numel(p) for m in rank.modules for p in m.parameters()))
+    params = _gather_floats(params, device=device, op=dist.ReduceOp.SUM)
     timed = times[1:] if len(times) > 1 else times  # the first step pays for warm-up
     step_s = statistics.median(timed) if timed else 0.0
     tokens = scenario.job.tokens_per_step
@@ -231,7 +280,10 @@ def _measure(plan: Plan, scenario: Scenario, *, rank: Rank, meshes: Meshes, devi
         scenario=scenario.name, model=scenario.model.name, plan=plan.model_dump(mode="json"), world_size=world,
         backend=dist.get_backend(), device=device.type, steps=len(losses), step_time_s=step_s,
         step_times_s=times, tokens_per_s_per_gpu=tokens / step_s / world if step_s else 0.0,
-        peak_memory_gib=max(memory), memory_gib=memory, losses=losses,
+        peak_memory_gib=max(memory), memory_gib=memory, losses=losses, params=[int(n) for n in params],
         restarts=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)), resumed_from_step=resumed,
         routing=routing_trace(rank.modules, meshes=meshes, spec=scenario.model),
+        offload=_offload_totals(rank, plan, device=device),
+        dp_loads=None if rank.documents is None else measured_loads(rank.documents, dp_rank=meshes.local_rank(Axis.DP),
+                                                                    dp=plan.dims.dp),
     )

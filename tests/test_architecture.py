@@ -18,7 +18,7 @@ from conftest import REPO
 
 PACKAGES = ("planner", "executor")
 LEAVES = ("planner.errors", "planner.plan", "planner.scenario.spec", "planner.scenario.kinds",
-          "planner.scenario.network", "planner.graph.types",
+          "planner.scenario.network", "planner.scenario.host", "planner.scenario.sequences", "planner.graph.types",
           "planner.hardware.profile")
 LEAF_LIBRARIES = {"__future__", "pydantic", "numpy", "networkx", "typing", "enum", "dataclasses", "functools",
                   "pathlib", "math", "bisect", "warnings", "collections", "itertools", "json", "re"}

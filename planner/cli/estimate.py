@@ -13,7 +13,8 @@ from rich.table import Table
 from planner.cost import Estimate, estimate
 from planner.graph import cached_graph
 from planner.hardware import datasheet_profile, load_profile
-from planner.plan import ParallelDims, Plan, Recompute, Schedule, ZeroStage, check
+from planner.plan import (CpKind, Fp8Recipe, OffloadState, OffloadTier, ParallelDims, Plan, Recompute, Schedule,
+                          ZeroStage, check)
 from planner.errors import UserError
 from planner.report.output import write_file
 from planner.scenario import GIB, Scenario
@@ -31,6 +32,11 @@ class PlanKnobs:
     recompute: str = "none"
     schedule: str | None = None
     sp: bool | None = None
+    cp_kind: str = "ring"
+    cp_a2a: int = 1
+    offload: str = ""  # "state:tier,..."
+    vocab_parallel: bool = False
+    fp8_recipe: str | None = None
 
 
 def dims_from_flags(*, tp: int, pp: int, cp: int, ep: int, etp: int, dp: int | None, world: int) -> ParallelDims:
@@ -49,7 +55,18 @@ def plan_from_flags(dims: ParallelDims, knobs: PlanKnobs) -> Plan:
     return Plan(dims=dims, micro_batch_size=knobs.mbs, virtual_stages=knobs.vp,
                 schedule=_choice(Schedule, schedule, "--schedule"), zero_stage=_choice(ZeroStage, knobs.zero, "--zero"),
                 recompute=_choice(Recompute, knobs.recompute, "--recompute"),
-                sequence_parallel=dims.tp > 1 if knobs.sp is None else knobs.sp)
+                sequence_parallel=dims.tp > 1 if knobs.sp is None else knobs.sp,
+                cp_kind=_choice(CpKind, knobs.cp_kind, "--cp-kind"), cp_a2a=knobs.cp_a2a,
+                offload=_offload_flag(knobs.offload), vocab_parallel=knobs.vocab_parallel,
+                fp8_recipe=None if knobs.fp8_recipe is None else _choice(Fp8Recipe, knobs.fp8_recipe, "--fp8-recipe"))
+
+
+def _offload_flag(text: str) -> dict[OffloadState, OffloadTier]:
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        state, _, tier = item.partition(":")
+        out[_choice(OffloadState, state, "--offload")] = _choice(OffloadTier, tier or "host", "--offload")
+    return out
 
 
 def _positive(**flags: int | None) -> None:

@@ -220,6 +220,11 @@ def estimate(
     recompute: Annotated[str, typer.Option(help="none | selective | full")] = "none",
     schedule: Annotated[str | None, typer.Option(help="gpipe | 1f1b | interleaved-1f1b | zero-bubble")] = None,
     sp: Annotated[bool | None, typer.Option("--sp/--no-sp", help="sequence parallel (default: on when tp > 1)")] = None,
+    cp_kind: Annotated[str, typer.Option(help="ring | ring-bidirectional | all-to-all | hybrid")] = "ring",
+    cp_a2a: Annotated[int, typer.Option(help="all-to-all ranks of a hybrid CP group")] = 1,
+    offload: Annotated[str, typer.Option(help="state:tier,... e.g. optimizer:host,parameters:nvme")] = "",
+    vocab_parallel: Annotated[bool, typer.Option("--vocab-parallel/--no-vocab-parallel")] = False,
+    fp8_recipe: Annotated[str | None, typer.Option(help="delayed | current | mxfp8 (precision fp8)")] = None,
     profile: Annotated[Path | None, typer.Option("--profile", help="hardware profile JSON (default: datasheet)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     trace: Annotated[Path | None, typer.Option("--trace", help="write a Chrome-trace timeline here")] = None,
@@ -234,7 +239,8 @@ def estimate(
         if trace is not None:
             check_output_file(trace, flag="--trace")
         sc = load_scenario(scenario)
-        knobs = ec.PlanKnobs(vp=vp, mbs=mbs, zero=zero, recompute=recompute, schedule=schedule, sp=sp)
+        knobs = ec.PlanKnobs(vp=vp, mbs=mbs, zero=zero, recompute=recompute, schedule=schedule, sp=sp, cp_kind=cp_kind,
+                             cp_a2a=cp_a2a, offload=offload, vocab_parallel=vocab_parallel, fp8_recipe=fp8_recipe)
         the_plan = Plan.load(plan, flag="--plan") if plan is not None else ec.plan_from_flags(
             ec.dims_from_flags(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, dp=dp, world=sc.cluster.world_size), knobs)
         est = ec.run_estimate(sc, the_plan, profile=profile, timeline=trace is not None, plan_file=plan)

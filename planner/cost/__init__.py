@@ -1,123 +1,58 @@
 """estimate(graph, plan): step time, throughput, MFU/HFU and per-stage memory of one parallel plan.
 
 Pure functions over numbers: compute.py times each layer's passes, comm.py each axis's
-traffic on the tier its group spans, schedule.py the pipeline, memory.py the bytes per GPU.
+traffic on the tier its group spans, layers.py one layer's Cost per block kind and stage,
+schedule.py the pipeline, memory.py the bytes per GPU; this module assembles the step.
 
 Speed (one estimate < 5 ms for a 405B plan; the search prices thousands): the graph is reduced
 once (ops.graph_summary, ops.layer_ops, memory.kind_activations); a plan is priced per block
 kind and per distinct chunk / stage, never per layer or traced operator; and the block-kind
-timings, which depend only on the graph, the Split and the profile, are memoised per graph.
+timings, which depend only on the graph, the Split and the profile, are memoised per graph
+(layers.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
-from planner.cost.comm import (
-    LayerComm,
-    Spans,
-    block_comm,
-    dp_step_comm,
-    interference_s,
-    tp_exposed_s,
-    zero3_layer_comm,
-)
-from planner.cost.compute import PassTimes, Split, block_kind_times, layer_times, op_counts, optimizer_s, split_for
+from planner.cost.comm import dp_step_comm
+from planner.cost.compute import PassTimes, block_kind_times, layer_times, op_counts, optimizer_s, split_for
+from planner.cost.estimate import Estimate
+from planner.cost.fp8 import element_bytes
+from planner.cost.layers import Cost, KindCost, kind_costs
 from planner.cost.memory import (
     RESERVED_BYTES,
     KindMemory,
     kind_memory,
     kind_params,
+    long_context_terms,
     model_state_lower_bound,
     pipeline_memory,
     stage_counts,
     stage_params,
 )
+from planner.cost.offload import fits_host, optimizer_step
 from planner.cost.ops import GraphKey, GraphSummary, graph_summary, layer_ops
 from planner.cost.plausibility import implausibility
 from planner.cost.schedule import ChunkTimes, PipelineResult, closed_form, simulate
+from planner.cost.sequences import SequenceLoads, loads_notes, rank_loads, sequence_loads
 from planner.cost.sharing import NodeWork, shared_step_s
-from planner.graph import BlockKind, ModelGraph
-from planner.hardware import HardwareProfile, IdentityKey, node_group_profiles
+from planner.cost.vocab import spread_vocab, vocab_comm_s
+from planner.graph import ModelGraph
+from planner.hardware import HardwareProfile, node_group_profiles
 from planner.cost.placement import Placement, boundary_p2p_s, loss_sync_s, plan_placement
 from planner.cost.terms import MemoryTerm, TimeTerm
-from planner.plan import Axis, Plan, Recompute, ZeroStage
-from planner.scenario import GIB, ClusterSpec, JobSpec, Precision
+from planner.plan import Axis, Plan, Recompute
+from planner.scenario import GIB, ClusterSpec, HostSpec, JobSpec, Precision
 
 __all__ = [
     "RESERVED_BYTES", "Cost", "Estimate", "GraphKey", "MemoryTerm", "TimeTerm", "estimate", "layer_compute_s",
-    "layer_ops", "layer_times", "memory_lower_bound_bytes", "op_counts", "plan_placement", "split_for",
+    "layer_ops", "layer_times", "memory_lower_bound_bytes", "op_counts", "plan_placement", "rank_loads",
+    "split_for",
 ]
 
 _AXES = (Axis.TP, Axis.CP, Axis.EP, Axis.DP)
-_NON_BLOCK_KINDS = ("embedding", "head")
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """Time of some work on one GPU: compute, traffic per axis, and the traffic left exposed."""
-
-    compute_s: float = 0.0
-    recompute_s: float = 0.0
-    comm_s: dict[Axis, float] = field(default_factory=dict)
-    exposed_comm_s: float = 0.0
-
-    def __add__(self, other: Cost) -> Cost:
-        comm = dict(self.comm_s)
-        for axis, t in other.comm_s.items():
-            comm[axis] = comm.get(axis, 0.0) + t
-        return Cost(self.compute_s + other.compute_s, self.recompute_s + other.recompute_s, comm,
-                    self.exposed_comm_s + other.exposed_comm_s)
-
-    def __mul__(self, k: float) -> Cost:
-        return Cost(self.compute_s * k, self.recompute_s * k, {a: t * k for a, t in self.comm_s.items()},
-                    self.exposed_comm_s * k)
-
-    @property
-    def total_s(self) -> float:
-        return self.compute_s + self.recompute_s + self.exposed_comm_s
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Estimate:
-    step_time_s: float
-    tokens_per_s_per_gpu: float
-    mfu: float
-    hfu: float
-    peak_memory_bytes: float
-    fits: bool
-    memory_capacity_bytes: float
-    stage_memory: list[dict[MemoryTerm, float]]
-    time_breakdown_s: dict[TimeTerm, float]
-    bubble_fraction: float
-    num_micro_batches: int
-    timeline: list[dict] | None = None
-    implausible: str | None = None  # why the MFU exceeds the best published run of its class (plausibility.py)
-
-    def to_dict(self) -> dict:
-        return {
-            "step_time_s": self.step_time_s, "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
-            "mfu": self.mfu, "hfu": self.hfu, "peak_memory_bytes": self.peak_memory_bytes,
-            "peak_memory_gib": self.peak_memory_bytes / GIB, "fits": self.fits,
-            "memory_capacity_bytes": self.memory_capacity_bytes,
-            "memory_capacity_gib": self.memory_capacity_bytes / GIB,
-            "stage_memory": self.stage_memory,
-            "memory_gib": [{k: v / GIB for k, v in terms.items()} | {"total": sum(terms.values()) / GIB}
-                           for terms in self.stage_memory],
-            "time_breakdown_s": self.time_breakdown_s, "bubble_fraction": self.bubble_fraction,
-            "num_micro_batches": self.num_micro_batches, "timeline": self.timeline,
-            "implausible": self.implausible,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class _KindCost:
-    """One layer of a block kind for one micro-batch: forward and backward Cost, weight-grad seconds."""
-
-    fwd: Cost
-    bwd: Cost
-    weight_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +64,10 @@ class _Context:
     job: JobSpec
     placement: Placement
     memory: dict[str, KindMemory]
-    costs: dict[int, dict[str, _KindCost]]  # per stage class (alike links and GPU type), per block kind
+    costs: dict[int, dict[str, KindCost]]  # per stage class (alike links and GPU type), per block kind
     profiles: tuple[HardwareProfile, ...]  # per node group (hardware.node_group_profiles)
+    host: HostSpec
+    loads: SequenceLoads
 
     def stage_hw(self, stage: int) -> HardwareProfile:
         return self.profiles[self.placement.stage_group[stage]]
@@ -159,10 +96,13 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=loss_sync_s(hw, ctx.placement))
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
                              num_micro_batches=m)
+    memory, offloaded = long_context_terms(plan, memory, stages=stages, kinds=ctx.memory, graph=graph, job=job)
     if hw.runtime_bytes:
         memory = [terms | {"runtime": hw.runtime_bytes} for terms in memory]
-    return _assemble(ctx, cluster=cluster, chunk_costs=chunk_costs, pipe=pipe, tail=tail, m=m, p2p_s=p2p,
-                     memory=memory)
+    est = _assemble(ctx, cluster=cluster, chunk_costs=chunk_costs, pipe=pipe, tail=tail, m=m, p2p_s=p2p,
+                    memory=memory)
+    notes = loads_notes(ctx.loads) if job.sequences is not None else {}
+    return replace(est, fits=est.fits and fits_host(offloaded, ctx.host), offloaded_bytes=offloaded, notes=notes)
 
 
 def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: ClusterSpec, job: JobSpec,
@@ -175,58 +115,28 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     placement = plan_placement(plan, cluster)
     memory = kind_memory(graph, plan, split=split, flash=flash)
     profiles = node_group_profiles(hw, cluster)
-    costs = {cls: _kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls], memory=memory, split=split,
-                              hw=profiles[placement.stage_group[cls]]) for cls in set(placement.stage_class)}
-    return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles)
-
-
-def _kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw: HardwareProfile,
-                memory: dict[str, KindMemory], split: Split) -> dict[str, _KindCost]:
-    """One layer of each block kind on one stage's GPUs and links, for one micro-batch."""
-    out = {}
-    for kind, t in _kind_times(GraphKey(graph), split, IdentityKey(hw)).items():
-        fwd = Cost(compute_s=t.fwd_s)
-        bwd = Cost(compute_s=t.bwd_input_s + t.bwd_weight_s, recompute_s=t.recompute_s)
-        if kind not in _NON_BLOCK_KINDS:
-            comm = block_comm(plan, graph=graph, job=job, moe_block=kind == BlockKind.MOE, spans=spans, hw=hw)
-            cf, cb = _block_comm_costs(plan, comm, t, job=job, hw=hw)
-            fwd, bwd = fwd + cf, bwd + cb
-            if plan.zero_stage == ZeroStage.PARAMETERS:
-                zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
-                fwd, bwd = fwd + zf, bwd + zb
-        out[kind] = _KindCost(fwd, bwd, t.bwd_weight_s)
-    return out
-
-
-_KIND_TIMES_PER_GRAPH = 4096  # memo entries kept per graph (distinct Split x profile pairs)
-
-
-def _kind_times(graph: GraphKey, split: Split, hw: IdentityKey) -> dict[str, PassTimes]:
-    """block_kind_times memoised per graph: plans that differ only in dp, pp, ZeRO or schedule
-    share a Split. The memo lives in the graph's summary (a bounded LRU cache)."""
-    memo = graph_summary(graph).memo
-    key = ("kind_times", split, hw)
-    if key not in memo:
-        if len(memo) >= _KIND_TIMES_PER_GRAPH:
-            memo.clear()
-        memo[key] = block_kind_times(graph.graph, split=split, hw=hw.obj)
-    return memo[key]
+    loads = sequence_loads(job, dp=plan.dims.dp, balance=plan.balance)
+    costs = {cls: kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls], memory=memory, split=split,
+                             hw=profiles[placement.stage_group[cls]], loads=loads, host=cluster.host)
+             for cls in set(placement.stage_class)}  # layers.py
+    return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles,
+                    cluster.host, loads)
 
 
 def _plan_counts(summary: GraphSummary, plan: Plan) -> tuple[list[Counter[str]], list[Counter[str]]]:
     """Block-kind counts per chunk and per pipeline rank, memoised per graph by the partition."""
     blocks = plan.stage_blocks(summary.num_blocks)
-    key = ("stage_counts", tuple(blocks), plan.dims.pp)
-    chunks = summary.chunk_counts(blocks)
+    key = ("stage_counts", tuple(blocks), plan.dims.pp, plan.vocab_parallel)
+    chunks = spread_vocab(summary.chunk_counts(blocks), plan)  # vocab.py: embedding/head over all stages
     if key not in summary.memo:
         summary.memo[key] = stage_counts(chunks, pp=plan.dims.pp)
     return chunks, summary.memo[key]
 
 
-def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindCost]:
+def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[KindCost]:
     """_chunk_cost of each chunk (chunk c runs on pipeline rank c % pp); chunks alike in kind
     counts and placement are priced once."""
-    seen: dict[tuple, _KindCost] = {}
+    seen: dict[tuple, KindCost] = {}
     out = []
     for c, counts in enumerate(chunk_counts):
         costs = ctx.costs[ctx.placement.stage_class[c % ctx.plan.dims.pp]]
@@ -237,13 +147,17 @@ def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[_KindC
     return out
 
 
-def _chunk_cost(ctx: _Context, counts: Counter[str], costs: dict[str, _KindCost]) -> _KindCost:
+def _chunk_cost(ctx: _Context, counts: Counter[str], costs: dict[str, KindCost]) -> KindCost:
     action = Cost(exposed_comm_s=_pipe_action_s(ctx.plan, ctx.hw))
-    fwd, bwd, weight_s = action, action, 0.0
+    vf, vb = vocab_comm_s(ctx.plan, graph=ctx.graph, job=ctx.job, span=ctx.placement.pipeline, hw=ctx.hw)
+    vp = ctx.plan.virtual_stages
+    fwd = action + Cost(comm_s={TimeTerm.VOCAB: vf / vp}, exposed_comm_s=vf / vp)
+    bwd = action + Cost(comm_s={TimeTerm.VOCAB: vb / vp}, exposed_comm_s=vb / vp)
+    weight_s = 0.0
     for kind, n in counts.items():
         c = costs[kind]
         fwd, bwd, weight_s = fwd + c.fwd * n, bwd + c.bwd * n, weight_s + c.weight_s * n
-    return _KindCost(fwd, bwd, weight_s)
+    return KindCost(fwd, bwd, weight_s)
 
 
 def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
@@ -254,32 +168,6 @@ def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
     if plan.dims.pp == 1 or hw.host is None:
         return 0.0
     return hw.host.pipe_action_us * 1e-6
-
-
-def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec,
-                      hw: HardwareProfile) -> tuple[Cost, Cost]:
-    """EP collectives are exposed (blocking in Megatron), TP ones unless overlapped with their GEMMs
-    (comm.tp_exposed_s); CP ring traffic hides behind attention, slowing it (comm.interference_s)."""
-    cp = plan.dims.cp
-    hidden_f = t.attention_fwd_s * (cp - 1) / cp
-    hidden_b = t.attention_bwd_s * (cp - 1) / cp
-    tp_f = tp_exposed_s(c.tp_fwd_s, plan=plan, job=job, gemm_s=t.fwd_s - t.attention_fwd_s)
-    tp_b = tp_exposed_s(c.tp_bwd_s, plan=plan, job=job,
-                        gemm_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s - t.attention_bwd_s)
-    exp_f = tp_f + c.ep_fwd_s + max(0.0, c.cp_fwd_s - hidden_f) + interference_s(min(c.cp_fwd_s, hidden_f), hw)
-    exp_b = tp_b + c.ep_bwd_s + max(0.0, c.cp_bwd_s - hidden_b) + interference_s(min(c.cp_bwd_s, hidden_b), hw)
-    comm_f = {Axis.TP: c.tp_fwd_s, Axis.CP: c.cp_fwd_s, Axis.EP: c.ep_fwd_s}
-    comm_b = {Axis.TP: c.tp_bwd_s, Axis.CP: c.cp_bwd_s, Axis.EP: c.ep_bwd_s}
-    return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
-
-
-def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans,
-                 hw: HardwareProfile) -> tuple[Cost, Cost]:
-    """Per-layer parameter gathers prefetched behind the previous layer's compute (see comm.zero3_layer_comm)."""
-    z = zero3_layer_comm(mem.dense_params + mem.expert_params, plan=plan, job=job, span=spans.dp, hw=hw,
-                         fwd_window_s=t.fwd_s, bwd_window_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s)
-    return (Cost(comm_s={Axis.DP: z.fwd_s}, exposed_comm_s=z.exposed_fwd_s),
-            Cost(comm_s={Axis.DP: z.bwd_s}, exposed_comm_s=z.exposed_bwd_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +181,7 @@ class _Tail:
     stage_optimizer_s: tuple[float, ...] = ()
 
 
-def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_KindCost],
+def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[KindCost],
                loss_sync_s: float) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
     d = plan.dims
@@ -311,14 +199,16 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[_
                           fwd_window_s=sum(c.fwd.total_s for c in chunks))
         local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
         opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
-                          param_bytes=job.precision.bytes, hw=hw)
+                          param_bytes=element_bytes(plan, job=job), hw=hw)
+        opt = optimizer_step(plan, local_params=local, job=job, host=ctx.host, gpu_optimizer_s=opt,
+                             bwd_window_s=sum(c.bwd.total_s for c in chunks)).exposed_s  # offload.py
         seen[signature] = opt
         stage_opt.append(opt)
         worst = max(worst, _Tail(dp.exposed_s + opt, dp.total_s, opt), key=lambda t: t.exposed_s)
     return _Tail(worst.exposed_s + loss_sync_s, worst.dp_total_s + loss_sync_s, worst.optimizer_s, tuple(stage_opt))
 
 
-def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCost], pipe: PipelineResult,
+def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[KindCost], pipe: PipelineResult,
               tail: _Tail, m: int, p2p_s: float, memory: list[dict[str, float]]) -> Estimate:
     p, job, graph = ctx.plan.dims.pp, ctx.job, ctx.graph
     per_stage = _stage_costs(chunk_costs, pp=p)
@@ -336,7 +226,8 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
                   TimeTerm.PIPELINE_ACTIONS: 2 * m * ctx.plan.virtual_stages * _pipe_action_s(ctx.plan, ctx.hw),
                   TimeTerm.EXPOSED_COMM: critical.exposed_comm_s + tail.exposed_s - tail.optimizer_s,
                   TimeTerm.BUBBLE: pipe.makespan_s - critical.total_s, TimeTerm.OPTIMIZER: tail.optimizer_s,
-                  TimeTerm.CORE_SHARING: step_s - solo_s}
+                  TimeTerm.CORE_SHARING: step_s - solo_s, TimeTerm.VOCAB: critical.comm_s.get(TimeTerm.VOCAB, 0.0),
+                  TimeTerm.OFFLOAD: critical.comm_s.get(TimeTerm.OFFLOAD, 0.0)}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
     peak = sum(ctx.stage_hw(s).peak_flops(job.precision) for s in range(p)) * (cluster.world_size // p) * step_s
@@ -354,7 +245,7 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[_KindCos
     )
 
 
-def _stage_costs(chunk_costs: list[_KindCost], *, pp: int) -> list[Cost]:
+def _stage_costs(chunk_costs: list[KindCost], *, pp: int) -> list[Cost]:
     """Forward + backward Cost of one micro-batch on each pipeline rank; ranks whose chunks are
     the same (shared) chunk costs are summed once."""
     seen: dict[tuple[int, ...], Cost] = {}

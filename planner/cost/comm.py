@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.cost.fp8 import element_bytes
 from planner.cost.compute import extra_tp_reductions
+from planner.cost.context import cp_layer_comm
 from planner.cost.experts import load_factor
 from planner.graph import BlockKind, ModelGraph
 from planner.hardware import Collective, HardwareProfile
@@ -59,6 +61,8 @@ class Spans:
     ep: GroupSpan
     etp: GroupSpan
     edp: GroupSpan
+    cp_ring: GroupSpan  # the CP ranks that pass K,V around (all of cp for a ring, none for Ulysses)
+    cp_a2a: GroupSpan  # the CP ranks that exchange heads by all-to-all (innermost in the cp axis)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,15 +71,17 @@ class LayerComm:
 
     tp_fwd_s: float = 0.0
     tp_bwd_s: float = 0.0
-    cp_fwd_s: float = 0.0  # ring traffic; partly hidden behind attention blocks
+    cp_fwd_s: float = 0.0  # ring traffic (partly hidden behind attention blocks) + all-to-all
     cp_bwd_s: float = 0.0
+    cp_a2a_fwd_s: float = 0.0  # the all-to-all part of cp_*: blocking (cost/context.py)
+    cp_a2a_bwd_s: float = 0.0
     ep_fwd_s: float = 0.0
     ep_bwd_s: float = 0.0
 
 
 def token_bytes(plan: Plan, *, job: JobSpec) -> float:
     """Bytes of one micro-batch's hidden states on one CP rank (before any TP/SP split)."""
-    return plan.micro_batch_size * job.seq_len / plan.dims.cp * job.precision.bytes
+    return plan.micro_batch_size * job.seq_len / plan.dims.cp * element_bytes(plan, job=job)
 
 
 def tp_time_s(plan: Plan, *, hidden_bytes: float, span: GroupSpan, hw: HardwareProfile) -> float:
@@ -112,22 +118,12 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     tp_bwd = tp_fwd * (2 if replay else 1)
     tp_bwd += tp_one * extra_tp_reductions(graph, block_kind=BlockKind.MOE if moe_block else BlockKind.DENSE,
                                           fused_inputs=TP_COLLECTIVES_PER_BLOCK, hw=hw)
-    cp_fwd = _cp_ring_s(plan, graph=graph, tok_bytes=tok, span=spans.cp, hw=hw)
+    cp = cp_layer_comm(plan, graph=graph, tok_bytes=tok, ring=spans.cp_ring, a2a=spans.cp_a2a, hw=hw)
     ep_fwd = (_ep_s(plan, graph=graph, tok_bytes=tok, spans=spans, hw=hw, dispatcher=job.ep_dispatcher)
               if moe_block else 0.0)
-    return LayerComm(tp_fwd_s=tp_fwd, tp_bwd_s=tp_bwd, cp_fwd_s=cp_fwd, cp_bwd_s=2 * cp_fwd,
+    return LayerComm(tp_fwd_s=tp_fwd, tp_bwd_s=tp_bwd, cp_fwd_s=cp.ring_fwd_s + cp.a2a_fwd_s,
+                     cp_bwd_s=cp.ring_bwd_s + cp.a2a_bwd_s, cp_a2a_fwd_s=cp.a2a_fwd_s, cp_a2a_bwd_s=cp.a2a_bwd_s,
                      ep_fwd_s=ep_fwd, ep_bwd_s=ep_fwd * (2 if replay else 1))
-
-
-def _cp_ring_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, span: GroupSpan, hw: HardwareProfile) -> float:
-    """Ring attention: cp-1 steps, each passing this rank's K and V chunk to its neighbour."""
-    cp = plan.dims.cp
-    if cp == 1:
-        return 0.0
-    head_dim = graph.hidden_size // graph.num_attention_heads
-    kv_local = max(1, graph.num_key_value_heads // plan.dims.tp) * head_dim
-    kv_bytes = 2 * tok_bytes * kv_local
-    return (cp - 1) * p2p_s(hw, kv_bytes, span=span)
 
 
 def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: HardwareProfile,
@@ -192,7 +188,7 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
     """
     if plan.zero_stage == ZeroStage.PARAMETERS:
         return DataParallelComm(total_s=0.0, exposed_s=0.0)
-    grad_b, param_b = job.grad_reduce_bytes, job.precision.bytes
+    grad_b, param_b = job.grad_reduce_bytes, element_bytes(plan, job=job)
     reduce_s, gather_s = 0.0, 0.0
     for params, span in ((dense_params, spans.dp), (expert_params, spans.edp)):
         if span.num_ranks <= 1 or params <= 0:
@@ -234,7 +230,7 @@ def zero3_layer_comm(params_local: float, *, plan: Plan, job: JobSpec, span: Gro
     the compute precision, the reduce-scatter job.grad_reduce_bytes per element. A runtime whose
     reduce-scatter runs on the compute stream (DeepSpeed 2021) leaves it fully exposed.
     """
-    size = params_local * job.precision.bytes
+    size = params_local * element_bytes(plan, job=job)
     gather = group_collective_s(hw, Collective.ALL_GATHER, size, span=span)
     scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, params_local * job.grad_reduce_bytes, span=span)
     gathers_bwd = 1.0 + _recompute_regather_share(params_local, plan=plan, job=job)

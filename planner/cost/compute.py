@@ -16,7 +16,8 @@ from planner.cost.kernels import causal_fraction, flash_rate, fp8_cast_bytes, ge
 from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
 from planner.graph import BlockKind, ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
-from planner.plan import Plan, Recompute
+from planner.cost.fp8 import BF16_WEIGHT_BYTES, GEMM_INPUT_SHARE, cast_bytes_per_element
+from planner.plan import Fp8Recipe, Plan, Recompute
 from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute
 
 # FlashAttention's backward recomputes the attention matrix: 5 GEMM-sized products instead of
@@ -67,8 +68,9 @@ class Split:
     cp: int
     ep: int
     sp: bool
+    attention_calls: int  # attention kernel calls per layer: cp ring blocks; 1 after a Ulysses all-to-all
     imbalance: float
-    precision: Precision
+    precision: Precision  # of the GEMMs
     recompute: Recompute
     flash: bool  # fused attention; False = eager softmax over materialised scores
     score_elements: float  # attention scores per layer per micro-batch on one GPU (eager only)
@@ -79,6 +81,7 @@ class Split:
     fusion: Fusion = Fusion.EAGER
     selective: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
     cuda_graphs: bool = False
+    fp8_recipe: Fp8Recipe | None = None  # scaling/cast bytes of the FP8 GEMMs (cost/fp8.py)
 
     def work_share(self, region: Region) -> float:
         """Fraction of the traced op's work (scaled to the micro-batch) one GPU does."""
@@ -95,11 +98,11 @@ class Split:
 
         A traced op is one expert's GEMM; the GPU runs it for the tokens its whole EP group routes
         to that expert, i.e. ep times the op's share in one call (fraction 1/ep). Ring attention
-        runs cp blocks.
+        runs one block per ring rank (cp / the all-to-all degree).
         """
         if op.region == Region.EXPERT:
             return 1.0 / self.ep
-        return float(self.cp) if op.kind == OpKind.ATTENTION else 1.0
+        return float(self.attention_calls) if op.kind == OpKind.ATTENTION else 1.0
 
 
 def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: bool = True,
@@ -111,8 +114,10 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     imbalance = load_factor(plan, moe)  # placement, routing trace and capacity factor (experts.py)
     job = job or JobSpec(seq_len=graph.seq_len, global_batch=1)
     attention = job.attention if job.attention.fused else AttentionKernel.FLASH
-    return Split(batch_scale=plan.micro_batch_size / graph.sample_batch,
+    recipe = plan.fp8_recipe if precision == Precision.FP8 else None
+    return Split(fp8_recipe=recipe, batch_scale=plan.micro_batch_size / graph.sample_batch,
                  tokens=plan.micro_batch_size * graph.seq_len / d.cp, tp=d.tp, cp=d.cp, ep=d.ep,
+                 attention_calls=d.cp // plan.ulysses_degree(),
                  sp=plan.sequence_parallel, imbalance=imbalance,
                  precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores,
                  attention=attention, etp=d.etp, experts_local=max(1, moe.num_experts // d.ep) if moe else 1,
@@ -133,8 +138,13 @@ def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
             rate = per_call / hw.matmul_s(per_call, precision=_gemm_precision(op, split))
             fwd_s, bwd_s = fwd_flops / rate, bwd_flops / rate
             weight_share = op.bwd_weight_flops / op.bwd_flops if op.bwd_flops else 0.0
-            return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s * (1 - weight_share), bwd_weight_s=bwd_s * weight_share,
-                             gemm_fwd_s=fwd_s)
+            cast_s = 0.0
+            if split.fp8_recipe is not None and _gemm_precision(op, split) == Precision.FP8:
+                # no shapes: the recipe's cast traffic from the op's bf16 bytes
+                input_elements = GEMM_INPUT_SHARE * op.bytes_moved * share / BF16_WEIGHT_BYTES
+                cast_s = hw.memory_bound_s(input_elements * _cast_per_element(split))
+            return PassTimes(fwd_s=fwd_s + cast_s, bwd_input_s=bwd_s * (1 - weight_share) + cast_s,
+                             bwd_weight_s=bwd_s * weight_share + cast_s, gemm_fwd_s=fwd_s)
         case OpKind.ATTENTION if split.flash:
             per_call = fwd_flops / split.calls(op)
             if per_call <= 0:
@@ -157,6 +167,11 @@ def _gemm_precision(op: OpCost, split: Split) -> Precision:
     if split.precision == Precision.FP8 and not op.fp8:
         return Precision.BF16
     return split.precision
+
+
+def _cast_per_element(split: Split) -> float:
+    """Cast bytes per FP8 GEMM input element: the plan's recipe (fp8.py) in this stack's fusion."""
+    return cast_bytes_per_element(split.fp8_recipe, fused=split.fusion != Fusion.EAGER)
 
 
 def _attention_precision(split: Split) -> Precision:
@@ -189,7 +204,7 @@ def _shaped_gemm(op: OpCost, per_call: float, fwd_flops: float, bwd_flops: float
     input_s = calls * scale * 2 * (1 - weight_share) * gemm_s(m, k, n, **kw)
     weight_s = calls * scale * 2 * weight_share * gemm_s(k, n, m, **kw)
     if fp8:
-        cast_f, cast_b = fp8_cast_bytes(m, n, k, fused=split.fusion != Fusion.EAGER)
+        cast_f, cast_b = fp8_cast_bytes(m, n, k, per=_cast_per_element(split))
         fwd_s += hw.memory_bound_s(calls * groups * cast_f)
         input_s += hw.memory_bound_s(calls * groups * cast_b)
     return PassTimes(fwd_s=fwd_s, bwd_input_s=input_s, bwd_weight_s=weight_s, gemm_fwd_s=fwd_s)
@@ -202,9 +217,11 @@ def _flash(op: OpCost, fwd_flops: float, *, split: Split, hw: HardwareProfile, r
     seq_q, seq_kv, head_dim = op.dims
     work = fwd_flops * causal_fraction(seq_q, seq_kv)
     peak = hw.peak_flops(_attention_precision(split))
-    # load-balanced causal CP cuts the sequence into 2 cp chunks (Megatron/TE, torch head-tail):
-    # each ring step is a call on chunk-sized blocks
-    call_seq = seq_kv / (2 * split.cp) if split.cp > 1 else seq_kv
+    # load-balanced causal ring CP cuts the sequence into 2 x ring chunks (Megatron/TE, torch
+    # head-tail): each ring step is a call on chunk-sized blocks; after a Ulysses all-to-all the
+    # call covers the ring's whole share of the sequence (cost/context.py)
+    ring = split.attention_calls
+    call_seq = seq_kv / (2 * ring) if ring > 1 else seq_kv
     fwd_s = work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=False))
     bwd_s = 2.5 * work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=True))
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)

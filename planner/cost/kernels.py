@@ -74,7 +74,7 @@ FP8_CAST_BYTES_FUSED = 3.0
 FP8_TRANSPOSE_BYTES = 2.0
 
 
-def fp8_cast_bytes(m: float, n: float, k: float, *, fused: bool) -> tuple[float, float]:
-    """(forward, backward) cast bytes for one FP8 GEMM of m x n x k (weights cast once per step)."""
-    per = FP8_CAST_BYTES_FUSED if fused else FP8_CAST_BYTES_EAGER
+def fp8_cast_bytes(m: float, n: float, k: float, *, per: float) -> tuple[float, float]:
+    """(forward, backward) cast bytes for one FP8 GEMM of m x n x k (weights cast once per step);
+    `per` bytes per cast element: FP8_CAST_BYTES_* or the plan's recipe (cost/fp8.py)."""
     return per * m * k, per * m * n + FP8_TRANSPOSE_BYTES * (m * k + m * n)

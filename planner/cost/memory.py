@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.cost.compute import Split
+from planner.cost.context import cp_buffer_bytes
+from planner.cost.fp8 import element_bytes, weight_cache_bytes_per_param
+from planner.cost.offload import gpu_state_terms, offloaded_bytes
 from planner.cost.terms import MemoryTerm
 from planner.cost.ops import GraphKey, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph
-from planner.plan import Plan, Recompute, Schedule, ZeroStage
-from planner.scenario import GIB, JobSpec
+from planner.plan import OffloadState, Plan, Recompute, Schedule, ZeroStage
+from planner.scenario import GIB, JobSpec, Precision
 
 # Caching-allocator fragmentation on the churned (activation and buffer) memory: PyTorch's
 # reserved/allocated ratio is typically 1.05-1.15 in Megatron runs; we take the low end.
@@ -105,7 +108,7 @@ def kind_params(graph: ModelGraph, plan: Plan) -> dict[str, KindParams]:
     out = {}
     for kind, layer in graph_summary(GraphKey(graph)).first.items():
         expert = layer.moe.num_experts * layer.moe.expert_params if layer.moe else 0.0
-        params = layer.num_params + _tied_head_copy(graph, layer, pp=d.pp)
+        params = layer.num_params + _tied_head_copy(graph, layer, pp=1 if plan.vocab_parallel else d.pp)
         out[kind] = KindParams(dense_params=(params - expert) / d.tp, expert_params=expert / (d.ep * d.etp))
     return out
 
@@ -161,19 +164,28 @@ def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[
     sharded = params.dense / (d.dp * d.cp) + params.expert / d.edp
     whole = params.dense + params.expert
     opt = job.optimizer
-    return {
-        MemoryTerm.WEIGHTS: (sharded if z >= ZeroStage.PARAMETERS else whole) * job.precision.bytes,
+    weights = sharded if z >= ZeroStage.PARAMETERS else whole
+    recipe = plan.fp8_recipe if job.precision == Precision.FP8 else None  # bf16 weights + FP8 copies (fp8.py)
+    terms = {
+        MemoryTerm.WEIGHTS: weights * element_bytes(plan, job=job),
         MemoryTerm.GRADIENTS: (sharded if z >= ZeroStage.GRADIENTS else whole) * opt.grad_bytes_per_param,
         MemoryTerm.OPTIMIZER: (sharded if z >= ZeroStage.OPTIMIZER else whole) * opt.state_bytes,
     }
+    return terms | ({MemoryTerm.FP8_WEIGHTS: weights * weight_cache_bytes_per_param(recipe)} if recipe else {})
+
+
+def _gpu_states(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[str, float]:
+    """model_state_terms left on the GPU once the plan's offloaded states move (offload.py)."""
+    return gpu_state_terms(model_state_terms(plan, params, job=job), plan,
+                           largest_layer_bytes=params.largest_layer * element_bytes(plan, job=job))
 
 
 def comm_buffer_bytes(plan: Plan, params: StageParams, *, hidden_size: int, job: JobSpec) -> float:
     """Buffers that live beside activations: ZeRO-3 prefetched layers, SP gathers, pipeline p2p."""
-    hidden = plan.micro_batch_size * job.seq_len / plan.dims.cp * hidden_size * job.precision.bytes
+    hidden = plan.micro_batch_size * job.seq_len / plan.dims.cp * hidden_size * element_bytes(plan, job=job)
     total = 0.0
     if plan.zero_stage == ZeroStage.PARAMETERS:
-        total += 2 * params.largest_layer * job.precision.bytes  # current + prefetched layer
+        total += 2 * params.largest_layer * element_bytes(plan, job=job)  # current + prefetched layer
     if plan.dims.tp > 1:
         total += 2 * hidden  # all-gathered input / all-reduce output
     if plan.dims.pp > 1:
@@ -195,7 +207,7 @@ def _stage_base(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[str
                 job: JobSpec) -> _StageBase:
     params = stage_params(kinds, counts)
     replayed = [kinds[k].act_full_bytes for k, n in counts.items() if n and kinds[k].recomputed]
-    return _StageBase(model_states=model_state_terms(plan, params, job=job),
+    return _StageBase(model_states=_gpu_states(plan, params, job=job),
                       act_per_micro_batch=sum(kinds[k].act_bytes * n for k, n in counts.items()),
                       replayed=max(replayed, default=0.0),
                       comm_buffers=comm_buffer_bytes(plan, params, hidden_size=hidden_size, job=job))
@@ -242,5 +254,26 @@ def model_state_lower_bound(plan: Plan, *, kinds: dict[str, KindMemory] | dict[s
     """Largest stage's weights + gradients + optimizer: a floor on peak memory for pruning.
     `stages` are the block-kind counts per pipeline rank; ranks holding the same ones are priced once."""
     distinct = {tuple(counts.items()): counts for counts in stages}
-    return max(sum(model_state_terms(plan, stage_params(kinds, counts), job=job).values())
+    return max(sum(_gpu_states(plan, stage_params(kinds, counts), job=job).values())
                for counts in distinct.values())
+
+
+def long_context_terms(plan: Plan, memory: list[dict[str, float]], *, stages: list[Counter[str]],
+                       kinds: dict[str, KindMemory], graph: ModelGraph,
+                       job: JobSpec) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """CP buffers (context.py) and offloaded activations (offload.py) on each stage's terms; the
+    bytes per GPU each offload tier holds (the largest stage's)."""
+    tok_bytes = plan.micro_batch_size * job.seq_len / plan.dims.cp * element_bytes(plan, job=job)
+    cp_buf = cp_buffer_bytes(plan, graph=graph, tok_bytes=tok_bytes)
+    out, held = [], {}
+    for terms, counts in zip(memory, stages, strict=True):
+        states = model_state_terms(plan, stage_params(kinds, counts), job=job) | {
+            MemoryTerm.ACTIVATIONS: terms[MemoryTerm.ACTIVATIONS]}
+        for tier, b in offloaded_bytes(states, plan).items():
+            held[tier.value] = max(held.get(tier.value, 0.0), b)
+        terms = terms | ({MemoryTerm.CP_BUFFERS: cp_buf} if cp_buf else {})
+        if OffloadState.ACTIVATIONS in plan.offload:
+            layer = max(k.act_bytes for k in kinds.values())
+            terms = terms | {MemoryTerm.ACTIVATIONS: min(terms[MemoryTerm.ACTIVATIONS], 2 * layer)}  # in use + in transfer
+        out.append(terms)
+    return out, held

@@ -29,29 +29,42 @@ class Placement:
     stages: tuple[Spans, ...]
     boundaries: tuple[GroupSpan, ...]
     world: GroupSpan
+    pipeline: GroupSpan  # a whole pipeline group (every stage): vocabulary-parallel collectives (vocab.py)
     stage_group: tuple[int, ...]
     stage_class: tuple[int, ...]  # per stage, the first stage with the same spans and GPU type
 
 
 
 def plan_placement(plan: Plan, cluster: ClusterSpec) -> Placement:
-    """The plan's groups on the cluster, memoised by layout, orders and mapping (knobs do not move groups)."""
+    """The plan's groups on the cluster, memoised by layout, orders, mapping and the Ulysses degree
+    (the only knob that moves groups: it splits the CP axis into all-to-all and ring groups)."""
     mapping = None if plan.device_mapping is None else tuple(plan.device_mapping)
     return _placement(plan.dims, tuple(plan.rank_order), tuple(plan.expert_rank_order), mapping,
-                      IdentityKey(cluster))
+                      plan.ulysses_degree(), IdentityKey(cluster))
 
 
 @lru_cache(maxsize=512)
 def _placement(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
-               mapping: tuple[tuple[int, int], ...] | None, cluster_key: IdentityKey) -> Placement:
+               mapping: tuple[tuple[int, int], ...] | None, ulysses: int, cluster_key: IdentityKey) -> Placement:
     attention = ParallelDims(dp=dims.dp, tp=dims.tp, pp=dims.pp, cp=dims.cp)
-    tp, cp, dp, boundaries, world, stage_group = _attention(attention, order, mapping, cluster_key)
+    tp, cp, dp, boundaries, world, stage_group, pipeline = _attention(attention, order, mapping, cluster_key)
+    if ulysses == 1:  # a ring over all of cp (or no CP)
+        ring, a2a = cp, _one_rank(dims.pp)
+    elif ulysses == dims.cp:  # Ulysses over all of cp
+        ring, a2a = _one_rank(dims.pp), cp
+    else:
+        ring, a2a = _cp_split(attention, order, mapping, ulysses, cluster_key)
     ep, etp, edp = _expert(dims, order, expert_order, mapping, cluster_key)
     stages = tuple(Spans(tp=tp[s], cp=cp[s], dp=dp[s], pp=boundaries[min(s, len(boundaries) - 1)], ep=ep[s],
-                         etp=etp[s], edp=edp[s]) for s in range(dims.pp))
+                         etp=etp[s], edp=edp[s], cp_ring=ring[s], cp_a2a=a2a[s]) for s in range(dims.pp))
     first: dict[tuple[Spans, int], int] = {}
     classes = tuple(first.setdefault((spans, g), s) for s, (spans, g) in enumerate(zip(stages, stage_group, strict=True)))
-    return Placement(stages=stages, boundaries=boundaries, world=world, stage_group=stage_group, stage_class=classes)
+    return Placement(stages=stages, boundaries=boundaries, world=world, pipeline=pipeline, stage_group=stage_group,
+                     stage_class=classes)
+
+
+def _one_rank(num_stages: int) -> list[GroupSpan]:
+    return [GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1)] * num_stages
 
 
 def _setup(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
@@ -82,7 +95,24 @@ def _attention(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple
     grid, by_stage, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
     spans = [_spans(cluster, grid, stage_of, dims.pp, *axes) for axes in ((Axis.TP,), (Axis.CP,), (Axis.CP, Axis.DP))]
     world = axis_spans(cluster, np.sort(grid.attention.ravel())[None, :])[0]
-    return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage))
+    pipeline = _spans(cluster, grid, np.zeros_like(stage_of), 1, Axis.PP)[0]
+    return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage), pipeline)
+
+
+@lru_cache(maxsize=512)
+def _cp_split(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple[int, int], ...] | None, ulysses: int,
+              cluster_key: IdentityKey) -> tuple[list[GroupSpan], list[GroupSpan]]:
+    """Hybrid CP's ring and all-to-all spans per stage: each CP group (in CP order) splits into
+    runs of `ulysses` consecutive ranks (all-to-all) and every `ulysses`-th rank (ring), as the
+    executor builds them (executor/ulysses.hybrid_groups)."""
+    cluster: ClusterSpec = cluster_key.obj
+    grid, _, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
+    array, names = grid.grid_of(Axis.CP)
+    cp_groups = np.moveaxis(array, names.index(Axis.CP), -1).reshape(-1, dims.cp // ulysses, ulysses)
+    a2a = cp_groups.reshape(-1, ulysses)
+    ring = np.swapaxes(cp_groups, 1, 2).reshape(-1, dims.cp // ulysses)
+    return (axis_spans(cluster, ring, stage_of=stage_of[ring[:, 0]], num_stages=dims.pp),
+            axis_spans(cluster, a2a, stage_of=stage_of[a2a[:, 0]], num_stages=dims.pp))
 
 
 def _stage_groups(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[int, ...]:

@@ -23,6 +23,8 @@ class TimeTerm(StrEnum):
     BUBBLE = "bubble"
     OPTIMIZER = "optimizer"
     CORE_SHARING = "core_sharing"
+    VOCAB = "vocab"  # vocabulary-parallel collectives (cost/vocab.py)
+    OFFLOAD = "offload"  # host/NVMe transfers of offloaded parameters and activations (cost/offload.py)
 
 
 class MemoryTerm(StrEnum):
@@ -34,3 +36,6 @@ class MemoryTerm(StrEnum):
     ACTIVATIONS = "activations"
     COMM_BUFFERS = "comm_buffers"
     ALLOCATOR_MARGIN = "allocator_margin"
+    CP_BUFFERS = "cp_buffers"  # ring K,V blocks in flight / Ulysses gathered q,k,v (cost/context.py)
+    FP8_WEIGHTS = "fp8_weights"  # FP8 weight copies + transposes (and MXFP8 scales) beside bf16 weights (cost/fp8.py)
+    OFFLOAD_STAGING = "offload_staging"  # GPU buffers of states streamed to host/NVMe (cost/offload.py)

@@ -26,6 +26,60 @@ class Recompute(StrEnum):
     FULL = "full"
 
 
+class CpKind(StrEnum):
+    """How context parallelism exchanges the sequence (cost/context.py prices each).
+
+    RING: zigzag ring attention, KV blocks one way (Liu et al. 2023). RING_BIDIRECTIONAL: half of
+    the KV each way, so every link is busy in both directions (the duplex links TokenRing
+    exploits, Wang et al. 2024). ALL_TO_ALL: DeepSpeed-Ulysses head scatter / sequence gather
+    (Jacobs et al. 2023); needs local heads divisible by cp. HYBRID: all-to-all over `cp_a2a`
+    ranks inside the node, ring over the rest (USP, Fang & Zhao 2024, arXiv 2405.07719).
+    """
+
+    RING = "ring"
+    RING_BIDIRECTIONAL = "ring-bidirectional"
+    ALL_TO_ALL = "all-to-all"
+    HYBRID = "hybrid"
+
+
+class OffloadState(StrEnum):
+    """Training state that can live off the GPU (ZeRO-Offload / ZeRO-Infinity)."""
+
+    OPTIMIZER = "optimizer"
+    GRADIENTS = "gradients"
+    PARAMETERS = "parameters"
+    ACTIVATIONS = "activations"
+
+
+class OffloadTier(StrEnum):
+    HOST = "host"  # CPU DRAM over PCIe or NVLink-C2C (Ren et al. 2021, ZeRO-Offload)
+    NVME = "nvme"  # local NVMe (Rajbhandari et al. 2021, ZeRO-Infinity)
+
+
+class Fp8Recipe(StrEnum):
+    """FP8 scaling recipe for the linear layers (cost/fp8.py); None on a plan = the job's precision everywhere."""
+
+    DELAYED = "delayed"
+    CURRENT = "current"
+    MXFP8 = "mxfp8"
+
+
+class BalancePolicy(StrEnum):
+    """How rows reach the data-parallel ranks.
+
+    NONE: rows in sampling order, contiguous blocks per rank (Megatron's sampler).
+    SORT_AND_PACK: rows sorted by attention work, dealt longest-first to the least-loaded rank
+    with room left (LPT with equal row counts, the packing-balance idea of WLB-LLM, Wang et al. 2025).
+    ZEPPELIN: as SORT_AND_PACK, and documents longer than half a row (the pieces that make a row
+    heavy) have their attention split over every rank (hierarchical sequence partitioning of Zeppelin, "Balancing
+    Variable-length Workloads in Data Parallel Large Model Training", 2025): near-even attention at the price of moving those documents' tokens.
+    """
+
+    NONE = "none"
+    SORT_AND_PACK = "sort-and-pack"
+    ZEPPELIN = "zeppelin"
+
+
 class ZeroStage(IntEnum):
     """ZeRO stage; 3 is FSDP FULL_SHARD, 2 is SHARD_GRAD_OP-like."""
 
@@ -48,6 +102,14 @@ class Plan(BaseModel):
     zero_stage: ZeroStage = ZeroStage.NONE
     recompute: Recompute = Recompute.NONE
     sequence_parallel: bool = False
+    cp_kind: CpKind = CpKind.RING
+    cp_a2a: int = Field(1, ge=1, description="all-to-all ranks inside the CP group (hybrid only)")
+    offload: dict[OffloadState, OffloadTier] = Field(default_factory=dict)
+    fp8_recipe: Fp8Recipe | None = Field(None, description="with job precision fp8: linear GEMMs in FP8 by this "
+                                         "recipe, attention/norms/optimizer in 16/32-bit")
+    balance: BalancePolicy | None = Field(None, description="DP balance of packed documents; None = [job.sequences]")
+    vocab_parallel: bool = Field(False, description="embedding and LM head split over all pipeline "
+                                 "stages (Yeung et al. 2024, arXiv 2411.05288)")
     blocks_per_stage: list[int] | None = Field(
         None,
         description="transformer blocks in each (virtual) stage, pp*virtual_stages entries in "
@@ -93,6 +155,7 @@ class Plan(BaseModel):
             raise ValueError("schedule 'interleaved-1f1b' needs pp > 1")
         if self.device_mapping is not None:
             _check_mapping(self.device_mapping, world=self.dims.world_size)
+        self._check_knobs()
         if self.blocks_per_stage is not None:
             want = self.dims.pp * self.virtual_stages
             if len(self.blocks_per_stage) != want:
@@ -101,6 +164,25 @@ class Plan(BaseModel):
                     f"needs pp*virtual_stages = {want}"
                 )
         return self
+
+    def _check_knobs(self) -> None:
+        cp = self.dims.cp
+        if self.cp_kind == CpKind.HYBRID and not (1 < self.cp_a2a < cp and cp % self.cp_a2a == 0):
+            raise ValueError(f"cp_a2a: hybrid CP needs 1 < cp_a2a < cp={cp} dividing cp, got {self.cp_a2a}")
+        if self.cp_kind != CpKind.HYBRID and self.cp_a2a != 1:
+            raise ValueError("cp_a2a: only cp_kind = 'hybrid' takes an all-to-all degree; leave it 1")
+        if self.vocab_parallel and self.dims.pp == 1:
+            raise ValueError("vocab_parallel: needs pp > 1 (it spreads embedding and head over stages)")
+
+    def ulysses_degree(self) -> int:
+        """CP ranks that exchange heads by all-to-all (the rest form a ring)."""
+        match self.cp_kind:
+            case CpKind.ALL_TO_ALL:
+                return self.dims.cp
+            case CpKind.HYBRID:
+                return self.cp_a2a
+            case CpKind.RING | CpKind.RING_BIDIRECTIONAL:
+                return 1
 
     @property
     def num_chunks(self) -> int:
@@ -139,6 +221,15 @@ class Plan(BaseModel):
             extras.append("sp")
         if tuple(self.rank_order) != DEFAULT_RANK_ORDER:  # the search varies it: twins must read apart
             extras.append("order " + "-".join(a.value for a in self.rank_order))
+        if d.cp > 1 and self.cp_kind != CpKind.RING:
+            extras.append(f"cp-{self.cp_kind.value}" + (f"{self.cp_a2a}" if self.cp_kind == CpKind.HYBRID else ""))
+        extras += [f"offload-{state.value}-{tier.value}" for state, tier in self.offload.items()]
+        if self.vocab_parallel:
+            extras.append("vocab-parallel")
+        if self.fp8_recipe is not None:
+            extras.append(f"fp8-{self.fp8_recipe.value}")
+        if self.balance is not None:
+            extras.append(f"balance-{self.balance.value}")
         return f"{words} ({', '.join(extras)})"
 
 

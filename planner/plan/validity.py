@@ -7,7 +7,8 @@ the world size; tp divides the attention heads and the KV heads (Megatron-LM cor
 TransformerConfig: num_query_groups must be a multiple of tensor_model_parallel_size); pp
 (times virtual stages) does not exceed the layers; 2*cp divides the sequence (load-balanced
 causal chunks); dp*micro-batch divides the global batch; ep divides the experts and etp the
-expert FFN width; sequence parallelism needs tp > 1 and seq_len/cp divisible by tp; 1F1B-type
+expert FFN width; a Ulysses all-to-all degree divides heads/tp; sequence parallelism needs tp > 1
+and seq_len/cp divisible by tp; 1F1B-type
 schedules need at least as many micro-batches as stages (torch.distributed.pipelining refuses
 fewer), interleaved ones a multiple of pp.
 """
@@ -35,6 +36,8 @@ class Target:
     expert_ffn: int = 0
     num_moe_layers: int = 0
     gpus_per_node: int = 0  # 0: unknown (a device mapping is then only checked for its own shape)
+    fp8: bool = False  # the job trains in fp8 (a plan's fp8_recipe needs it)
+    documents: bool = False  # the job packs variable-length documents (a plan's balance needs it)
 
 
 class HasTarget(Protocol):
@@ -107,6 +110,14 @@ def _knob_problems(plan: Plan, t: Target) -> list[str]:
         out.append("sequence_parallel: needs tp > 1")
     elif plan.sequence_parallel and (t.seq_len // d.cp) % d.tp:
         out.append(f"sequence_parallel: seq_len/cp = {t.seq_len // d.cp} must be divisible by tp={d.tp}")
+    if plan.fp8_recipe is not None and not t.fp8:
+        out.append("fp8_recipe: needs job precision = 'fp8'; drop the recipe or set [job] precision = \"fp8\"")
+    if plan.balance is not None and not t.documents:
+        out.append("balance: needs [job.sequences] (packed documents); drop the plan's balance")
+    u = plan.ulysses_degree()
+    if u > 1 and (t.num_heads // d.tp) % u:
+        out.append(f"cp_kind: all-to-all over {u} ranks needs num_attention_heads/tp = {t.num_heads // d.tp} "
+                   f"divisible by {u}; use cp_kind = 'ring' or a smaller all-to-all degree")
     out += _schedule_problems(plan, t)
     out += _placement_problems(plan, t)
     out += _mapping_problems(plan, t)

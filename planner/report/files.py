@@ -41,6 +41,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "step_time_s", "tokens_per_s_per_gpu", "mfu", "hfu", "peak_memory_gib",
     "memory_capacity_gib", "bubble_fraction",
     *(f"time_{t}_s" for t in TIME_TERMS),
+    "cp_kind", "cp_a2a", "offload", "vocab_parallel", "offloaded_host_gib", "dp_imbalance", "fp8_recipe", "balance",
 )
 
 
@@ -119,6 +120,12 @@ def csv_row(cid: int, candidate: Candidate, *, status: Status, pareto: bool, glo
     row["memory_capacity_gib"] = _gib(est.get("memory_capacity_bytes"))
     for term in TIME_TERMS:
         row[f"time_{term}_s"] = breakdown.get(term) if est else None
+    row |= {"cp_kind": plan.cp_kind.value, "cp_a2a": plan.cp_a2a, "vocab_parallel": plan.vocab_parallel,
+            "offload": " ".join(f"{state.value}:{tier.value}" for state, tier in plan.offload.items()),
+            "offloaded_host_gib": _gib((est.get("offloaded_bytes") or {}).get("host")) if est else None,
+            "dp_imbalance": (est.get("notes") or {}).get("dp_imbalance") if est else None,
+            "fp8_recipe": plan.fp8_recipe.value if plan.fp8_recipe else "",
+            "balance": plan.balance.value if plan.balance else ""}
     return row
 
 

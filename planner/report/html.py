@@ -166,7 +166,9 @@ def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | 
     out = {
         "model": f"{model.name}: {total / 1e9:.1f}B parameters" + (f" ({active / 1e9:.1f}B active)" if model.is_moe else ""),
         "cluster": f"{cluster.name}: {cluster.num_nodes} x {cluster.gpus_per_node} {cluster.gpu.name} = {cluster.world_size} GPUs",
-        "job": f"seq_len {job.seq_len}, global batch {job.global_batch}, {job.precision.value}",
+        "job": f"seq_len {job.seq_len}, global batch {job.global_batch}, {job.precision.value}" + (
+            f"; documents: {job.sequences.mix or 'histogram'}, {job.sequences.packing.value}, balance "
+            f"{job.sequences.balance.value}" if job.sequences is not None else ""),
         "counts": {s: int((df["status"] == s).sum()) for s in Status},
         "stats": result.get("stats") or {},
         "nothing_fits": result.get("nothing_fits"),
@@ -180,6 +182,8 @@ def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | 
             "tokens_per_s_per_gpu": est["tokens_per_s_per_gpu"], "mfu": est["mfu"], "hfu": est.get("hfu"),
             "peak_gib": est["peak_memory_bytes"] / GIB, "capacity_gib": est["memory_capacity_bytes"] / GIB,
             "bubble_fraction": est.get("bubble_fraction"), "implausible": est.get("implausible"),
+            "host_gib": (est.get("offloaded_bytes") or {}).get("host", 0.0) / GIB,
+            "notes": est.get("notes") or {},
         }
     return out
 

@@ -8,6 +8,8 @@ from planner.scenario.clusters import CLUSTER_PRESETS, FABRIC_PRESETS, GPU_PRESE
 from planner.scenario.load import load_scenario, scenario_from_dict
 from planner.scenario.kinds import GpuFamily
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
+from planner.scenario.host import HostLink, HostSpec
+from planner.scenario.sequences import DATA_MIXES, BalancePolicy, LengthBin, Packing, RankLoads, SequencesSpec
 from planner.scenario.spec import (
     GIB,
     Activation,
@@ -47,4 +49,5 @@ __all__ = [
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",
     "ShardingRuntime", "cluster_preset", "count_params", "gpu_preset", "load_hf_config", "load_scenario",
     "model_preset", "one_line", "scenario_from_dict",
+    "DATA_MIXES", "BalancePolicy", "HostLink", "HostSpec", "LengthBin", "Packing", "RankLoads", "SequencesSpec",
 ]

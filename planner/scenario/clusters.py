@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.scenario.host import NVLINK_C2C_GBS, PCIE_GEN4_X16_GBS, PCIE_GEN5_X16_GBS, HostLink, HostSpec
 from planner.scenario.spec import ClusterSpec, FabricSpec, FabricTier, GpuSpec, NetworkSpec, TierKind
 
 
@@ -133,10 +134,25 @@ def fabric_preset(name: str) -> FabricSpec:
     return FABRIC_PRESETS[name]
 
 
+# Host side per GPU (user guides): DGX A100 2 TB DRAM, 2x EPYC 7742 (8x DDR4-3200 = 205 GB/s per
+# socket), PCIe 4.0; DGX H100/H200/B200 2 TB, 2x Xeon 8480C/8570 (8x DDR5-4800 = 307 GB/s per socket),
+# PCIe 5.0; GB200: one Grace (480 GB LPDDR5X, 512 GB/s) and one NVLink-C2C per two GPUs. NVMe: one
+# U.2 data drive per GPU (~4 GB/s sustained writes, PCIe 4.0 x4).
+_HOST_A100 = HostSpec(link=HostLink.PCIE_GEN4, link_gbs=PCIE_GEN4_X16_GBS, memory_gib=256, memory_bandwidth_gbs=51)
+_HOST_H100 = HostSpec(link=HostLink.PCIE_GEN5, link_gbs=PCIE_GEN5_X16_GBS, memory_gib=256, memory_bandwidth_gbs=77)
+_HOST_GRACE = HostSpec(link=HostLink.NVLINK_C2C, link_gbs=NVLINK_C2C_GBS / 2, memory_gib=223,
+                       memory_bandwidth_gbs=256)
+# The CPU test machine: "device" and host are one DRAM; a copy streams at memory bandwidth.
+_HOST_CPU = HostSpec(link=HostLink.SHARED_MEMORY, link_gbs=10.0, memory_gib=6, memory_bandwidth_gbs=10.0,
+                     nvme_gbs=1.0, nvme_gib=50)
+
+
 def _cluster(name: str, gpu: str, *, gpus_per_node: int, intra: float, inter: float,
-             intra_lat_us: float = 3.0, inter_lat_us: float = 8.0, nvlink_domain: int | None = None) -> dict[str, Any]:
+             intra_lat_us: float = 3.0, inter_lat_us: float = 8.0, nvlink_domain: int | None = None,
+             host: HostSpec = _HOST_H100) -> dict[str, Any]:
     return {
         "name": name, "gpu": GPU_PRESETS[gpu].model_dump(), "gpus_per_node": gpus_per_node,
+        "host": host.model_dump(),
         "network": NetworkSpec(intra_node_gbs=intra, inter_node_gbs=inter, intra_node_latency_us=intra_lat_us,
                                inter_node_latency_us=inter_lat_us, nvlink_domain=nvlink_domain).model_dump(),
     }
@@ -145,8 +161,10 @@ def _cluster(name: str, gpu: str, *, gpus_per_node: int, intra: float, inter: fl
 # Per-node templates; `num_nodes` comes from the scenario (default 1).
 CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     # DGX A100 user guide: 8x A100-80GB, NVSwitch (NVLink3), 8x 200 Gb/s HDR ConnectX-6.
-    "dgx-a100": _cluster("dgx-a100", "a100-80gb", gpus_per_node=8, intra=_NVLINK3_GBS, inter=_HDR_IB_GBS),
-    "dgx-a100-40gb": _cluster("dgx-a100-40gb", "a100-40gb", gpus_per_node=8, intra=_NVLINK3_GBS, inter=_HDR_IB_GBS),
+    "dgx-a100": _cluster("dgx-a100", "a100-80gb", gpus_per_node=8, intra=_NVLINK3_GBS, inter=_HDR_IB_GBS,
+                         host=_HOST_A100),
+    "dgx-a100-40gb": _cluster("dgx-a100-40gb", "a100-40gb", gpus_per_node=8, intra=_NVLINK3_GBS, inter=_HDR_IB_GBS,
+                         host=_HOST_A100),
     # DGX H100 user guide: 8x H100 SXM, NVLink4 via NVSwitch, 8x 400 Gb/s NDR ConnectX-7.
     "dgx-h100": _cluster("dgx-h100", "h100-sxm", gpus_per_node=8, intra=_NVLINK4_GBS, inter=_NDR_IB_GBS),
     # Meta Grand Teton (torchtitan benchmarks): 8x H100 96GB HBM2e 500 W, NVLink4, 400 Gb/s RDMA per GPU.
@@ -160,7 +178,7 @@ CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     "dgx-b200": _cluster("dgx-b200", "b200", gpus_per_node=8, intra=_NVLINK5_GBS, inter=_NDR_IB_GBS),
     # GB200 NVL72 datasheet: 18 trays of 4 GPUs in one 72-GPU NVLink5 domain; one 400 Gb/s NIC per GPU.
     "gb200-nvl72": _cluster("gb200-nvl72", "gb200", gpus_per_node=4, intra=_NVLINK5_GBS, inter=_NDR_IB_GBS,
-                            nvlink_domain=72),
+                            nvlink_domain=72, host=_HOST_GRACE),
     # AMD MI300X platform: 8 GPUs on Infinity Fabric (7 links x 64 GB/s per direction), 8x 400 Gb/s NICs.
     "mi300x-8": _cluster("mi300x-8", "mi300x", gpus_per_node=8, intra=448.0, inter=_NDR_IB_GBS),
     # SuperPODs: the node presets with their reference fabric (num_nodes comes from the scenario).
@@ -173,7 +191,7 @@ CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
                                nvlink_domain=_NVL_JOB_GPUS) | {"fabric": FABRIC_PRESETS["superpod-gb200"].model_dump()},
     # This project's CPU test machine: one node, 4 gloo ranks on loopback (../shared/PLATFORM.md).
     "cpu-local": _cluster("cpu-local", "cpu", gpus_per_node=4, intra=1.0, inter=1.0, intra_lat_us=300.0,
-                          inter_lat_us=300.0),
+                          inter_lat_us=300.0, host=_HOST_CPU),
 }
 
 
@@ -195,8 +213,9 @@ def resolve_cluster_table(table: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(preset, str) or preset not in CLUSTER_PRESETS:
             raise ValueError(f"cluster.preset: unknown cluster '{preset}'; run `planner clusters` for the list")
         base = dict(CLUSTER_PRESETS[preset])
-        if isinstance(table.get("network"), dict):
-            table["network"] = base["network"] | table["network"]
+        for section in ("network", "host"):  # partial tables override the preset's fields
+            if isinstance(table.get(section), dict):
+                table[section] = base[section] | table[section]
         table = base | {"num_nodes": 1} | table
     if isinstance(table.get("gpu"), str):
         table["gpu"] = gpu_preset(table["gpu"]).model_dump()

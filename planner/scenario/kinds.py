@@ -6,6 +6,25 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Precision(StrEnum):
+    """Training precision of a job: its bytes per element and the peak it runs at."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    FP32 = "fp32"
+
+    @property
+    def bytes(self) -> int:
+        match self:
+            case Precision.FP8:
+                return 1
+            case Precision.FP32:
+                return 4
+            case _:
+                return 2
+
+
 class AttentionKernel(StrEnum):
     """The attention implementation a stack runs (the hardware profile holds each one's rates)."""
 

@@ -7,12 +7,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, GpuFamily, SelectiveRecompute, ShardingRuntime
-from planner.plan import Axis, Recompute, Schedule, Target, ZeroStage
+from planner.scenario.kinds import (AttentionKernel, EpDispatcher, Fusion, GpuFamily, Precision, SelectiveRecompute,
+                                    ShardingRuntime)
+from planner.plan import (Axis, BalancePolicy, CpKind, Fp8Recipe, OffloadState, OffloadTier, Recompute, Schedule, Target,
+                          ZeroStage)
+from planner.scenario.host import OFFLOAD_LADDER, HostSpec
 from planner.scenario.network import (  # noqa: F401  (re-exported: the cluster schema lives there)
     MAX_BANDWIDTH_GBS, MAX_GPUS, FabricSpec, FabricTier, LinkSample, LinkTable, LoadBalancing, NetworkSpec,
     NodeLinkOverride, PairLinkOverride, TierKind,
 )
+from planner.scenario.sequences import SequencesSpec
 
 # allow_inf_nan=False: every float a scenario takes is finite (inf bandwidth or NaN peaks would
 # turn step times into 0 or NaN far from the field that caused it).
@@ -25,23 +29,6 @@ GIB = 2**30  # the unit of every *_gib field
 MAX_TFLOPS = 1e7
 MAX_MEMORY_GIB = 1e6
 MAX_DIMENSION = 2**24  # hidden sizes, vocabularies, sequence lengths, batch sizes
-
-
-class Precision(StrEnum):
-    BF16 = "bf16"
-    FP16 = "fp16"
-    FP8 = "fp8"
-    FP32 = "fp32"
-
-    @property
-    def bytes(self) -> int:
-        match self:
-            case Precision.FP8:
-                return 1
-            case Precision.FP32:
-                return 4
-            case _:
-                return 2
 
 
 class Activation(StrEnum):
@@ -207,6 +194,7 @@ class ClusterSpec(BaseModel):
     network: NetworkSpec
     fabric: FabricSpec | None = Field(None, description="tiered fabric; None = one NIC tier (network)")
     node_groups: list[NodeGroup] | None = Field(None, description="GPU type per run of nodes; None = all `gpu`")
+    host: HostSpec = HostSpec()
 
     @model_validator(mode="after")
     def _overrides_in_range(self) -> ClusterSpec:
@@ -303,6 +291,7 @@ class JobSpec(BaseModel):
     ep_dispatcher: EpDispatcher = EpDispatcher.ALL_TO_ALL
     fusion: Fusion = Fusion.EAGER
     selective_recompute: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
+    sequences: SequencesSpec | None = Field(None, description="variable-length documents packed into seq_len rows")
 
     @property
     def tokens_per_step(self) -> int:
@@ -341,6 +330,14 @@ class SearchSpace(BaseModel):
     zero_stages: list[ZeroStage] = Field(default_factory=lambda: list(ZeroStage), min_length=1)
     recompute: list[Recompute] = Field(default_factory=lambda: list(Recompute), min_length=1)
     sequence_parallel: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
+    cp_kinds: list[CpKind] = Field(default_factory=lambda: list(CpKind), min_length=1)
+    offload: list[dict[OffloadState, OffloadTier]] = Field(
+        default_factory=lambda: [dict(setting) for setting in OFFLOAD_LADDER], description="offload settings tried, in order, only when no plan fits without offload")
+    vocab_parallel: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    balance_policies: list[BalancePolicy] = Field(default_factory=lambda: list(BalancePolicy), min_length=1,
+                                                  description="DP balance policies tried with [job.sequences]")
+    fp8_recipes: list[Fp8Recipe] = Field(default_factory=lambda: list(Fp8Recipe), min_length=1,
+                                         description="recipes tried when [job] precision = 'fp8'")
     memory_fraction: float = Field(1.0, gt=0, le=1, description="usable share of GPU memory")
     top_k: int = Field(10, ge=1, description="plans `planner search` prints (its --top overrides)")
 
@@ -377,7 +374,8 @@ class Scenario(BaseModel):
                       global_batch=self.job.global_batch, num_experts=m.num_local_experts if m.is_moe else 0,
                       expert_ffn=m.expert_intermediate_size if m.is_moe else 0,
                       num_moe_layers=m.num_moe_layers if m.is_moe else 0,
-                      gpus_per_node=self.cluster.gpus_per_node)
+                      gpus_per_node=self.cluster.gpus_per_node,
+                      fp8=self.job.precision == Precision.FP8, documents=self.job.sequences is not None)
 
     @model_validator(mode="after")
     def _fixed_degrees_fit(self) -> Scenario:

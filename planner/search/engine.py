@@ -39,6 +39,7 @@ from planner.search.tune import tune_top
 
 _REFINE_MIN, _REFINE_MAX, _REFINE_WITHIN = 6, 12, 1.3  # layouts refined: top N, all within 30%
 _EXPERT_ATTENTION_LAYOUTS = 6  # attention layouts whose ep x etp variants are probed
+_TIE = 1e-3  # a CP kind must be 0.1% faster than an earlier one to replace it (no churn on equal time)
 
 
 def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k: int = 10,
@@ -50,18 +51,30 @@ def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k:
     if progress is not None:
         run.tick = lambda: progress(run.stats.costed, 0)
     valid: list[ParallelDims] = []  # every layout the rules allow (pruned ones included)
-    probes = _probe(run, _enumerate_and_prune(run, valid))
-    for lay in _to_refine(probes):
-        _refine(run, lay)
+    _search_pass(run, valid)
+    for setting in scenario.search.offload:  # offload only when nothing fits without it
+        if any(c.fits for c in run.candidates):
+            break
+        run.offload, run.frugal_plans = dict(setting), {}
+        _search_pass(run, [], record_invalid=False)
     tuned = tune_top(run, routing=routing)  # ILP post-pass: uneven stages, expert placement
     _settle_counts(run, valid)
     run.stats.seconds = time.perf_counter() - start
     return _result(run, top_k=top_k, tuned=tuned)
 
 
-def _enumerate_and_prune(run: Pricer, valid: list[ParallelDims]) -> list[ParallelDims]:
+def _search_pass(run: Pricer, valid: list[ParallelDims], *, record_invalid: bool = True) -> None:
+    """Enumerate, prune, probe and refine at the pricer's offload setting."""
+    probes = _probe(run, _enumerate_and_prune(run, valid, record_invalid=record_invalid))
+    for lay in _to_refine(probes):
+        _refine(run, lay)
+
+
+def _enumerate_and_prune(run: Pricer, valid: list[ParallelDims], *, record_invalid: bool = True) -> list[ParallelDims]:
     survivors = []
     for lay, reason in ss.layouts(run.scenario):
+        if reason is not None and not record_invalid:
+            continue
         run.stats.layouts += 1
         grid = run.grid(lay) if reason is None else 1
         run.stats.enumerated += grid
@@ -135,6 +148,8 @@ def _expert_representatives(scenario: Scenario, group: list[ParallelDims]) -> li
 
 
 def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]) -> None:
+    """Price the reference knobs once per CP kind the layout allows; keep the fastest kind
+    (ties go to the earlier option: plain ring before its variants)."""
     if lay in probes:
         return
     knobs = _reference(run.scenario, lay)
@@ -142,7 +157,13 @@ def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]
         _reject_layout(run, lay, "invalid: no micro-batch size divides global_batch / dp with a runnable schedule")
         probes[lay] = float("inf")
         return
-    probes[lay] = run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s
+    best, knobs = None, run.with_choices(lay, knobs)
+    for kind, a2a in ss.cp_options(run.scenario, lay):
+        t = run.cost(ss.make_plan(lay, replace(knobs, cp_kind=kind, cp_a2a=a2a))).estimate.step_time_s
+        if best is None or t < best[0] * (1 - _TIE):
+            best = (t, kind, a2a)
+    probes[lay] = best[0]
+    run.cp_choice[lay] = best[1:]
 
 
 def _reject_layout(run: Pricer, lay: ParallelDims, reason: str) -> None:
@@ -174,7 +195,7 @@ def _settle_counts(run: Pricer, valid: list[ParallelDims]) -> None:
 def _refine(run: Pricer, lay: ParallelDims) -> None:
     """Coordinate descent: micro-batch -> schedule -> ZeRO x recompute staircase."""
     sc = run.scenario
-    ref = _reference(sc, lay)
+    ref = run.with_choices(lay, _reference(sc, lay))
     by_mbs = []
     for mbs in ss.micro_batch_sizes(sc, lay):
         sched = ss.schedules(sc, lay, mbs)[0]
@@ -186,21 +207,37 @@ def _refine(run: Pricer, lay: ParallelDims) -> None:
             knobs = replace(ref, micro_batch_size=mbs, schedule=schedule, virtual_stages=vp)
             pairs.append((run.cost(ss.make_plan(lay, knobs)).estimate.step_time_s, knobs))
     for _, knobs in sorted(pairs, key=lambda p: p[0])[:2]:
-        _staircase(run, lay, knobs)
+        fitting = _staircase(run, lay, knobs)
+        if fitting is None:
+            continue
+        for vocab in ss.vocab_parallel(sc, lay):  # vocab parallelism, other FP8 recipes and balance policies
+            if vocab:
+                run.cost(ss.make_plan(lay, replace(fitting, vocab_parallel=True)))
+        for recipe in ss.fp8_recipes(sc)[1:]:
+            run.cost(ss.make_plan(lay, replace(fitting, fp8_recipe=recipe)))
+        for balance in ss.balance_policies(sc)[1:]:
+            run.cost(ss.make_plan(lay, replace(fitting, balance=balance)))
 
 
-def _staircase(run: Pricer, lay: ParallelDims, base: Knobs) -> None:
-    """For each ZeRO stage, the least recompute that fits (more recompute never runs faster)."""
+def _staircase(run: Pricer, lay: ParallelDims, base: Knobs) -> Knobs | None:
+    """For each ZeRO stage, the least recompute that fits (more recompute never runs faster);
+    returns the fastest fitting knobs."""
     sc = run.scenario
     recomputes = sorted(sc.search.recompute, key=ss.recompute_rank)
+    best: tuple[float, Knobs] | None = None
     for zero in ss.zero_stages(sc, lay):
         for k, rec in enumerate(recomputes):
-            plan = ss.make_plan(lay, replace(base, zero_stage=zero, recompute=rec))
+            knobs = replace(base, zero_stage=zero, recompute=rec)
+            plan = ss.make_plan(lay, knobs)
             lower = run.est.memory_lower_bound_bytes(run.graph, plan, sc.job, sc.cluster)
             if lower > _capacity_bytes(run):
                 continue
-            if run.cost(plan).fits:
+            cand = run.cost(plan)
+            if cand.fits:
+                if best is None or cand.estimate.step_time_s < best[0]:
+                    best = (cand.estimate.step_time_s, knobs)
                 break
+    return None if best is None else best[1]
 
 
 def _result(run: Pricer, *, top_k: int, tuned: TuneResult) -> SearchResult:

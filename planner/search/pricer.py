@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from planner.cost import Estimate
@@ -42,6 +42,8 @@ class Pricer:
     grids: dict = field(default_factory=dict)  # ParallelDims -> size of its knob grid
     frugal_plans: dict = field(default_factory=dict)  # ParallelDims -> its least-memory plan
     tick: Callable[[], None] = lambda: None
+    cp_choice: dict = field(default_factory=dict)  # ParallelDims -> (cp_kind, cp_a2a) that probed fastest
+    offload: dict = field(default_factory=dict)  # this pass's offload setting ({} = none)
 
     def cost(self, plan: Plan, *, reason: str | None = None) -> Candidate:
         """Price a plan once (cached by its JSON); OOM candidates carry how much and where."""
@@ -69,8 +71,15 @@ class Pricer:
     def frugal(self, lay: ParallelDims) -> Plan:
         """The layout's least-memory plan (built once: it bounds memory and records rejections)."""
         if lay not in self.frugal_plans:
-            self.frugal_plans[lay] = ss.make_plan(lay, ss.frugal_knobs(self.scenario, lay))
+            knobs = replace(ss.frugal_knobs(self.scenario, lay), offload=self.offload)
+            self.frugal_plans[lay] = ss.make_plan(lay, knobs)
         return self.frugal_plans[lay]
+
+    def with_choices(self, lay: ParallelDims, knobs: ss.Knobs) -> ss.Knobs:
+        """`knobs` at this pass's offload and the layout's probed CP kind."""
+        kind, a2a = self.cp_choice.get(lay, ss.cp_options(self.scenario, lay)[0])
+        return replace(knobs, offload=self.offload, cp_kind=kind, cp_a2a=a2a,
+                       fp8_recipe=ss.fp8_recipes(self.scenario)[0], balance=ss.balance_policies(self.scenario)[0])
 
     def reject(self, plan: Plan, reason: str) -> None:
         self.candidates.append(Candidate(plan=plan, estimate=None, fits=False, reason=reason))
@@ -84,7 +93,8 @@ def plan_key(plan: Plan) -> tuple:
     mapping = None if plan.device_mapping is None else tuple(plan.device_mapping)
     return (plan.dims, plan.micro_batch_size, plan.virtual_stages, plan.schedule,
             plan.zero_stage, plan.recompute, plan.sequence_parallel, blocks, placement, load,
-            tuple(plan.rank_order), tuple(plan.expert_rank_order), mapping)
+            tuple(plan.rank_order), tuple(plan.expert_rank_order), mapping, plan.cp_kind, plan.cp_a2a,
+            tuple(plan.offload.items()), plan.vocab_parallel, plan.fp8_recipe, plan.balance)
 
 
 def usable_capacity_bytes(e: Estimate, scenario: Scenario) -> float:

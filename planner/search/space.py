@@ -11,10 +11,11 @@ domain (it reduces every expert GEMM's output, TP-like traffic that Megatron kee
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from planner.plan import Axis, ParallelDims, Plan, Recompute, Schedule, ZeroStage, problems, schedule_problem
-from planner.scenario import Scenario
+from planner.plan import (Axis, BalancePolicy, CpKind, Fp8Recipe, OffloadState, OffloadTier, ParallelDims, Plan,
+                          Recompute, Schedule, ZeroStage, problems, schedule_problem)
+from planner.scenario import Precision, Scenario
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +26,12 @@ class Knobs:
     zero_stage: ZeroStage
     recompute: Recompute
     sequence_parallel: bool
+    cp_kind: CpKind = CpKind.RING
+    cp_a2a: int = 1
+    offload: dict[OffloadState, OffloadTier] = field(default_factory=dict, hash=False)
+    vocab_parallel: bool = False
+    fp8_recipe: Fp8Recipe | None = None
+    balance: BalancePolicy | None = None
 
 
 def divisors(n: int) -> list[int]:
@@ -159,7 +166,56 @@ def recompute_rank(r: Recompute) -> int:
     return {Recompute.NONE: 0, Recompute.SELECTIVE: 1, Recompute.FULL: 2}[r]
 
 
+def cp_options(scenario: Scenario, lay: ParallelDims) -> list[tuple[CpKind, int]]:
+    """(cp_kind, cp_a2a) settings a layout may use, in order of preference on equal time.
+
+    Ulysses needs the local heads (heads / tp) divisible by its all-to-all degree (Jacobs et al.
+    2023 Sec. 3.1); the hybrid is for CP groups that leave the NVLink domain: its all-to-all spans
+    the CP ranks inside one domain (cp is inside dp and outside tp on the default rank grid, so
+    domain / tp of them share it) and its ring crosses the nodes (USP's placement).
+    """
+    if lay.cp == 1:
+        return [(CpKind.RING, 1)]
+    heads = scenario.model.num_attention_heads // lay.tp
+    out = []
+    for kind in scenario.search.cp_kinds:
+        match kind:
+            case CpKind.RING | CpKind.RING_BIDIRECTIONAL:
+                out.append((kind, 1))
+            case CpKind.ALL_TO_ALL if heads % lay.cp == 0:
+                out.append((kind, lay.cp))
+            case CpKind.HYBRID if lay.cp * lay.tp > scenario.cluster.nvlink_domain:  # spans domains
+                inside = scenario.cluster.nvlink_domain // lay.tp
+                fits = [u for u in divisors(lay.cp) if 1 < u < lay.cp and u <= inside and heads % u == 0]
+                if fits:
+                    out.append((kind, max(fits)))
+            case _:
+                pass
+    return out or [(CpKind.RING, 1)]
+
+
+def fp8_recipes(scenario: Scenario) -> list[Fp8Recipe | None]:
+    """Recipes tried with [job] precision = 'fp8' (first = the probe's); [None] otherwise."""
+    if scenario.job.precision != Precision.FP8:
+        return [None]
+    return list(scenario.search.fp8_recipes) or [None]
+
+
+def balance_policies(scenario: Scenario) -> list[BalancePolicy | None]:
+    """Balance policies tried with [job.sequences] (the job's own first); [None] otherwise."""
+    if scenario.job.sequences is None:
+        return [None]
+    own = scenario.job.sequences.balance
+    return [own] + [p for p in scenario.search.balance_policies if p != own]
+
+
+def vocab_parallel(scenario: Scenario, lay: ParallelDims) -> list[bool]:
+    return [v for v in scenario.search.vocab_parallel if lay.pp > 1 or not v] or [False]
+
+
 def make_plan(lay: ParallelDims, knobs: Knobs) -> Plan:
     return Plan(dims=lay, micro_batch_size=knobs.micro_batch_size, schedule=knobs.schedule,
                 virtual_stages=knobs.virtual_stages, zero_stage=knobs.zero_stage, recompute=knobs.recompute,
-                sequence_parallel=knobs.sequence_parallel)
+                sequence_parallel=knobs.sequence_parallel, cp_kind=knobs.cp_kind,
+                cp_a2a=knobs.cp_a2a if knobs.cp_kind == CpKind.HYBRID else 1, offload=knobs.offload,
+                vocab_parallel=knobs.vocab_parallel, fp8_recipe=knobs.fp8_recipe, balance=knobs.balance)

@@ -132,9 +132,9 @@ def test_failed_write_leaves_no_partial_directory(tmp_path: Path, monkeypatch: p
 
 
 def test_nothing_fits_report(tmp_path: Path) -> None:
-    """70B on one 8 x A100-40GB node: no plan fits; the page says so and lists the OOM plans."""
+    """70B on one 8 x A100-40GB node without offload: no plan fits; the page says so and lists the OOM plans."""
     raw = {"model": {"preset": "llama3-70b"}, "cluster": {"preset": "dgx-a100-40gb", "num_nodes": 1},
-           "job": {"seq_len": 4096, "global_batch": 16}}
+           "job": {"seq_len": 4096, "global_batch": 16}, "search": {"offload": []}}
     sc = scenario_from_dict(raw, base_dir=REPO, name="too-small", source="test")
     result = search(extract_graph(sc.model, seq_len=sc.job.seq_len), sc, hw=datasheet_profile(sc.cluster))
     assert result.best is None
