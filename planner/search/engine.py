@@ -75,9 +75,10 @@ def _enumerate_and_prune(run: Pricer, valid: list[ParallelDims], *, record_inval
     for lay, reason in ss.layouts(run.scenario):
         if reason is not None and not record_invalid:
             continue
-        run.stats.layouts += 1
         grid = run.grid(lay) if reason is None else 1
-        run.stats.enumerated += grid
+        if record_invalid:  # an offload pass revisits the same layouts: count them once
+            run.stats.layouts += 1
+            run.stats.enumerated += grid
         if reason is not None:
             run.stats.invalid += 1
             run.reject(run.frugal(lay), reason)
@@ -184,10 +185,10 @@ def _settle_counts(run: Pricer, valid: list[ParallelDims]) -> None:
     """Every knob setting of a valid layout was costed or pruned: pruned = grid - costed, per
     layout (memory bound, layout not probed, not refined, dominated knobs alike), so that
     enumerated = invalid + pruned + (costed - tuned); `tuned` counts the ILP variants (uneven
-    stages, expert placement) the post-pass priced beyond the grid."""
+    stages, expert placement) the post-pass priced beyond the grid and the offload passes' plans."""
     in_grid: Counter[ParallelDims] = Counter(
         c.plan.dims for c in run.candidates if c.estimate is not None and c.plan.blocks_per_stage is None
-        and c.plan.expert_placement is None and c.plan.expert_load is None)
+        and c.plan.expert_placement is None and c.plan.expert_load is None and not c.plan.offload)
     run.stats.pruned = sum(max(run.grid(lay) - in_grid[lay], 0) for lay in valid)
     run.stats.tuned = run.stats.costed - sum(in_grid.values())
 

@@ -148,10 +148,13 @@ def sequence_parallel(scenario: Scenario, lay: ParallelDims) -> bool:
 
 
 def knob_grid_size(scenario: Scenario, lay: ParallelDims) -> int:
-    """How many knob combinations the full grid has (for the enumeration count)."""
+    """How many knob combinations the full grid has (for the enumeration count), the long-context
+    knobs (CP kind, vocabulary parallelism, FP8 recipe, balance policy) included."""
     sp = len(scenario.search.sequence_parallel) if lay.tp > 1 else 1
     per_mbs = sum(len(schedules(scenario, lay, b)) for b in micro_batch_sizes(scenario, lay))
-    return per_mbs * len(scenario.search.zero_stages) * len(scenario.search.recompute) * sp
+    extra = (len(cp_options(scenario, lay)) * len(vocab_parallel(scenario, lay)) * len(fp8_recipes(scenario))
+             * len(balance_policies(scenario)))
+    return per_mbs * len(scenario.search.zero_stages) * len(scenario.search.recompute) * sp * extra
 
 
 def frugal_knobs(scenario: Scenario, lay: ParallelDims) -> Knobs:

@@ -64,6 +64,8 @@ def test_offload_only_when_nothing_else_fits():
     assert alone.best is not None and OffloadState.OPTIMIZER in alone.best.plan.offload
     assert alone.best.estimate.offloaded_bytes["host"] > 64 * 2**30
     assert all(c.plan.offload for c in alone.candidates if c.fits)
+    s = alone.stats  # the offload pass revisits the layouts: they are enumerated once, its plans are extra
+    assert s.layouts == 1 and s.enumerated == s.invalid + s.pruned + (s.costed - s.tuned)
     # eight GPUs fit without it: no candidate is even priced with offload
     node = _best(_scenario("llama3-8b", nodes=1, seq=4096, gbs=8))
     assert node.best is not None and not node.best.plan.offload
