@@ -1,11 +1,12 @@
-"""FP8 training recipes: which work runs in FP8, the scaling work they add, the copies they keep.
+"""FP8 training recipes: the scaling work each adds to the kernel model's FP8 GEMMs, the copies they keep.
 
 Transformer Engine's recipes (NVIDIA Transformer Engine docs, "Using FP8 with Transformer
 Engine"; Micikevicius et al. 2022, "FP8 Formats for Deep Learning", arXiv 2209.05433): only the
 linear layers' GEMMs run in FP8; attention, norms, the loss and the optimizer stay in 16/32-bit;
-model weights stay bf16 with fp32 master copies in the optimizer. Which ops run in FP8 and the GEMM rates (FP8 peak, tiles, waves,
-the tensor-wise cast traffic of current scaling) belong to the kernel model (cost/compute.py
-_gemm_precision, cost/kernels.py fp8_cast_bytes). A recipe changes only:
+model weights stay bf16 with fp32 master copies in the optimizer. Which ops run in FP8 and the
+GEMM rates (FP8 peak, tiles, waves, the tensor-wise cast traffic of current scaling) belong to the
+kernel model (cost/compute.py _gemm_precision, cost/kernels.py fp8_cast_bytes), once; a recipe
+changes only the bytes per cast element:
 - delayed: the scale comes from an amax history of earlier steps, the amax is taken inside the
   cast, so the cast costs the fused pass even in an eager stack;
 - current: the scale comes from this tensor's amax, an extra read before the cast unless fused
