@@ -333,7 +333,7 @@ class SearchSpace(BaseModel):
     cp_kinds: list[CpKind] = Field(default_factory=lambda: list(CpKind), min_length=1)
     offload: list[dict[OffloadState, OffloadTier]] = Field(
         default_factory=lambda: [dict(setting) for setting in OFFLOAD_LADDER], description="offload settings tried, in order, only when no plan fits without offload")
-    vocab_parallel: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    vocab_parallel: list[bool] = Field(default_factory=lambda: [False], min_length=1)  # opt in: [false, true]
     balance_policies: list[BalancePolicy] = Field(default_factory=lambda: list(BalancePolicy), min_length=1,
                                                   description="DP balance policies tried with [job.sequences]")
     fp8_recipes: list[Fp8Recipe] = Field(default_factory=lambda: list(Fp8Recipe), min_length=1,

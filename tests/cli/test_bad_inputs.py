@@ -340,7 +340,8 @@ def test_estimate_and_search_agree_on_memory_fraction(tmp_path: Path, monkeypatc
     assert full["fits"]
     used = full["peak_memory_gib"] / (full["memory_capacity_bytes"] / 2**30)
     only_this_plan = (f"memory_fraction = {used / 2:.6f}\nfixed = {{ dp = 4 }}\nzero_stages = [0]\n"
-                      'recompute = ["none"]\nmicro_batch_sizes = [1]\nsequence_parallel = [false]')
+                      'recompute = ["none"]\nmicro_batch_sizes = [1]\nsequence_parallel = [false]\n'
+                      "offload = []")  # no offload pass: the search may price only this plan
     tight = _scenario(tmp_path, _with(TINY, "search", only_this_plan), name="tight.toml")
     est = json.loads(invoke(["estimate", tight, "--json"]).stdout)
     assert not est["fits"] and est["memory_capacity_bytes"] < full["memory_capacity_bytes"]

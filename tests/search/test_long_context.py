@@ -73,7 +73,9 @@ def test_offload_only_when_nothing_else_fits():
 
 
 def test_vocab_parallel_is_searched_for_pipelined_layouts():
-    result = _best(_scenario("llama3-8b", nodes=1, seq=4096, gbs=32, fixed={"pp": 4, "tp": 2, "cp": 1}))
+    # opt-in (like zero-bubble): the executor runs vocab parallelism under gpipe with tp=cp=1 only
+    result = _best(_scenario("llama3-8b", nodes=1, seq=4096, gbs=32, fixed={"pp": 4, "tp": 2, "cp": 1},
+                             vocab_parallel=[False, True]))
     priced = [c for c in result.candidates if c.estimate is not None and c.plan.dims.pp == 4]
     assert any(c.plan.vocab_parallel for c in priced)
     assert "vocab-parallel" in next(c for c in priced if c.plan.vocab_parallel).plan.describe()
