@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.cost import MemoryTerm, TimeTerm, estimate
+from planner.cost import MemoryTerm, TimeTerm, estimate, plan_placement
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.plan import Plan, check
@@ -42,6 +42,22 @@ def test_cp_kinds_price_their_traffic_and_buffers():
                     nodes=4, seq=131072, gbs=1)
     assert hybrid.step_time_s > 0
 
+
+
+def test_hybrid_cp_groups_follow_the_device_mapping():
+    """Hybrid CP's all-to-all runs over consecutive CP ranks, its ring over every cp_a2a-th one, on
+    the GPUs the plan's device mapping gives them: on the identity mapping the all-to-all stays
+    in the node; a mapping that alternates logical ranks between the two nodes swaps the tiers."""
+    cl = cluster_preset("dgx-h100", num_nodes=2)
+    base = {"dims": {"cp": 16}, "cp_kind": "hybrid", "cp_a2a": 8, "recompute": "full"}
+    alternating = [(r % 2, r // 2) for r in range(16)]
+    spans = [plan_placement(Plan.model_validate(base | m), cl).stages[0] for m in ({}, {"device_mapping": alternating})]
+    assert (spans[0].cp_a2a.num_ranks, spans[0].cp_a2a.ranks_per_domain) == (8, 8)  # one node
+    assert (spans[0].cp_ring.num_ranks, spans[0].cp_ring.ranks_per_domain) == (2, 1)  # across the nodes
+    assert (spans[1].cp_a2a.ranks_per_domain, spans[1].cp_ring.ranks_per_domain) == (4, 2)
+    local, scattered = (_price("llama3-8b", base | m, nodes=2, seq=65536, gbs=1)
+                        for m in ({}, {"device_mapping": alternating}))
+    assert local.step_time_s < scattered.step_time_s
 
 def test_offload_moves_states_to_the_host_and_prices_the_transfers():
     plain = _price("llama3-8b", {"dims": {"dp": 8}, "zero_stage": 1, "recompute": "full"})
