@@ -149,11 +149,12 @@ def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[KindCo
 
 def _chunk_cost(ctx: _Context, counts: Counter[str], costs: dict[str, KindCost]) -> KindCost:
     action = Cost(exposed_comm_s=_pipe_action_s(ctx.plan, ctx.hw))
-    vf, vb = vocab_comm_s(ctx.plan, graph=ctx.graph, job=ctx.job, span=ctx.placement.pipeline, hw=ctx.hw)
-    vp = ctx.plan.virtual_stages
-    fwd = action + Cost(comm_s={TimeTerm.VOCAB: vf / vp}, exposed_comm_s=vf / vp)
-    bwd = action + Cost(comm_s={TimeTerm.VOCAB: vb / vp}, exposed_comm_s=vb / vp)
-    weight_s = 0.0
+    fwd, bwd, weight_s = action, action, 0.0
+    if ctx.plan.vocab_parallel:  # vocab.py: the pipeline-wide collectives, spread over the virtual stages
+        vf, vb = vocab_comm_s(ctx.plan, graph=ctx.graph, job=ctx.job, span=ctx.placement.pipeline, hw=ctx.hw)
+        vp = ctx.plan.virtual_stages
+        fwd = action + Cost(comm_s={TimeTerm.VOCAB: vf / vp}, exposed_comm_s=vf / vp)
+        bwd = action + Cost(comm_s={TimeTerm.VOCAB: vb / vp}, exposed_comm_s=vb / vp)
     for kind, n in counts.items():
         c = costs[kind]
         fwd, bwd, weight_s = fwd + c.fwd * n, bwd + c.bwd * n, weight_s + c.weight_s * n

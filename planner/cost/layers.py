@@ -79,8 +79,9 @@ def kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw:
                 fwd, bwd = fwd + zf, bwd + zb
         x = layer_extras(plan, block=block, mem=memory[kind], t=t, loads=loads, graph=graph, job=job,
                          dp_span=spans.dp, hw=hw, host=host)  # longctx.py: Zeppelin moves, offload streams
-        fwd = fwd + Cost(comm_s=x.fwd_comm_s, exposed_comm_s=x.fwd_exposed_s)
-        bwd = bwd + Cost(comm_s=x.bwd_comm_s, exposed_comm_s=x.bwd_exposed_s)
+        if x is not None:
+            fwd = fwd + Cost(comm_s=x.fwd_comm_s, exposed_comm_s=x.fwd_exposed_s)
+            bwd = bwd + Cost(comm_s=x.bwd_comm_s, exposed_comm_s=x.bwd_exposed_s)
         out[kind] = KindCost(fwd, bwd, t.bwd_weight_s)
     return out
 

@@ -27,8 +27,11 @@ class LayerExtras:
 
 
 def layer_extras(plan: Plan, *, block: bool, mem: KindMemory, t: PassTimes, loads: SequenceLoads, graph: ModelGraph,
-                 job: JobSpec, dp_span: GroupSpan, hw: HardwareProfile, host: HostSpec) -> LayerExtras:
+                 job: JobSpec, dp_span: GroupSpan, hw: HardwareProfile, host: HostSpec) -> LayerExtras | None:
+    """None when the plan moves no tokens and streams nothing (no extras to add)."""
     moved = moved_tokens_s(plan, loads, graph=graph, job=job, span=dp_span, hw=hw) if block else 0.0
     stream, ef, eb = layer_stream_s(plan, mem, t, job=job, host=host)
+    if not moved and not stream:
+        return None
     comm = {Axis.DP: moved, TimeTerm.OFFLOAD: stream / 2}
     return LayerExtras(fwd_comm_s=comm, bwd_comm_s=comm, fwd_exposed_s=moved + ef, bwd_exposed_s=moved + eb)

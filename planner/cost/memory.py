@@ -265,12 +265,15 @@ def long_context_terms(plan: Plan, memory: list[dict[str, float]], *, stages: li
     bytes per GPU each offload tier holds (the largest stage's)."""
     tok_bytes = plan.micro_batch_size * job.seq_len / plan.dims.cp * element_bytes(plan, job=job)
     cp_buf = cp_buffer_bytes(plan, graph=graph, tok_bytes=tok_bytes)
+    if not cp_buf and not plan.offload:  # nothing to add (most plans the search prices)
+        return memory, {}
     out, held = [], {}
     for terms, counts in zip(memory, stages, strict=True):
-        states = model_state_terms(plan, stage_params(kinds, counts), job=job) | {
-            MemoryTerm.ACTIVATIONS: terms[MemoryTerm.ACTIVATIONS]}
-        for tier, b in offloaded_bytes(states, plan).items():
-            held[tier.value] = max(held.get(tier.value, 0.0), b)
+        if plan.offload:
+            states = model_state_terms(plan, stage_params(kinds, counts), job=job) | {
+                MemoryTerm.ACTIVATIONS: terms[MemoryTerm.ACTIVATIONS]}
+            for tier, b in offloaded_bytes(states, plan).items():
+                held[tier.value] = max(held.get(tier.value, 0.0), b)
         terms = terms | ({MemoryTerm.CP_BUFFERS: cp_buf} if cp_buf else {})
         if OffloadState.ACTIVATIONS in plan.offload:
             layer = max(k.act_bytes for k in kinds.values())

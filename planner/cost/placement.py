@@ -152,7 +152,13 @@ def boundary_p2p_s(plan: Plan, placement: Placement, *, graph: ModelGraph, job: 
     form's 2(p-1) hops then sum the boundaries exactly (the event simulator sees their mean)."""
     if plan.dims.pp == 1:
         return 0.0
-    hops = [pp_p2p_s(plan, graph=graph, job=job, spans=placement.stages[s], hw=hw) for s in range(plan.dims.pp - 1)]
+    priced: dict[int, float] = {}  # boundaries on one link share its GroupSpan object: priced once
+    hops = []
+    for s in range(plan.dims.pp - 1):
+        key = id(placement.stages[s].pp)
+        if key not in priced:
+            priced[key] = pp_p2p_s(plan, graph=graph, job=job, spans=placement.stages[s], hw=hw)
+        hops.append(priced[key])
     return sum(hops) / len(hops)
 
 
