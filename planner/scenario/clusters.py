@@ -188,7 +188,8 @@ CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     | {"fabric": FABRIC_PRESETS["superpod-b200-3tier"].model_dump()},
     # GB200 NVL72 racks at scale, 64 job GPUs per NVLink domain (see _gb200_superpod).
     "superpod-gb200": _cluster("superpod-gb200", "gb200", gpus_per_node=4, intra=_NVLINK5_GBS, inter=_NDR_IB_GBS,
-                               nvlink_domain=_NVL_JOB_GPUS) | {"fabric": FABRIC_PRESETS["superpod-gb200"].model_dump()},
+                               nvlink_domain=_NVL_JOB_GPUS, host=_HOST_GRACE)
+    | {"fabric": FABRIC_PRESETS["superpod-gb200"].model_dump()},
     # This project's CPU test machine: one node, 4 gloo ranks on loopback (../shared/PLATFORM.md).
     "cpu-local": _cluster("cpu-local", "cpu", gpus_per_node=4, intra=1.0, inter=1.0, intra_lat_us=300.0,
                           inter_lat_us=300.0, host=_HOST_CPU),

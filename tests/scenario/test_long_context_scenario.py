@@ -8,7 +8,7 @@ import pytest
 
 from planner.errors import ScenarioError
 from planner.plan import Plan, problems
-from planner.scenario import HostLink, load_scenario, model_preset, scenario_from_dict
+from planner.scenario import HostLink, cluster_preset, load_scenario, model_preset, scenario_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"model": {"preset": "llama3-8b"}, "cluster": {"preset": "dgx-h100"}, "job": {"seq_len": 8192, "global_batch": 8}}
@@ -26,6 +26,9 @@ def test_sequences_table_and_host_link():
     grace = scenario_from_dict(BASE | {"cluster": {"preset": "gb200-nvl72", "host": {"memory_gib": 100}}},
                                base_dir=REPO, name="t", source="t.toml")
     assert grace.cluster.host.link == HostLink.NVLINK_C2C and grace.cluster.host.memory_gib == 100
+    # the SuperPOD presets (issue 15) carry their node's host side too: Grace on GB200, PCIe 5.0 on B200
+    assert cluster_preset("superpod-gb200", num_nodes=16).host.link == HostLink.NVLINK_C2C
+    assert cluster_preset("superpod-b200", num_nodes=2).host.link == HostLink.PCIE_GEN5
 
 
 @pytest.mark.parametrize(("sequences", "needle"), [
