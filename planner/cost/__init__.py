@@ -40,8 +40,8 @@ from planner.cost.sequences import SequenceLoads, loads_notes, rank_loads, seque
 from planner.cost.sharing import NodeWork, shared_step_s
 from planner.cost.vocab import spread_vocab, vocab_comm_s
 from planner.graph import ModelGraph
-from planner.hardware import HardwareProfile, node_group_profiles
-from planner.cost.placement import Placement, boundary_p2p_s, loss_sync_s, plan_placement
+from planner.hardware import GroupSpan, HardwareProfile, node_group_profiles
+from planner.cost.placement import Placement, boundary_p2p_s, loss_sync_s, pipeline_span, plan_placement
 from planner.cost.terms import MemoryTerm, TimeTerm
 from planner.plan import Axis, Plan, Recompute
 from planner.scenario import GIB, ClusterSpec, HostSpec, JobSpec, Precision
@@ -68,6 +68,7 @@ class _Context:
     profiles: tuple[HardwareProfile, ...]  # per node group (hardware.node_group_profiles)
     host: HostSpec
     loads: SequenceLoads
+    pipeline: GroupSpan | None  # the whole pipeline group, for vocabulary parallelism only
 
     def stage_hw(self, stage: int) -> HardwareProfile:
         return self.profiles[self.placement.stage_group[stage]]
@@ -119,8 +120,9 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     costs = {cls: kind_costs(plan, graph=graph, job=job, spans=placement.stages[cls], memory=memory, split=split,
                              hw=profiles[placement.stage_group[cls]], loads=loads, host=cluster.host)
              for cls in set(placement.stage_class)}  # layers.py
+    pipeline = pipeline_span(plan, cluster) if plan.vocab_parallel and plan.dims.pp > 1 else None
     return _Context(graph, graph_summary(GraphKey(graph)), plan, hw, job, placement, memory, costs, profiles,
-                    cluster.host, loads)
+                    cluster.host, loads, pipeline)
 
 
 def _plan_counts(summary: GraphSummary, plan: Plan) -> tuple[list[Counter[str]], list[Counter[str]]]:
@@ -150,8 +152,8 @@ def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[KindCo
 def _chunk_cost(ctx: _Context, counts: Counter[str], costs: dict[str, KindCost]) -> KindCost:
     action = Cost(exposed_comm_s=_pipe_action_s(ctx.plan, ctx.hw))
     fwd, bwd, weight_s = action, action, 0.0
-    if ctx.plan.vocab_parallel:  # vocab.py: the pipeline-wide collectives, spread over the virtual stages
-        vf, vb = vocab_comm_s(ctx.plan, graph=ctx.graph, job=ctx.job, span=ctx.placement.pipeline, hw=ctx.hw)
+    if ctx.pipeline is not None:  # vocab.py: the pipeline-wide collectives, spread over the virtual stages
+        vf, vb = vocab_comm_s(ctx.plan, graph=ctx.graph, job=ctx.job, span=ctx.pipeline, hw=ctx.hw)
         vp = ctx.plan.virtual_stages
         fwd = action + Cost(comm_s={TimeTerm.VOCAB: vf / vp}, exposed_comm_s=vf / vp)
         bwd = action + Cost(comm_s={TimeTerm.VOCAB: vb / vp}, exposed_comm_s=vb / vp)

@@ -29,7 +29,6 @@ class Placement:
     stages: tuple[Spans, ...]
     boundaries: tuple[GroupSpan, ...]
     world: GroupSpan
-    pipeline: GroupSpan  # a whole pipeline group (every stage): vocabulary-parallel collectives (vocab.py)
     stage_group: tuple[int, ...]
     stage_class: tuple[int, ...]  # per stage, the first stage with the same spans and GPU type
 
@@ -47,7 +46,7 @@ def plan_placement(plan: Plan, cluster: ClusterSpec) -> Placement:
 def _placement(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
                mapping: tuple[tuple[int, int], ...] | None, ulysses: int, cluster_key: IdentityKey) -> Placement:
     attention = ParallelDims(dp=dims.dp, tp=dims.tp, pp=dims.pp, cp=dims.cp)
-    tp, cp, dp, boundaries, world, stage_group, pipeline = _attention(attention, order, mapping, cluster_key)
+    tp, cp, dp, boundaries, world, stage_group = _attention(attention, order, mapping, cluster_key)
     if ulysses == 1:  # a ring over all of cp (or no CP)
         ring, a2a = cp, _one_rank(dims.pp)
     elif ulysses == dims.cp:  # Ulysses over all of cp
@@ -59,8 +58,7 @@ def _placement(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[
                          etp=etp[s], edp=edp[s], cp_ring=ring[s], cp_a2a=a2a[s]) for s in range(dims.pp))
     first: dict[tuple[Spans, int], int] = {}
     classes = tuple(first.setdefault((spans, g), s) for s, (spans, g) in enumerate(zip(stages, stage_group, strict=True)))
-    return Placement(stages=stages, boundaries=boundaries, world=world, pipeline=pipeline, stage_group=stage_group,
-                     stage_class=classes)
+    return Placement(stages=stages, boundaries=boundaries, world=world, stage_group=stage_group, stage_class=classes)
 
 
 def _one_rank(num_stages: int) -> list[GroupSpan]:
@@ -95,8 +93,23 @@ def _attention(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple
     grid, by_stage, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
     spans = [_spans(cluster, grid, stage_of, dims.pp, *axes) for axes in ((Axis.TP,), (Axis.CP,), (Axis.CP, Axis.DP))]
     world = axis_spans(cluster, np.sort(grid.attention.ravel())[None, :])[0]
-    pipeline = _spans(cluster, grid, np.zeros_like(stage_of), 1, Axis.PP)[0]
-    return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage), pipeline)
+    return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage))
+
+
+def pipeline_span(plan: Plan, cluster: ClusterSpec) -> GroupSpan:
+    """A whole pipeline group (every stage): where the vocabulary-parallel collectives run (vocab.py);
+    priced only for plans that use it."""
+    d = plan.dims
+    mapping = None if plan.device_mapping is None else tuple(plan.device_mapping)
+    return _pipeline(ParallelDims(dp=d.dp, tp=d.tp, pp=d.pp, cp=d.cp), tuple(plan.rank_order), mapping,
+                     IdentityKey(cluster))
+
+
+@lru_cache(maxsize=64)
+def _pipeline(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple[int, int], ...] | None,
+              cluster_key: IdentityKey) -> GroupSpan:
+    grid, _, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
+    return _spans(cluster_key.obj, grid, np.zeros_like(stage_of), 1, Axis.PP)[0]
 
 
 @lru_cache(maxsize=512)
