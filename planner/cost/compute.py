@@ -19,6 +19,7 @@ from planner.hardware import HardwareProfile, HostOverhead
 from planner.cost.fp8 import BF16_WEIGHT_BYTES, GEMM_INPUT_SHARE, cast_bytes_per_element
 from planner.plan import Fp8Recipe, Plan, Recompute
 from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute
+from planner.scenario.runtime import frameworks
 
 # FlashAttention's backward recomputes the attention matrix: 5 GEMM-sized products instead of
 # the 4 an autograd count reports (Dao 2023, FlashAttention-2, Sec. 3.1).
@@ -46,16 +47,30 @@ class PassTimes:
     attention_fwd_s: float = 0.0  # the part CP ring traffic overlaps with
     attention_bwd_s: float = 0.0
     gemm_fwd_s: float = 0.0  # the GEMM part of fwd_s (what per-op SAC saves half of)
+    # how much longer the host's launches took than the kernels (already in fwd_s / bwd_input_s):
+    # GPU-side blocking traffic runs in that slack (hidden_under_host)
+    host_excess_fwd_s: float = 0.0
+    host_excess_bwd_s: float = 0.0
 
     def __add__(self, other: PassTimes) -> PassTimes:
         return PassTimes(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
+
+    def past_host_fwd_s(self, exposed_s: float) -> float:
+        """Exposed GPU-side traffic of a forward whose host launches outlast its kernels: a blocking
+        collective (EP all-to-all, TP all-reduce) is one more item on the compute stream, so the
+        pass takes max(host, kernels + traffic) and only traffic beyond the host's slack shows."""
+        return max(0.0, exposed_s - self.host_excess_fwd_s)
+
+    def past_host_bwd_s(self, exposed_s: float) -> float:
+        return max(0.0, exposed_s - self.host_excess_bwd_s)
 
     def scaled(self, k: float) -> PassTimes:
         return PassTimes(*(a * k for a in self._tuple()))
 
     def _tuple(self) -> tuple[float, ...]:
         return (self.fwd_s, self.bwd_input_s, self.bwd_weight_s, self.recompute_s,
-                self.attention_fwd_s, self.attention_bwd_s, self.gemm_fwd_s)
+                self.attention_fwd_s, self.attention_bwd_s, self.gemm_fwd_s, self.host_excess_fwd_s,
+                self.host_excess_bwd_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +97,11 @@ class Split:
     selective: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
     cuda_graphs: bool = False
     fp8_recipe: Fp8Recipe | None = None  # scaling/cast bytes of the FP8 GEMMs (cost/fp8.py)
+    # the framework's measured host cost per traced op (None: the profile's launch model) and
+    # its grouped-GEMM launches (FrameworkRuntime.grouped_gemm_streams; 0 = one grouped kernel)
+    host_us_per_op: float | None = None
+    host_us_per_expert_op: float | None = None
+    gemm_streams: int = 0
 
     def work_share(self, region: Region) -> float:
         """Fraction of the traced op's work (scaled to the micro-batch) one GPU does."""
@@ -113,6 +133,7 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     moe = next((layer.moe for layer in graph.layers if layer.moe is not None), None)
     imbalance = load_factor(plan, moe)  # placement, routing trace and capacity factor (experts.py)
     job = job or JobSpec(seq_len=graph.seq_len, global_batch=1)
+    runtime = frameworks().get(job.framework)
     attention = job.attention if job.attention.fused else AttentionKernel.FLASH
     recipe = plan.fp8_recipe if precision == Precision.FP8 else None
     return Split(fp8_recipe=recipe, batch_scale=plan.micro_batch_size / graph.sample_batch,
@@ -122,7 +143,10 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
                  precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores,
                  attention=attention, etp=d.etp, experts_local=max(1, moe.num_experts // d.ep) if moe else 1,
                  grouped_gemm=job.grouped_gemm, fusion=job.fusion, selective=job.selective_recompute,
-                 cuda_graphs=job.cuda_graphs)
+                 cuda_graphs=job.cuda_graphs,
+                 host_us_per_op=runtime.host_us_per_op if runtime else None,
+                 host_us_per_expert_op=runtime.host_us_per_expert_op if runtime else None,
+                 gemm_streams=runtime.grouped_gemm_streams if runtime and job.grouped_gemm else 0)
 
 
 def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
@@ -185,7 +209,9 @@ def _shaped_gemm(op: OpCost, per_call: float, fwd_flops: float, bwd_flops: float
 
     One call's n and k are the traced ones split by TP (experts: expert TP) on the parallel
     dimension; m follows from the call's FLOPs. A rank's experts run as one grouped GEMM when
-    the stack has one, else one kernel each. FP8 linears add their cast traffic.
+    the stack has one, else one kernel each; a multi-stream grouped GEMM (TE GroupedLinear) runs
+    them in rounds of `gemm_streams` concurrent kernels whose tiles share the SMs. FP8 linears add
+    their cast traffic.
     """
     _, n, k = op.dims
     div = split.etp if op.region == Region.EXPERT else split.tp if op.region == Region.TP else 1
@@ -195,6 +221,8 @@ def _shaped_gemm(op: OpCost, per_call: float, fwd_flops: float, bwd_flops: float
     fp8 = precision == Precision.FP8
     peak = hw.peak_flops(precision) * (hw.gemm.fp8_ratio if fp8 else 1.0)
     groups = float(split.experts_local) if op.region == Region.EXPERT else 1.0
+    if split.gemm_streams:  # one GEMM per expert, `gemm_streams` of them running at once
+        groups = min(groups, float(split.gemm_streams))
     kw = {"rates": hw.gemm, "peak_flops": peak, "bandwidth_bps": hw.memory_bandwidth_gbs * 1e9,
           "elem_bytes": precision.bytes, "groups": groups, "grouped": split.grouped_gemm}
     calls = fwd_flops / per_call / groups  # kernels (or grouped kernels) this op's share stands for
@@ -262,7 +290,8 @@ def layer_times(ops: tuple[OpCost, ...], *, split: Split, hw: HardwareProfile, r
             extra = 0.0
     return PassTimes(fwd_s=total.fwd_s, bwd_input_s=total.bwd_input_s, bwd_weight_s=total.bwd_weight_s,
                      recompute_s=extra, attention_fwd_s=total.attention_fwd_s, attention_bwd_s=total.attention_bwd_s,
-                     gemm_fwd_s=total.gemm_fwd_s)
+                     gemm_fwd_s=total.gemm_fwd_s, host_excess_fwd_s=total.host_excess_fwd_s,
+                     host_excess_bwd_s=total.host_excess_bwd_s)
 
 
 def block_kind_times(graph: ModelGraph, *, split: Split, hw: HardwareProfile) -> dict[str, PassTimes]:
@@ -336,12 +365,21 @@ def extra_tp_reductions(graph: ModelGraph, *, block_kind: str, fused_inputs: int
 
 def host_times(counts: OpCounts, *, split: Split, host: HostOverhead) -> PassTimes:
     """Host seconds of one layer for one micro-batch: per-op dispatch (fixed plus a part growing
-    with the tokens each op touches) and, under TP, the DTensor cost of each sharded module."""
+    with the tokens each op touches) and, under TP, the DTensor cost of each sharded module.
+
+    A stack with a measured per-op host cost (FrameworkRuntime.host_us_per_op) pays it instead of
+    the launch model, the same in the backward (its modules' autograd functions replay the same
+    Python per op); its expert ops cost host_us_per_expert_op once per local expert when its
+    grouped GEMM launches one GEMM per expert (TE GroupedLinear)."""
     if split.cuda_graphs:  # replayed graphs launch no kernel from the host (NVIDIA CUDA Graphs blog, 2019)
         return PassTimes()
-    # a grouped GEMM stack launches each expert op once for all of a rank's experts
-    experts = split.experts_local * split.ep
-    n = counts.ops + (counts.expert_ops / experts if split.grouped_gemm else counts.expert_ops / split.ep)
+    per_expert_launch = split.gemm_streams > 0 or not split.grouped_gemm
+    # a single-kernel grouped GEMM launches each expert op once for all of a rank's experts
+    expert_ops = counts.expert_ops / (split.ep if per_expert_launch else split.experts_local * split.ep)
+    if split.host_us_per_op is not None:
+        us = counts.ops * split.host_us_per_op + expert_ops * (split.host_us_per_expert_op or split.host_us_per_op)
+        return PassTimes(fwd_s=us * 1e-6, bwd_input_s=us * 1e-6)
+    n = counts.ops + expert_ops
     ktokens = split.tokens / 1e3
     fwd_us = n * (host.fwd_us_per_op + host.fwd_us_per_op_per_ktoken * ktokens)
     bwd_us = n * (host.bwd_us_per_op + host.bwd_us_per_op_per_ktoken * ktokens)
@@ -359,5 +397,7 @@ def _with_host(kernels: PassTimes, host_t: PassTimes, host: HostOverhead) -> Pas
         bwd_total = kernels.bwd_input_s + kernels.bwd_weight_s
         extra_bwd = max(0.0, host_t.bwd_input_s - bwd_total)
         return PassTimes(fwd_s, kernels.bwd_input_s + extra_bwd, kernels.bwd_weight_s, kernels.recompute_s,
-                         kernels.attention_fwd_s, kernels.attention_bwd_s)
+                         kernels.attention_fwd_s, kernels.attention_bwd_s,
+                         host_excess_fwd_s=fwd_s - kernels.fwd_s, host_excess_bwd_s=extra_bwd)
     return kernels + host_t
+

@@ -119,7 +119,8 @@ def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec,
     exp_b = tp_b + c.ep_bwd_s + cp_b
     comm_f = {Axis.TP: c.tp_fwd_s, Axis.CP: c.cp_fwd_s, Axis.EP: c.ep_fwd_s}
     comm_b = {Axis.TP: c.tp_bwd_s, Axis.CP: c.cp_bwd_s, Axis.EP: c.ep_bwd_s}
-    return Cost(comm_s=comm_f, exposed_comm_s=exp_f), Cost(comm_s=comm_b, exposed_comm_s=exp_b)
+    return (Cost(comm_s=comm_f, exposed_comm_s=t.past_host_fwd_s(exp_f)),  # PassTimes.past_host_fwd_s
+            Cost(comm_s=comm_b, exposed_comm_s=t.past_host_bwd_s(exp_b)))
 
 
 def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans,

@@ -62,6 +62,13 @@ class FrameworkRuntime(BaseModel):
                                         "training.local_batch_size, gradient_accumulation_steps = 1)")
     dropout: float = Field(ge=0, lt=1, description="dropout its recipes give GPT-style (non-gated) models that "
                            "do not state one (Megatron-LM arguments.py: hidden/attention dropout 0.1)")
+    # Measured host (CPU) time of the stack's modules per traced forward operator, where the
+    # stack's Python costs far more than a kernel launch (cost/compute.host_times); None: the
+    # hardware profile's launch-cost model. The backward pays the same per op.
+    host_us_per_op: float | None = Field(None, gt=0, description="outside the routed experts")
+    host_us_per_expert_op: float | None = Field(None, gt=0, description="inside the routed experts, per local expert")
+    grouped_gemm_streams: int = Field(0, ge=0, description="0: a rank's experts run as one grouped kernel; "
+                                      "n: one GEMM launch per local expert, n streams at a time (TE GroupedLinear)")
 
 
 @cache
