@@ -18,8 +18,7 @@ from planner.graph import BlockKind, ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.cost.fp8 import BF16_WEIGHT_BYTES, GEMM_INPUT_SHARE, cast_bytes_per_element
 from planner.plan import Fp8Recipe, Plan, Recompute
-from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute
-from planner.scenario.runtime import frameworks
+from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute, frameworks
 
 # FlashAttention's backward recomputes the attention matrix: 5 GEMM-sized products instead of
 # the 4 an autograd count reports (Dao 2023, FlashAttention-2, Sec. 3.1).

@@ -8,7 +8,15 @@ from dataclasses import replace
 import pytest
 
 from planner.cost import estimate
-from planner.cost.compute import OpCounts, PassTimes, Split, _with_host, host_times, op_times, split_for
+from planner.cost.compute import (
+    OpCounts,
+    PassTimes,
+    Split,
+    _with_host,
+    host_times,
+    op_times,
+    split_for,
+)
 from planner.cost.kernels import gemm_s
 from planner.cost.ops import OpCost, Region
 from planner.graph import OpKind, extract_graph
@@ -23,9 +31,9 @@ COUNTS = OpCounts(ops=55, expert_ops=641)
 
 
 def _split(**kw) -> Split:
-    base = dict(batch_scale=1.0, tokens=4096.0, tp=1, cp=1, ep=8, sp=False, imbalance=1.0,
-                precision=Precision.BF16, recompute=Recompute.NONE, flash=True, score_elements=0.0,
-                experts_local=16, grouped_gemm=True)
+    base = {"batch_scale": 1.0, "tokens": 4096.0, "tp": 1, "cp": 1, "ep": 8, "sp": False, "imbalance": 1.0,
+            "precision": Precision.BF16, "recompute": Recompute.NONE, "flash": True, "score_elements": 0.0,
+            "experts_local": 16, "grouped_gemm": True}
     return Split(**(base | kw))
 
 
@@ -85,8 +93,8 @@ def test_multi_stream_grouped_gemm_runs_experts_in_rounds_of_concurrent_kernels(
     split = _split(ep=1, experts_local=16)
     one_kernel = op_times(op, split=split, hw=hw).fwd_s
     streams = op_times(op, split=replace(split, gemm_streams=4), hw=hw).fwd_s
-    kw = dict(rates=hw.gemm, peak_flops=hw.peak_flops(Precision.BF16),
-              bandwidth_bps=hw.memory_bandwidth_gbs * 1e9, elem_bytes=2.0)
+    kw = {"rates": hw.gemm, "peak_flops": hw.peak_flops(Precision.BF16),
+          "bandwidth_bps": hw.memory_bandwidth_gbs * 1e9, "elem_bytes": 2.0}
     assert one_kernel == pytest.approx(gemm_s(256, 768, 2048, groups=16, **kw) / 16)
     assert streams == pytest.approx(gemm_s(256, 768, 2048, groups=4, **kw) / 4)
     assert streams > one_kernel  # fewer tiles share a wave and every round pays the fixed cost
