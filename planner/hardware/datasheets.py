@@ -159,6 +159,10 @@ FLASH_FAMILY = {"a100": "a100", "h100": "h100", "h800": "h100", "h200": "h100", 
                 "mi250x": "mi300x", "mi300x": "mi300x"}
 # FA2 Fig. 4 (A100, causal, head_dim 128): ~110 TFLOP/s at 512 tokens vs ~200 at 16k -> s/(s + 350).
 FLASH_SEQ_HALF = 350.0
+# The flash rates above are short benchmark runs at boost clock; a training step holds the GPU at
+# its power limit, where tensor clocks settle ~7% lower (the same sustained/cold ratio the GEMM
+# ceilings carry, see GEMM_CEILING).
+SUSTAINED_TO_COLD_CLOCK = 0.93
 FLASH_SMALL_HEAD_RATIO = 0.85  # head_dim 64 vs 128 in the same figures
 
 
@@ -172,5 +176,6 @@ def datasheet_gemm(*, sm_count: int | None, ceiling: float, fixed_us: float) -> 
 def datasheet_flash(family: str, *, clock_ratio: float) -> dict[str, FlashRates]:
     """Flash rates per attention implementation for a GPU family, scaled by its sustained clock."""
     table = FLASH_RATES.get(FLASH_FAMILY.get(family, ""), {})
+    clock_ratio *= SUSTAINED_TO_COLD_CLOCK
     return {impl: FlashRates(fwd=fwd * clock_ratio, bwd=bwd * clock_ratio, seq_half=FLASH_SEQ_HALF,
                              small_head_ratio=FLASH_SMALL_HEAD_RATIO) for impl, (fwd, bwd) in table.items()}
