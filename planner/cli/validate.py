@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,12 +22,48 @@ from planner.cost import estimate
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile, gemm_ceiling
 from planner.plan import Recompute
+from planner.scenario import Precision
 from planner.scenario.published import PublishedRun, load_runs
 from planner.scenario.spec import ModelSpec
 
 UNMAPPED_ERROR = 1.0
 # Ceiling grid for --loso: relative to the shipped value, +-20% in 2.5% steps.
 LOSO_SCALES = tuple(0.8 + 0.025 * i for i in range(17))
+# Fine-grained MoE: many small experts (DeepSeekMoE, Dai et al. 2024: 64+ routed experts, each a
+# fraction of the dense FFN); long context: 16K tokens and beyond (where attention outweighs the
+# linear layers of mid-size models and CP comes in);
+# small scale: one or two nodes (the runs where fixed per-step costs weigh most).
+FINE_GRAINED_EXPERTS = 64
+LONG_CONTEXT_TOKENS = 16384
+SMALL_SCALE_GPUS = 16
+
+
+class RowClass(StrEnum):
+    """Classes of runs the model has been wrong on as a whole (issue 11); a row can be in several."""
+
+    DENSE = "dense"
+    MOE = "moe"
+    FINE_GRAINED_MOE = "fine-grained moe"
+    LONG_CONTEXT = "long context"
+    FP8 = "fp8"
+    SMALL_SCALE = "small scale"
+
+
+def row_classes(run: PublishedRun) -> tuple[RowClass, ...]:
+    if run.scenario is None:
+        return ()
+    model, job = run.scenario.model, run.scenario.job
+    experts = model.num_local_experts
+    out = [RowClass.MOE if experts else RowClass.DENSE]
+    if experts >= FINE_GRAINED_EXPERTS:
+        out.append(RowClass.FINE_GRAINED_MOE)
+    if job.seq_len >= LONG_CONTEXT_TOKENS:
+        out.append(RowClass.LONG_CONTEXT)
+    if job.precision == Precision.FP8:
+        out.append(RowClass.FP8)
+    if run.n_gpus <= SMALL_SCALE_GPUS:
+        out.append(RowClass.SMALL_SCALE)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +80,7 @@ class RowResult:
     signed_error: float | None
     mfu: float | None
     reason: str | None
+    classes: tuple[RowClass, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +105,13 @@ class ValidationResult:
         for r in self.rows:
             groups.setdefault(r.source, []).append(r.error)
         return {s: (len(e), sum(e) / len(e), max(e)) for s, e in groups.items()}
+
+    def by_class(self) -> dict[RowClass, tuple[int, float, float]]:
+        groups: dict[RowClass, list[float]] = {}
+        for r in self.rows:
+            for c in r.classes:
+                groups.setdefault(c, []).append(r.error)
+        return {c: (len(groups[c]), sum(groups[c]) / len(groups[c]), max(groups[c])) for c in RowClass if c in groups}
 
     def summary_line(self) -> str:
         return (f"rows {len(self.rows)}, mapped {self.mapped}, MAPE {self.mape:.1%}, "
@@ -101,7 +146,7 @@ def fitting_run(run: PublishedRun) -> PublishedRun:
 
 def _result(run: PublishedRun, *, ceiling_scale: float = 1.0) -> RowResult:
     base = {"row_id": run.row_id, "source": run.source, "model": run.model, "n_gpus": run.n_gpus,
-            "framework": run.framework}
+            "framework": run.framework, "classes": row_classes(run)}
     if run.reason is not None:
         return RowResult(**base, plan="-", measured=None, predicted=None, error=UNMAPPED_ERROR, signed_error=None,
                          mfu=None, reason=run.reason)
@@ -138,7 +183,8 @@ def _loso_mape(runs: list[PublishedRun]) -> float:
 def result_json(result: ValidationResult) -> str:
     return json.dumps({"rows": [asdict(r) for r in result.rows], "mapped": result.mapped, "mape": result.mape,
                        "max_error": result.max_error, "loso_mape": result.loso_mape,
-                       "by_source": {s: {"rows": n, "mape": m, "max": x} for s, (n, m, x) in result.by_source().items()}},
+                       "by_source": {s: {"rows": n, "mape": m, "max": x} for s, (n, m, x) in result.by_source().items()},
+                       "by_class": {c: {"rows": n, "mape": m, "max": x} for c, (n, m, x) in result.by_class().items()}},
                       indent=2)
 
 
@@ -158,6 +204,10 @@ def print_result(result: ValidationResult, *, console) -> None:
     for source, (n, mape, worst) in result.by_source().items():
         sources.add_row(source[:70], str(n), f"{mape:.1%}", f"{worst:.1%}")
     console.print(sources)
+    classes = Table("class", "rows", "MAPE", "max", title="per class (a row can be in several)")
+    for cls, (n, mape, worst) in result.by_class().items():
+        classes.add_row(cls.value, str(n), f"{mape:.1%}", f"{worst:.1%}")
+    console.print(classes)
     if result.loso_mape is not None:
         console.print(f"leave-one-source-out (GEMM ceiling per GPU family refit without the source): "
                       f"MAPE {result.loso_mape:.1%}")
