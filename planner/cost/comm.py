@@ -178,13 +178,18 @@ class DataParallelComm:
 
 
 def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: JobSpec, spans: Spans,
-                 hw: HardwareProfile, bwd_window_s: float, fwd_window_s: float) -> DataParallelComm:
+                 hw: HardwareProfile, bwd_window_s: float, fwd_window_s: float,
+                 num_micro_batches: int = 1) -> DataParallelComm:
     """Bucketed gradient reduction overlapped with the last micro-batch's backward.
 
     Gradients move job.grad_reduce_bytes per element (fp32 main grads under Megatron bf16),
     parameters the compute precision. ZeRO-0: all-reduce. ZeRO-1/2: reduce-scatter, then the updated shards are all-gathered,
-    overlapped with the next forward (Megatron overlap_param_gather). ZeRO-3 is per micro-batch
-    (see zero3_layer_comm) and adds nothing here.
+    overlapped with the next forward (Megatron overlap_param_gather). ZeRO-1 keeps the whole
+    gradient buffer and reduces once per step (Megatron distributed optimizer); ZeRO-2 keeps only
+    its shard, so every micro-batch's backward reduce-scatters (DeepSpeed stage 2 reduces in its
+    backward hooks at every micro-step; FSDP SHARD_GRAD_OP outside no_sync): the earlier ones hide
+    behind the next micro-batch (see _zero2_earlier_s). ZeRO-3 is per micro-batch (see
+    zero3_layer_comm) and adds nothing here.
     """
     if plan.zero_stage == ZeroStage.PARAMETERS:
         return DataParallelComm(total_s=0.0, exposed_s=0.0)
@@ -207,8 +212,21 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
     fwd_window_s = fwd_window_s if job.param_gather_overlap else 0.0
     exposed = max(reduce_s - DP_OVERLAP_EFFICIENCY * bwd_window_s, reduce_s / buckets)
     exposed += max(gather_s - DP_OVERLAP_EFFICIENCY * fwd_window_s, gather_s / buckets) if gather_s else 0.0
-    exposed += interference_s(reduce_s + gather_s - exposed, hw)
-    return DataParallelComm(total_s=reduce_s + gather_s, exposed_s=exposed)
+    earlier_total, earlier_exposed = _zero2_earlier_s(plan, reduce_s, num_micro_batches=num_micro_batches,
+                                                      window_s=bwd_window_s + fwd_window_s)
+    total = reduce_s + gather_s + earlier_total
+    exposed += earlier_exposed
+    exposed += interference_s(total - exposed, hw)
+    return DataParallelComm(total_s=total, exposed_s=exposed)
+
+
+def _zero2_earlier_s(plan: Plan, reduce_s: float, *, num_micro_batches: int, window_s: float) -> tuple[float, float]:
+    """(total, exposed) seconds of the reduce-scatters ZeRO-2 runs for the micro-batches before the
+    last: each overlaps the following micro-batch's forward and backward on this stage."""
+    if plan.zero_stage != ZeroStage.GRADIENTS or num_micro_batches <= 1 or reduce_s <= 0:
+        return 0.0, 0.0
+    earlier = num_micro_batches - 1
+    return earlier * reduce_s, earlier * max(0.0, reduce_s - DP_OVERLAP_EFFICIENCY * window_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

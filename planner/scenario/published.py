@@ -247,7 +247,11 @@ def _recompute(row: dict[str, str], runtime: FrameworkRuntime) -> Recompute:
 
 
 def _zero(row: dict[str, str], runtime: FrameworkRuntime) -> int:
+    """The planner's ZeRO stage for a row. "ZeRO-k style" names a framework's own sharding scheme
+    by its nearest ZeRO stage, so the runtime file says which of the planner's stages it is."""
     text = _text(row, "zero_stage_or_fsdp")
+    if " style" in text:
+        return runtime.zero_stage
     if not text or text.startswith("not stated"):
         return max(runtime.zero_stage, 1 if "distributed optimizer" in text else 0)
     if any(k in text for k in ("zero-3", "full_shard", "full shard", "fsdp2", "megatron-fsdp")):
