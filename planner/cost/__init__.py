@@ -199,7 +199,8 @@ def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[K
         params = stage_params(ctx.memory, counts)
         dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=spans,
                           hw=hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
-                          fwd_window_s=sum(c.fwd.total_s for c in chunks), num_micro_batches=plan.num_micro_batches(job.global_batch))
+                          fwd_window_s=sum(c.fwd.total_s for c in chunks),
+                          num_micro_batches=plan.num_micro_batches(job.global_batch))
         local = params.dense / (d.dp * d.cp) + params.expert / d.edp if plan.zero_stage else params.dense + params.expert
         opt = optimizer_s(local, state_bytes=job.optimizer.state_bytes, grad_bytes=job.optimizer.grad_bytes_per_param,
                           param_bytes=element_bytes(plan, job=job), hw=hw)
