@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from planner.cost.fp8 import element_bytes
-from planner.cost.compute import extra_tp_reductions
+from planner.cost.ops import extra_tp_reductions
 from planner.cost.context import cp_layer_comm
 from planner.cost.experts import load_factor
 from planner.graph import BlockKind, ModelGraph

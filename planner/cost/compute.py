@@ -9,11 +9,10 @@ at achieved memory bandwidth.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from planner.cost.experts import load_factor
 from planner.cost.kernels import causal_fraction, flash_rate, fp8_cast_bytes, gemm_s
-from planner.cost.ops import GraphKey, OpCost, Region, layer_ops
+from planner.cost.ops import GraphKey, OpCost, OpCounts, Region, layer_ops, op_counts
 from planner.graph import BlockKind, ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.cost.fp8 import BF16_WEIGHT_BYTES, GEMM_INPUT_SHARE, cast_bytes_per_element
@@ -312,54 +311,6 @@ def optimizer_s(num_params: float, *, state_bytes: float, grad_bytes: float, par
 
 
 # -- host (framework) time per operator --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OpCounts:
-    """Operators one layer of a block kind dispatches per forward, as the eager model runs them."""
-
-    ops: int = 0  # everything outside the routed experts (a fused attention core counts once)
-    expert_ops: int = 0  # inside the routed experts: an EP rank runs 1/ep of them
-    tp_modules: int = 0  # GEMM and embedding modules that tensor parallelism turns into DTensor calls
-    tp_column_modules: int = 0  # the column-parallel ones among them (their input gradients need a reduction)
-
-
-@lru_cache(maxsize=32)
-def op_counts(key: GraphKey) -> dict[str, OpCounts]:
-    """OpCounts of the first layer of each block kind (DAG nodes carry their layer index)."""
-    graph = key.graph
-    first: dict[str, int] = {}
-    for index, layer in enumerate(graph.layers):
-        first.setdefault(layer.block_kind, index)
-    ops: dict[int, list] = {index: [] for index in first.values()}
-    for _, data in graph.dag.nodes(data=True):
-        if data.get("layer") in ops and data.get("op") is not None:
-            ops[data["layer"]].append(data["op"])
-    return {kind: _count(ops[index]) for kind, index in first.items()}
-
-
-def _count(ops: list) -> OpCounts:
-    attention_modules = {op.module for op in ops if op.kind == OpKind.ATTENTION}
-    expert = sum(op.kind == OpKind.EXPERT_MATMUL or op.module.endswith(".experts") for op in ops)
-    other = sum(op.kind != OpKind.ATTENTION for op in ops) - expert + len(attention_modules)
-    tp = {op.module for op in ops if op.kind in (OpKind.MATMUL, OpKind.EMBEDDING)
-          and not op.module.endswith(_REPLICATED_MODULES)}
-    column = {m for m in tp if not m.endswith(_ROW_MODULES)}
-    return OpCounts(ops=other, expert_ops=expert, tp_modules=len(tp), tp_column_modules=len(column))
-
-
-# MLA down-projections stay replicated under TP (see ops.py); row-parallel modules reduce outputs.
-_REPLICATED_MODULES = ("wq_a", "wkv_a")
-_ROW_MODULES = ("wo", "w2", "tok_embeddings")
-
-
-def extra_tp_reductions(graph: ModelGraph, *, block_kind: str, fused_inputs: int, hw: HardwareProfile) -> int:
-    """Backward TP reductions per block beyond the `fused_inputs` a Megatron block does, when the
-    profiled runtime reduces each column-parallel module's input gradient separately."""
-    if hw.host is None or not hw.host.tp_reduce_per_module:
-        return 0
-    counts = op_counts(GraphKey(graph)).get(block_kind)
-    return max(0, counts.tp_column_modules - fused_inputs) if counts else 0
 
 
 def host_times(counts: OpCounts, *, split: Split, host: HostOverhead) -> PassTimes:

@@ -6,7 +6,8 @@ Kernels the traced eager model runs unfused are priced as the fused kernels trai
 Identical operators of a layer (one GEMM per routed expert, repeated residual adds) become one
 OpCost with a count, so pricing a layer costs its distinct operators, not its traced ones.
 Everything here is cached per graph (graphs are not mutated once extracted): the search prices
-thousands of plans of one graph.
+thousands of plans of one graph. OpCounts are the operators a layer dispatches as the eager model
+runs them, what the host-time model (compute.host_times) charges per op.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 from planner.graph import Layer, LayerKind, MoEStats, ModelGraph, OpKind, OpNode
-from planner.hardware import IdentityKey
+from planner.hardware import HardwareProfile, IdentityKey
 
 # Column-parallel GEMMs produce head/column-split outputs; row-parallel ones produce the full
 # hidden state (replicated without SP); MLA down-projections stay replicated (Megatron MLA).
@@ -264,3 +265,54 @@ def graph_summary(key: GraphKey) -> GraphSummary:
         full_recompute_flops=sum(layer.fwd_flops for layer in blocks),
         selective_recompute_flops=sum(layer.by_kind[OpKind.ATTENTION].fwd_flops for layer in blocks
                                       if OpKind.ATTENTION in layer.by_kind))
+
+
+# -- operators a layer dispatches (the host-time model counts them: compute.host_times) ----------
+
+
+@dataclass(frozen=True, slots=True)
+class OpCounts:
+    """Operators one layer of a block kind dispatches per forward, as the eager model runs them."""
+
+    ops: int = 0  # everything outside the routed experts (a fused attention core counts once)
+    expert_ops: int = 0  # inside the routed experts: an EP rank runs 1/ep of them
+    tp_modules: int = 0  # GEMM and embedding modules that tensor parallelism turns into DTensor calls
+    tp_column_modules: int = 0  # the column-parallel ones among them (their input gradients need a reduction)
+
+
+@lru_cache(maxsize=32)
+def op_counts(key: GraphKey) -> dict[str, OpCounts]:
+    """OpCounts of the first layer of each block kind (DAG nodes carry their layer index)."""
+    graph = key.graph
+    first: dict[str, int] = {}
+    for index, layer in enumerate(graph.layers):
+        first.setdefault(layer.block_kind, index)
+    ops: dict[int, list] = {index: [] for index in first.values()}
+    for _, data in graph.dag.nodes(data=True):
+        if data.get("layer") in ops and data.get("op") is not None:
+            ops[data["layer"]].append(data["op"])
+    return {kind: _count(ops[index]) for kind, index in first.items()}
+
+
+def _count(ops: list) -> OpCounts:
+    attention_modules = {op.module for op in ops if op.kind == OpKind.ATTENTION}
+    expert = sum(op.kind == OpKind.EXPERT_MATMUL or op.module.endswith(".experts") for op in ops)
+    other = sum(op.kind != OpKind.ATTENTION for op in ops) - expert + len(attention_modules)
+    tp = {op.module for op in ops if op.kind in (OpKind.MATMUL, OpKind.EMBEDDING)
+          and not op.module.endswith(_REPLICATED_MODULES)}
+    column = {m for m in tp if not m.endswith(_ROW_MODULES)}
+    return OpCounts(ops=other, expert_ops=expert, tp_modules=len(tp), tp_column_modules=len(column))
+
+
+# MLA down-projections stay replicated under TP (see above); row-parallel modules reduce outputs.
+_REPLICATED_MODULES = ("wq_a", "wkv_a")
+_ROW_MODULES = ("wo", "w2", "tok_embeddings")
+
+
+def extra_tp_reductions(graph: ModelGraph, *, block_kind: str, fused_inputs: int, hw: HardwareProfile) -> int:
+    """Backward TP reductions per block beyond the `fused_inputs` a Megatron block does, when the
+    profiled runtime reduces each column-parallel module's input gradient separately."""
+    if hw.host is None or not hw.host.tp_reduce_per_module:
+        return 0
+    counts = op_counts(GraphKey(graph)).get(block_kind)
+    return max(0, counts.tp_column_modules - fused_inputs) if counts else 0

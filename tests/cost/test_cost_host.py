@@ -31,7 +31,8 @@ COUNTS = OpCounts(ops=55, expert_ops=641)
 
 
 def _split(**kw) -> Split:
-    base = {"batch_scale": 1.0, "tokens": 4096.0, "tp": 1, "cp": 1, "ep": 8, "sp": False, "imbalance": 1.0,
+    base = {"batch_scale": 1.0, "tokens": 4096.0, "tp": 1, "cp": 1, "attention_calls": 1, "ep": 8, "sp": False,
+            "imbalance": 1.0,
             "precision": Precision.BF16, "recompute": Recompute.NONE, "flash": True, "score_elements": 0.0,
             "experts_local": 16, "grouped_gemm": True}
     return Split(**(base | kw))
