@@ -264,14 +264,19 @@ def _result(run: Pricer, *, top_k: int, tuned: TuneResult) -> SearchResult:
 
 def _simulate_leaders(run: Pricer, candidates: list[Candidate]) -> list[Candidate]:
     """Re-price fitting candidates with the event simulator (its timeline kept, in place: the report
-    reads the best's as is) until the _SIMULATED_LEADERS fastest are all simulated: a leader the
-    simulator slows down lets the next closed-form plan in, which is simulated in turn."""
+    reads the best's as is) until the _SIMULATED_LEADERS fastest are all simulated (at most
+    _SIMULATION_ROUNDS rounds), then until the fastest is: a leader the simulator slows down lets the
+    next closed-form plan in, which is simulated in turn."""
     simulated: set[int] = set()
-    for _ in range(_SIMULATION_ROUNDS):  # each round simulates at least one more plan
-        fitting = sorted((i for i, c in enumerate(candidates) if c.fits), key=lambda i: candidates[i].estimate.step_time_s)
-        pending = [i for i in fitting[:_SIMULATED_LEADERS] if i not in simulated]
+    fitting = [i for i, c in enumerate(candidates) if c.fits]
+    for round_ in range(_SIMULATION_ROUNDS + len(fitting)):  # each round simulates at least one more plan
+        fitting.sort(key=lambda i: candidates[i].estimate.step_time_s)
+        leaders = _SIMULATED_LEADERS if round_ < _SIMULATION_ROUNDS else 1
+        pending = [i for i in fitting[:leaders] if i not in simulated]
         if not pending:
-            break
+            if leaders == 1:
+                break
+            continue
         for i in pending:
             c = candidates[i]
             timed = run.est.estimate(run.graph, c.plan, hw=run.hw, cluster=run.scenario.cluster,
