@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.cost.fp8 import element_bytes
 from planner.cost.ops import extra_tp_reductions
 from planner.cost.context import cp_layer_comm
 from planner.cost.experts import load_factor
+from planner.cost.ops import GraphKey, graph_summary
 from planner.graph import BlockKind, ModelGraph
-from planner.hardware import Collective, HardwareProfile
+from planner.hardware import GPU_LAUNCH_US, Collective, HardwareProfile
 from planner.hardware import GroupSpan, group_collective_s, p2p_s
 from planner.plan import Plan, Recompute, ZeroStage
 from planner.scenario import EpDispatcher, JobSpec, ShardingRuntime
@@ -240,28 +242,70 @@ class Zero3Comm:
 
 
 def zero3_layer_comm(params_local: float, *, plan: Plan, job: JobSpec, span: GroupSpan, hw: HardwareProfile,
-                     fwd_window_s: float, bwd_window_s: float) -> Zero3Comm:
+                     fwd_window_s: float, bwd_window_s: float, modules: int = 1) -> Zero3Comm:
     """FSDP / ZeRO-3 traffic of one layer for one micro-batch, prefetched behind its compute windows.
 
     `params_local` is the layer's parameters on this TP/EP rank before sharding over `span`;
     `bwd_window_s` is the layer's backward compute including any recomputed forward. Gathers move
-    the compute precision, the reduce-scatter job.grad_reduce_bytes per element. A runtime whose
-    reduce-scatter runs on the compute stream (DeepSpeed 2021) leaves it fully exposed.
+    the compute precision, the reduce-scatter job.grad_reduce_bytes per element. FSDP gathers and
+    reduce-scatters one unit (the layer) per pass; DeepSpeed 2021 runs one blocking collective
+    per parameter-holding sub-module (`modules` of them, see deepspeed_2021_collective_s)
+    with nothing overlapped.
     """
     size = params_local * element_bytes(plan, job=job)
-    gather = group_collective_s(hw, Collective.ALL_GATHER, size, span=span)
-    scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, params_local * job.grad_reduce_bytes, span=span)
+    grads = params_local * job.grad_reduce_bytes
     gathers_bwd = 1.0 + _recompute_regather_share(params_local, plan=plan, job=job)
-    match job.zero3_runtime:
-        case ShardingRuntime.FSDP:
-            hidden_bwd, serial_bwd = gathers_bwd * gather + scatter, 0.0
-        case ShardingRuntime.DEEPSPEED_2021:
-            hidden_bwd, serial_bwd = gathers_bwd * gather, scatter
+    if job.zero3_runtime == ShardingRuntime.DEEPSPEED_2021:
+        gather = deepspeed_2021_collective_s(hw, Collective.ALL_GATHER, size, span=span, modules=modules)
+        scatter = deepspeed_2021_collective_s(hw, Collective.REDUCE_SCATTER, grads, span=span, modules=modules)
+        bwd = gathers_bwd * gather + scatter
+        return Zero3Comm(fwd_s=gather, bwd_s=bwd, exposed_fwd_s=gather, exposed_bwd_s=bwd)
+    gather = group_collective_s(hw, Collective.ALL_GATHER, size, span=span)
+    scatter = group_collective_s(hw, Collective.REDUCE_SCATTER, grads, span=span)
+    bwd = gathers_bwd * gather + scatter
     exposed_fwd = max(0.0, gather - fwd_window_s)
-    exposed_bwd = max(0.0, hidden_bwd - bwd_window_s)
-    return Zero3Comm(fwd_s=gather, bwd_s=gathers_bwd * gather + scatter,
-                     exposed_fwd_s=exposed_fwd + interference_s(gather - exposed_fwd, hw),
-                     exposed_bwd_s=exposed_bwd + serial_bwd + interference_s(hidden_bwd - exposed_bwd, hw))
+    exposed_bwd = max(0.0, bwd - bwd_window_s)
+    return Zero3Comm(fwd_s=gather, bwd_s=bwd, exposed_fwd_s=exposed_fwd + interference_s(gather - exposed_fwd, hw),
+                     exposed_bwd_s=exposed_bwd + interference_s(bwd - exposed_bwd, hw))
+
+
+def deepspeed_2021_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: float, *,
+                                span: GroupSpan, modules: int) -> float:
+    """One layer's gather (or gradient reduce-scatter) under DeepSpeed 0.3.x stage 3, on the critical path.
+
+    microsoft/DeepSpeed v0.3.13 runtime/zero: fetch_sub_module gathers each sub-module's
+    parameters with one torch.distributed.all_gather per parameter and then blocks
+    (_synchronize_communication: comm_stream.synchronize() and torch.cuda.synchronize()), and
+    _allgather_param itself calls torch.cuda.synchronize(); the prefetcher was disabled whenever
+    the module order differed from the first step's trace (DeepSpeed PR #873, 2021-03), and
+    gradients are reduce-scattered per parameter on the compute stream (overlap_comm false). So
+    every sub-module pays its own collective (ring latency over all n ranks) and nothing hides.
+    Both calls pass tensor lists, which torch's ProcessGroupNCCL flattens with one copy kernel per
+    rank (n launches, GPU_LAUNCH_US each; DeepSpeed issue #1069 replaced them with an in-place
+    all-gather); the device syncs leave the host launching them with the GPU idle. One
+    collective per module is a lower bound where a module also holds a bias.
+    """
+    if span.num_ranks <= 1 or size_bytes <= 0:
+        return 0.0
+    launch_s = (hw.host.fwd_us_per_op if hw.host is not None else GPU_LAUNCH_US) * 1e-6
+    m = max(1, modules)
+    return m * (group_collective_s(hw, collective, size_bytes / m, span=span) + span.num_ranks * launch_s)
+
+
+@lru_cache(maxsize=32)
+def param_modules(key: GraphKey) -> dict[str, int]:
+    """Per block kind: sub-modules of its first layer that hold parameters (the traced ops' owners
+    with parameter bytes), i.e. the units DeepSpeed stage 3 fetches one by one; 1 when the graph
+    carries no operators."""
+    first = graph_summary(key).first
+    names = {layer.name: kind for kind, layer in first.items()}
+    owners: dict[str, set[str]] = {kind: set() for kind in first}
+    for node, data in key.graph.dag.nodes(data=True):
+        kind = names.get(str(node).split("/", 1)[0])
+        op = data.get("op")
+        if kind is not None and op is not None and op.param_bytes > 0:
+            owners[kind].add(op.module)
+    return {kind: max(1, len(mods)) for kind, mods in owners.items()}
 
 
 def _recompute_regather_share(params_local: float, *, plan: Plan, job: JobSpec) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.cost.comm import LayerComm, Spans, block_comm, interference_s, tp_exposed_s, zero3_layer_comm
+from planner.cost.comm import LayerComm, Spans, block_comm, interference_s, param_modules, tp_exposed_s, zero3_layer_comm
 from planner.cost.compute import PassTimes, Split, block_kind_times
 from planner.cost.context import CpComm, cp_exposed_s
 from planner.cost.longctx import layer_extras
@@ -63,8 +63,8 @@ def kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw:
                memory: dict[str, KindMemory], split: Split, loads: SequenceLoads,
                host: HostSpec) -> dict[str, KindCost]:
     """One layer of each block kind on one stage's GPUs and links, for one micro-batch."""
-    out = {}
-    for kind, t in _kind_times(GraphKey(graph), split, IdentityKey(hw)).items():
+    out, key = {}, GraphKey(graph)
+    for kind, t in _kind_times(key, split, IdentityKey(hw)).items():
         block = kind not in NON_BLOCK_KINDS
         if block:  # document masking and the slowest DP rank (sequences.py)
             t = masked_times(t, loads=loads, recompute=plan.recompute)
@@ -75,7 +75,7 @@ def kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw:
             cf, cb = _block_comm_costs(plan, comm, t, job=job, hw=hw)
             fwd, bwd = fwd + cf, bwd + cb
             if plan.zero_stage == ZeroStage.PARAMETERS:
-                zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw)
+                zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw, m=param_modules(key)[kind])
                 fwd, bwd = fwd + zf, bwd + zb
         x = layer_extras(plan, block=block, mem=memory[kind], t=t, loads=loads, graph=graph, job=job,
                          dp_span=spans.dp, hw=hw, host=host)  # longctx.py: Zeppelin moves, offload streams
@@ -124,9 +124,9 @@ def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec,
 
 
 def _zero3_costs(plan: Plan, mem: KindMemory, t: PassTimes, *, job: JobSpec, spans: Spans,
-                 hw: HardwareProfile) -> tuple[Cost, Cost]:
-    """Per-layer parameter gathers prefetched behind the previous layer's compute (see comm.zero3_layer_comm)."""
-    z = zero3_layer_comm(mem.dense_params + mem.expert_params, plan=plan, job=job, span=spans.dp, hw=hw,
+                 hw: HardwareProfile, m: int) -> tuple[Cost, Cost]:
+    """Per-layer gathers behind the previous layer's compute, over `m` sub-modules (see comm.zero3_layer_comm)."""
+    z = zero3_layer_comm(mem.dense_params + mem.expert_params, plan=plan, job=job, span=spans.dp, hw=hw, modules=m,
                          fwd_window_s=t.fwd_s, bwd_window_s=t.bwd_input_s + t.bwd_weight_s + t.recompute_s)
     return (Cost(comm_s={Axis.DP: z.fwd_s}, exposed_comm_s=z.exposed_fwd_s),
             Cost(comm_s={Axis.DP: z.bwd_s}, exposed_comm_s=z.exposed_bwd_s))

@@ -4,7 +4,7 @@ Groups arrive as their members' physical ranks (node * gpus_per_node + local GPU
 grid after its device mapping), every group of one axis at once, because they run concurrently
 and share uplinks. A group is timed on its own links: the NICs and node pairs it touches
 (overrides or a measured link table), and, on a cluster with a [cluster.fabric], the tiers it
-spans (hardware/fabric.py). Clusters without a fabric keep the calibrated two-tier rule below.
+spans (hardware/fabric.py). Clusters without a fabric use the two-tier rule below.
 """
 
 from __future__ import annotations
@@ -193,12 +193,9 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
 
     With a tiered fabric: the hierarchical algorithms of hardware/fabric.py on the group's
     levels. Without one (two tiers): inside one domain, the intra fit; across domains, ring
-    collectives run at one NIC's bus bandwidth per GPU: the hierarchical ideal (k members of a
-    node pooling k NICs) is not what training jobs see, because the node's other GPUs drive their
-    own groups' traffic on those NICs at the same time and NCCL crosses nodes with one NIC per
-    ring channel. Calibrated on the Megatron-Core DP=48 H100 rows and the llm-foundry FSDP A100
-    rows (SOURCES.md #3, #11). All-to-all sends (n - k)/n of the buffer off-domain over the GPU's
-    own NIC.
+    collectives run at min(NVLink bus bandwidth, k NICs) where k is the group's members per
+    domain (ring_bus_gbs). All-to-all sends (n - k)/n of the buffer off-domain over the GPU's own
+    NIC.
     """
     n = span.num_ranks
     if n <= 1 or size_bytes <= 0:
@@ -220,9 +217,23 @@ def group_collective_s(hw: HardwareProfile, collective: Collective, size_bytes: 
         case Collective.SEND_RECV:
             return hw.sync_wait_s + inter.latency_us * _US + size_bytes / (inter.bandwidth_gbs * nic_scale * _GB)
         case _:
-            bus_gbs = min(intra.bandwidth_gbs, inter.bandwidth_gbs * nic_scale)
+            bus_gbs = ring_bus_gbs(intra_gbs=intra.bandwidth_gbs, nic_gbs=inter.bandwidth_gbs * nic_scale, k=k)
             steps = collective.traffic_factor(n) * size_bytes
             return hw.sync_wait_s + _latency_steps(collective, n) * inter.latency_us * _US + steps / (bus_gbs * _GB)
+
+
+def ring_bus_gbs(*, intra_gbs: float, nic_gbs: float, k: int) -> float:
+    """Bus bandwidth of a ring collective whose group has k members in each NVLink domain.
+
+    NCCL builds one ring per channel and gives each channel a NIC near its GPUs (src/graph/
+    search.cc); a group with k members on a node crosses the node boundary on k channels at once,
+    so its rings share k NICs and the bus bandwidth is k NICs', capped by NVLink inside the node.
+    nccl-tests doc/PERFORMANCE.md: multi-node all_reduce/all_gather busbw on 8-GPU nodes reaches
+    about the node's aggregate NIC rate (8 x 400 Gb/s CX-7 on DGX H100: ~350-400 GB/s). The other
+    groups of the axis on that node hold the node's other GPUs and NICs (gpus_per_node / k groups
+    of k), so they do not share these NICs.
+    """
+    return min(intra_gbs, nic_gbs * max(1, k))
 
 
 # Per-peer message size at which an all-to-all reaches half the link rate: each peer is its own
