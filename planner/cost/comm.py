@@ -294,9 +294,10 @@ def deepspeed_2021_collective_s(hw: HardwareProfile, collective: Collective, siz
 
 @lru_cache(maxsize=32)
 def param_modules(key: GraphKey) -> dict[str, int]:
-    """Per block kind: sub-modules of its first layer that hold parameters (the traced ops' owners
-    with parameter bytes), i.e. the units DeepSpeed stage 3 fetches one by one; 1 when the graph
-    carries no operators."""
+    """Per block kind: sub-modules of its first layer that hold parameters, i.e. the units
+    DeepSpeed stage 3 fetches one by one; 1 when the graph carries no operators. Owners are the
+    traced ops' modules with parameter bytes, leaves only: a parent whose op reads a buffer (the
+    attention's RoPE table) owns no parameter of its own."""
     first = graph_summary(key).first
     names = {layer.name: kind for kind, layer in first.items()}
     owners: dict[str, set[str]] = {kind: set() for kind in first}
@@ -305,7 +306,8 @@ def param_modules(key: GraphKey) -> dict[str, int]:
         op = data.get("op")
         if kind is not None and op is not None and op.param_bytes > 0:
             owners[kind].add(op.module)
-    return {kind: max(1, len(mods)) for kind, mods in owners.items()}
+    leaves = {kind: [m for m in mods if not any(o.startswith(m + ".") for o in mods)] for kind, mods in owners.items()}
+    return {kind: max(1, len(mods)) for kind, mods in leaves.items()}
 
 
 def _recompute_regather_share(params_local: float, *, plan: Plan, job: JobSpec) -> float:
