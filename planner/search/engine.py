@@ -169,6 +169,23 @@ def _probe_one(run: Pricer, lay: ParallelDims, probes: dict[ParallelDims, float]
             best = (t, kind, a2a)
     probes[lay] = best[0]
     run.cp_choice[lay] = best[1:]
+    _probe_zero3(run, lay, replace(knobs, cp_kind=best[1], cp_a2a=best[2]), probes)
+
+
+def _probe_zero3(run: Pricer, lay: ParallelDims, knobs: Knobs, probes: dict[ParallelDims, float]) -> None:
+    """ZeRO-3 gathers per micro-batch, so it shows its best at the largest micro-batch: where the
+    step's gradient buckets cost more than per-layer collectives (many ranks), that probe ranks
+    the layout, not the lightest stage's; only if it fits (the refinement starts from the probed
+    micro-batch sizes and would not reach a plan that does not)."""
+    sc = run.scenario
+    if lay.dp == 1 or knobs.zero_stage == ZeroStage.PARAMETERS or ZeroStage.PARAMETERS not in ss.zero_stages(sc, lay):
+        return
+    mbs = ss.micro_batch_sizes(sc, lay)[-1]
+    schedule, vp = ss.schedules(sc, lay, mbs)[0]
+    zero3 = run.cost(ss.make_plan(lay, replace(knobs, zero_stage=ZeroStage.PARAMETERS, micro_batch_size=mbs,
+                                               schedule=schedule, virtual_stages=vp)))
+    if zero3.fits:
+        probes[lay] = min(probes[lay], zero3.estimate.step_time_s)
 
 
 def _reject_layout(run: Pricer, lay: ParallelDims, reason: str) -> None:

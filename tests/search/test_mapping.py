@@ -62,7 +62,11 @@ def test_mapping_round_trips_and_is_priced(hetero, tmp_path) -> None:
 
 
 def test_searched_mapping_beats_identity_on_the_hetero_cluster(hetero) -> None:
+    """One pipeline stage per node (pp = 4): the order of the nodes decides whether a stage
+    boundary crosses the slow 0-1 pair. (Unpinned, the best plan is dp16 x pp2, whose k = 8
+    rings are bounded by node 3's NIC in every node order, so no mapping beats identity there.)"""
     sc, graph, hw = hetero
+    sc = sc.model_copy(update={"search": sc.search.model_copy(update={"fixed": {Axis.PP: 4}})})
     result = search(graph, sc, hw=hw)
     m = result.device_mapping
     assert m is not None and m.gap == 0.0 and m.status == "optimal"
