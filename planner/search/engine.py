@@ -178,7 +178,8 @@ def _probe_zero3(run: Pricer, lay: ParallelDims, knobs: Knobs, probes: dict[Para
     the layout, not the lightest stage's; only if it fits (the refinement starts from the probed
     micro-batch sizes and would not reach a plan that does not)."""
     sc = run.scenario
-    if lay.dp == 1 or knobs.zero_stage == ZeroStage.PARAMETERS or ZeroStage.PARAMETERS not in ss.zero_stages(sc, lay):
+    zero3_allowed = ZeroStage.PARAMETERS in ss.zero_stages(sc, lay)
+    if lay.dp == 1 or knobs.zero_stage == ZeroStage.PARAMETERS or not zero3_allowed:
         return
     mbs = ss.micro_batch_sizes(sc, lay)[-1]
     schedule, vp = ss.schedules(sc, lay, mbs)[0]
