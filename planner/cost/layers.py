@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.cost.comm import LayerComm, Spans, block_comm, interference_s, param_modules, tp_exposed_s, zero3_layer_comm
+from planner.cost.comm import (LayerComm, Spans, block_comm, interference_s, param_modules, tp_exposed_s,
+                               zero3_layer_comm)
 from planner.cost.compute import PassTimes, Split, block_kind_times
 from planner.cost.context import CpComm, cp_exposed_s
 from planner.cost.longctx import layer_extras
