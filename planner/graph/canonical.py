@@ -14,6 +14,7 @@ import torch
 
 from planner.graph import build as gb
 from planner.graph.types import BlockKind, Layer, LayerKind, ModelGraph, OpNode
+from planner.graph.lean import SkipMetaInit, no_dynamo_import
 from planner.graph.trace import storage_key, trace_fn
 from planner.scenario import ModelSpec
 from planner.graph.transformer import Transformer, loss_fn
@@ -38,10 +39,11 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
     """
     if seq_len < 1 or batch < 1:
         raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
-    with torch.device("meta"):
-        model = Transformer(spec).to(dtype)
-    ctx = _Context(model, seq_len=seq_len, batch=batch, dtype=dtype)
-    pieces = [ctx.embedding(), *ctx.blocks(), ctx.head()]
+    with no_dynamo_import():
+        with torch.device("meta"), SkipMetaInit():
+            model = Transformer(spec).to(dtype)
+        ctx = _Context(model, seq_len=seq_len, batch=batch, dtype=dtype)
+        pieces = [ctx.embedding(), *ctx.blocks(), ctx.head()]
     return gb.assemble([(p.layer, p.nodes, p.edges, p.entries, p.exit) for p in pieces], graph_fields=dict(
         seq_len=seq_len, sample_batch=batch, dtype_bytes=ctx.width, hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,

@@ -115,6 +115,12 @@ class _Recorder(TorchDispatchMode):
         self.keep: list[torch.Tensor] = []  # keeps storages alive so their keys stay unique
         self.warnings: list[str] = []
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """False: the recorder never runs under torch.compile, and torch's default wraps
+        __torch_dispatch__ in torch._dynamo.disable, importing torch._dynamo (graph/lean.py)."""
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out, estimated = self._run(func, args, kwargs)
