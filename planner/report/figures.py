@@ -10,12 +10,12 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from planner.report.devicemap import AxisGroups
 from planner.report.files import Status
+from planner.report.table import Plans
 from planner.scenario import GIB
 
 FITS_COLOUR, OOM_COLOUR, BEST_COLOUR, FRONT_COLOUR = "#2a9d8f", "#e76f51", "#f4a261", "#264653"
@@ -30,24 +30,26 @@ def _layout(fig: go.Figure, *, title: str, x: str, y: str, **kw: Any) -> go.Figu
     return fig
 
 
-def _hover(df: pd.DataFrame) -> list[str]:
+def _hover(df: Plans) -> list[str]:
+    mfu = np.where(np.isnan(df["mfu"]), 0, df["mfu"]) if df["mfu"].dtype.kind == "f" else df["mfu"]
     return [f"#{c} {p}<br>{s:.3g} s/step, MFU {m:.1%}" for c, p, s, m in
-            zip(df["candidate"], df["plan"], df["step_time_s"], df["mfu"].fillna(0))]
+            zip(df["candidate"].tolist(), df["plan"].tolist(), df["step_time_s"].tolist(), mfu.tolist())]
 
 
-def pareto(points: pd.DataFrame, *, capacity_gib: float | None) -> go.Figure:
+def pareto(points: Plans, *, capacity_gib: float | None) -> go.Figure:
     """Throughput vs peak memory of every costed candidate; the front is the upper-left edge."""
     fig = go.Figure()
     for label, mask, colour in (("fits", points["fits"], FITS_COLOUR), ("OOM", ~points["fits"], OOM_COLOUR)):
-        part = points[mask]
+        part = points.take(mask)
         fig.add_scatter(x=part["peak_memory_gib"], y=part["tokens_per_s_per_gpu"], mode="markers", name=label,
                         marker={"color": colour, "size": 6, "opacity": 0.7}, text=_hover(part), hoverinfo="text")
-    front = points[points["pareto"]].sort_values("peak_memory_gib")
+    front = points.take(points["pareto"])
+    front = front.take(np.argsort(front["peak_memory_gib"], kind="quicksort"))  # pandas' sort_values
     if len(front):
         fig.add_scatter(x=front["peak_memory_gib"], y=front["tokens_per_s_per_gpu"], mode="lines+markers",
                         name="Pareto front", line={"color": FRONT_COLOUR, "shape": "hv"}, text=_hover(front),
                         hoverinfo="text")
-    best = points[points["status"] == Status.BEST]
+    best = points.take(points["status"] == Status.BEST)
     fig.add_scatter(x=best["peak_memory_gib"], y=best["tokens_per_s_per_gpu"], mode="markers", name="best",
                     marker={"color": BEST_COLOUR, "size": 16, "symbol": "star", "line": {"width": 1}},
                     text=_hover(best), hoverinfo="text")

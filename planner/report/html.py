@@ -8,19 +8,20 @@ standard DecompressionStream API, so the page opens from disk with no network.
 from __future__ import annotations
 
 import base64
+import csv
 import functools
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import pandas as pd
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
-
 from pydantic import ValidationError
 
 from planner.errors import UserError, expect_object, one_line, read_json, read_text
@@ -31,6 +32,7 @@ from planner.scenario import count_params
 from planner.plan import Axis, Plan, plan_groups
 from planner.report.files import PLAN_COLUMNS, Status
 from planner.report.moe import moe_section
+from planner.report.table import Plans, concat, first_of_each, read_plans
 from planner.scenario import GIB, Scenario
 
 MAX_POINTS = 3000  # Pareto scatter points; the front, the best and the top plans always stay
@@ -81,19 +83,16 @@ _RESULT_KEYS = ("scenario", "best", "detailed")  # what every report section rea
 _REWRITE = "re-run `planner search --out DIR` to rewrite it"
 
 
-def load_plans(path: Path) -> pd.DataFrame:
+def load_plans(path: Path) -> Plans:
     """plans.csv with its documented column types; UserError naming the file when it is not one."""
     read_text(path, what="plans.csv")  # missing / a directory / unreadable, named as such
     try:
-        df = pd.read_csv(path, keep_default_na=False,
-                         na_values={c: [""] for c in PLAN_COLUMNS if c not in ("reason", "plan")})
-    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        df = read_plans(path, string_columns=("reason", "plan"))
+    except (ValueError, UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"not a plans table ({' '.join(str(err).split())[:120]})", file=path, fix=_REWRITE) from None
     missing = [c for c in PLAN_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"missing columns {missing}", file=path, fix=_REWRITE)
-    for col in ("fits", "pareto", "sequence_parallel"):
-        df[col] = df[col].astype(str).str.lower() == "true"
     return df
 
 
@@ -130,7 +129,7 @@ def _read_json(path: Path) -> Any:
     return expect_object(read_json(path, what=path.name), file=path, what=path.name)
 
 
-def build_context(result: dict[str, Any], df: pd.DataFrame, *, trace_text: str,
+def build_context(result: dict[str, Any], df: Plans, *, trace_text: str,
                   measurement: dict[str, Any] | None) -> dict[str, Any]:
     scenario = Scenario.model_validate(result["scenario"])
     best_id = result["best"]
@@ -160,7 +159,7 @@ def _fig_json(fig: go.Figure) -> str:
     return fig.to_json().replace("</", "<\\/")
 
 
-def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | None, df: pd.DataFrame) -> dict[str, Any]:
+def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | None, df: Plans) -> dict[str, Any]:
     model, cluster, job = scenario.model, scenario.cluster, scenario.job
     total, active = count_params(model)
     out = {
@@ -206,26 +205,30 @@ def _baselines(result: dict[str, Any], best: dict[str, Any] | None) -> list[dict
     return out
 
 
-def _pareto_chart(df: pd.DataFrame, charts: dict[str, go.Figure], notes: dict[str, str]) -> None:
-    costed = df[df["status"].isin([Status.BEST, Status.FITS, Status.OOM]) & df["peak_memory_gib"].notna()]
-    if costed.empty:
+def _pareto_chart(df: Plans, charts: dict[str, go.Figure], notes: dict[str, str]) -> None:
+    costed = df.take(np.isin(df["status"], [Status.BEST, Status.FITS, Status.OOM]) & _notna(df["peak_memory_gib"]))
+    if not len(costed):
         return
     points = decimate(costed, MAX_POINTS)
     if len(points) < len(costed):
         notes["pareto"] = f"{len(costed) - len(points)} of {len(costed)} costed plans not drawn (evenly thinned; plans.csv has all)"
-    capacity = costed["memory_capacity_gib"].dropna()
-    charts["pareto"] = figs.pareto(points, capacity_gib=float(capacity.iloc[0]) if len(capacity) else None)
+    capacity = costed["memory_capacity_gib"][_notna(costed["memory_capacity_gib"])]
+    charts["pareto"] = figs.pareto(points, capacity_gib=float(capacity[0]) if len(capacity) else None)
 
 
-def decimate(costed: pd.DataFrame, limit: int) -> pd.DataFrame:
+def _notna(column: np.ndarray) -> np.ndarray:
+    return ~np.isnan(column) if column.dtype.kind == "f" else np.ones(len(column), dtype=bool)
+
+
+def decimate(costed: Plans, limit: int) -> Plans:
     """At most `limit` rows: every Pareto/best/top-100 row, the rest thinned with an even stride."""
     if len(costed) <= limit:
         return costed
-    keep = costed["pareto"] | (costed["status"] == Status.BEST) | costed.index.isin(costed.index[:100])
-    rest = costed[~keep]
+    keep = costed["pareto"] | (costed["status"] == Status.BEST) | (np.arange(len(costed)) < 100)
+    rest = np.flatnonzero(~keep)
     room = max(0, limit - int(keep.sum()))
     stride = max(1, -(-len(rest) // room)) if room else len(rest) + 1
-    return pd.concat([costed[keep], rest.iloc[::stride]])
+    return concat([costed.take(keep), costed.take(rest[::stride])])
 
 
 def _breakdown_charts(result: dict[str, Any], charts: dict[str, go.Figure]) -> None:
@@ -266,25 +269,27 @@ def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, go.F
     return {"rows": rows, "nodes_shown": nodes_shown, "num_nodes": cluster.num_nodes, "stages": stages}
 
 
-def _table(df: pd.DataFrame, notes: dict[str, str]) -> dict[str, Any]:
+def _table(df: Plans, notes: dict[str, str]) -> dict[str, Any]:
     """Top fitting plans and a sample of rejected ones (closest to fitting first, then one per reason)."""
-    fits = df[df["status"].isin([Status.BEST, Status.FITS])].head(TABLE_FITS)
-    oom = df[df["status"] == Status.OOM].head(TABLE_REJECTED // 2)
-    pruned = df[df["status"] == Status.PRUNED]
-    pruned = pd.concat([pruned.drop_duplicates("reason"), pruned]).drop_duplicates("candidate")
-    rejected = pd.concat([oom, pruned.head(TABLE_REJECTED - len(oom))])
-    shown = pd.concat([fits, rejected])
+    fits = df.where("status", Status.BEST, Status.FITS).head(TABLE_FITS)
+    oom = df.where("status", Status.OOM).head(TABLE_REJECTED // 2)
+    pruned = df.where("status", Status.PRUNED)
+    firsts = first_of_each(pruned, "reason")  # one row per reason first, then the rest in file order
+    order = np.concatenate([firsts, np.setdiff1d(np.arange(len(pruned)), firsts)])
+    pruned = pruned.take(order[first_of_each(pruned.take(order), "candidate")])
+    rejected = concat([oom, pruned.head(TABLE_REJECTED - len(oom))])
+    shown = concat([fits, rejected])
     if len(shown) < len(df):
         notes["table"] = f"showing {len(shown)} of {len(df)} candidates ({len(fits)} fitting, {len(rejected)} rejected); plans.csv lists all"
     cols = ["candidate", "rank", "status", "plan", "step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_gib",
             "bubble_fraction", "reason"]
-    rows = [[_fmt(r[c]) for c in cols] for r in shown[cols].to_dict("records")]
+    rows = [[_fmt(r[c]) for c in cols] for r in shown.records(cols)]
     return {"columns": cols, "rows": rows}
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        if pd.isna(value):
+        if math.isnan(value):
             return ""
         value = 0.0 if abs(value) < 1e-9 else value  # float noise (a bubble of -1e-15 s) is no "-1e-15"
         return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
