@@ -42,13 +42,13 @@ class SkipMetaInit(TorchFunctionMode):
 
 def _wrapped_functions() -> list[types.FunctionType]:
     """Every function torch has wrapped with `_disable_dynamo` so far ([] if torch's wrapper has
-    another shape). The wrappers are closures spread over decomposition tables and op kernels,
-    so the garbage collector's object list is the one place that has them all (~20-50 ms)."""
+    another shape). The wrappers are closures spread over decomposition tables and op kernels;
+    the functions running the wrapper's code object are the one handle on all of them (~25 ms)."""
     code = torch._compile._disable_dynamo(_wrapped_functions).__code__
     if "fn" not in code.co_freevars:
         return []
     slot = code.co_freevars.index("fn")
-    return [f.__closure__[slot].cell_contents for f in gc.get_objects()
+    return [f.__closure__[slot].cell_contents for f in gc.get_referrers(code)
             if type(f) is types.FunctionType and f.__code__ is code]
 
 
