@@ -20,7 +20,7 @@ def hardware_for(scenario: Scenario, profile: Path | None):
 
 
 def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path | None,
-               routing_trace: Path | None, console: Console) -> SearchResult:
+               routing_trace: Path | None, console: Console, prefetch=None) -> SearchResult:
     """Everything the verb does; returns the result (cli turns nothing-fits into exit 2)."""
     from planner.search.ilp import load_routing_trace
     from planner.graph import cached_graph
@@ -35,7 +35,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("tracing model", total=None, note="")
-        graph = cached_graph(scenario.model, seq_len=scenario.job.seq_len)  # torch only on a cache miss
+        graph = cached_graph(scenario.model, seq_len=scenario.job.seq_len, prefetch=prefetch)  # torch only on a miss
         bar.update(task, description="searching")
         result = search(graph, scenario, hw=hw, top_k=top, routing=routing,
                         progress=lambda costed, _: bar.update(task, note=f"{costed} plans costed"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -79,14 +80,19 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (ranked plans) and nothing else")] = False,
 ) -> None:
     """Search every valid parallel layout; print the best plans and write plans.csv, plan.json, report.html."""
-    from planner.cli.search import result_json, run_search
+    from planner.graph import prefetch_graph
 
     with user_errors():
         sc = scenario_or_default(scenario)
-        out_dir, k = out or Path("reports") / sc.name, top or sc.search.top_k
-        # --json: stdout carries the object alone; tables and progress go to a silent console
-        shown = Console(quiet=True) if as_json else console
-        result = run_search(sc, top=k, out=out_dir, profile=profile, routing_trace=routing, console=shown)
+        # a cache miss starts tracing now, beside the imports below (graph/cache.py)
+        with prefetch_graph(sc.model, seq_len=sc.job.seq_len) or nullcontext() as tracing:
+            from planner.cli.search import result_json, run_search
+
+            out_dir, k = out or Path("reports") / sc.name, top or sc.search.top_k
+            # --json: stdout carries the object alone; tables and progress go to a silent console
+            shown = Console(quiet=True) if as_json else console
+            result = run_search(sc, top=k, out=out_dir, profile=profile, routing_trace=routing, console=shown,
+                                prefetch=tracing)
     if as_json:
         typer.echo(result_json(result, sc, top=k, out=out_dir))
     if result.best is None:

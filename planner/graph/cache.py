@@ -12,6 +12,11 @@ entry. Entries are pickles written atomically (temp file + rename) under
 (the report keeps its compressed plotly.js beside them, under assets/).
 
 A corrupt or unreadable entry is rebuilt, never fatal.
+
+On a miss the CLI starts the trace early, in a forked child (`prefetch_graph`), so importing
+torch and tracing (one core) overlap the parent's own imports of the search and the report
+(the other core); the parent reads the pickled graph from a pipe when it needs it. Any failure
+of the child (or no fork: not Linux, threads running) falls back to tracing in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import hashlib
 import importlib
 import os
 import pickle
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from planner.graph.types import ModelGraph
@@ -59,14 +67,89 @@ def graph_key(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> str:
     return digest.hexdigest()
 
 
-def cached_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> ModelGraph:
-    """extract_graph(spec, seq_len, batch) from the cache, tracing (and storing) on a miss."""
-    path = cache_dir() / "graphs" / f"{spec.name}-{graph_key(spec, seq_len=seq_len, batch=batch)[:32]}.pickle"
+def _entry(spec: ModelSpec, *, seq_len: int, batch: int) -> Path:
+    return cache_dir() / "graphs" / f"{spec.name}-{graph_key(spec, seq_len=seq_len, batch=batch)[:32]}.pickle"
+
+
+def _extract(spec: ModelSpec, *, seq_len: int, batch: int) -> ModelGraph:
+    # the tracer is the only torch importer; loaded here, on a miss only (PEP 562 in graph/__init__)
+    return importlib.import_module("planner.graph").extract_graph(spec, seq_len=seq_len, batch=batch)
+
+
+class GraphPrefetch:
+    """A forked child tracing one graph; `take()` returns it (None if the child failed) and
+    `close()` stops a child nobody waits for (an error or Ctrl-C in the parent)."""
+
+    def __init__(self, pid: int, fd: int, key: tuple[str, int, int]) -> None:
+        self.pid, self.fd, self.key = pid, fd, key
+
+    def take(self) -> ModelGraph | None:
+        fd, self.fd = self.fd, -1
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = 0
+            graph = pickle.loads(data) if os.waitstatus_to_exitcode(status) == 0 else None
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
+            return None
+        finally:
+            self.close()
+        return graph if isinstance(graph, ModelGraph) else None
+
+    def close(self) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except OSError:
+                pass
+            self.pid = 0
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> GraphPrefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefetch_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> GraphPrefetch | None:
+    """Start tracing now in a forked child when the cache has no entry; None when there is
+    nothing to do or forking is not safe here (non-Linux, or threads that a fork would orphan)."""
+    if sys.platform != "linux" or threading.active_count() > 1 or _read(_entry(spec, seq_len=seq_len, batch=batch)):
+        return None
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: trace, pickle into the pipe, and leave without running any parent cleanup
+        code = 1
+        try:
+            os.close(read_fd)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            graph = _extract(spec, seq_len=seq_len, batch=batch)
+            with os.fdopen(write_fd, "wb") as f:
+                pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    return GraphPrefetch(pid, read_fd, (spec.model_dump_json(), seq_len, batch))
+
+
+def cached_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1,
+                 prefetch: GraphPrefetch | None = None) -> ModelGraph:
+    """extract_graph(spec, seq_len, batch) from the cache, tracing (and storing) on a miss;
+    a `prefetch_graph` of the same graph already under way is waited for instead."""
+    path = _entry(spec, seq_len=seq_len, batch=batch)
     graph = _read(path)
     if graph is None:
-        # the tracer is the only torch importer; loaded here, on a miss only (PEP 562 in graph/__init__)
-        extract = importlib.import_module("planner.graph").extract_graph
-        graph = extract(spec, seq_len=seq_len, batch=batch)
+        same = prefetch is not None and prefetch.key == (spec.model_dump_json(), seq_len, batch)
+        graph = prefetch.take() if same else None
+        if graph is None:
+            graph = _extract(spec, seq_len=seq_len, batch=batch)
         _write(path, graph)
     return graph
 
