@@ -16,7 +16,7 @@ from planner.graph import build as gb
 from planner.graph.types import BlockKind, Layer, LayerKind, ModelGraph, OpNode
 from planner.graph.lean import SkipMetaInit, no_dynamo_import
 from planner.graph.trace import storage_key, trace_fn
-from planner.scenario import ModelSpec
+from planner.scenario import ModelSpec, graph_size_problem
 from planner.graph.transformer import Transformer, loss_fn
 
 
@@ -39,6 +39,8 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
     """
     if seq_len < 1 or batch < 1:
         raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
+    if problem := graph_size_problem(spec):  # before tracing: the graph is O(layers x experts)
+        raise ValueError(problem)
     with no_dynamo_import():
         with torch.device("meta"), SkipMetaInit():
             model = Transformer(spec).to(dtype)

@@ -15,6 +15,7 @@ fewer), interleaved ones a multiple of pp.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,9 +98,10 @@ def _expert_problems(d: ParallelDims, t: Target) -> list[str]:
 
 def _knob_problems(plan: Plan, t: Target) -> list[str]:
     d, out = plan.dims, []
-    blocks = plan.stage_blocks(t.num_layers)
-    if sum(blocks) != t.num_layers or min(blocks) < 0:
-        out.append(f"blocks_per_stage: sums to {sum(blocks)} but the model has {t.num_layers} layers")
+    if plan.blocks_per_stage is not None or plan.num_chunks <= t.num_layers:  # an even split has an
+        blocks = plan.stage_blocks(t.num_layers)  # entry per chunk: never built for pp = 10**12
+        if sum(blocks) != t.num_layers or min(blocks) < 0:
+            out.append(f"blocks_per_stage: sums to {sum(blocks)} but the model has {t.num_layers} layers")
     if plan.num_chunks > t.num_layers:
         out.append(f"pp*virtual_stages = {plan.num_chunks} exceeds num_hidden_layers={t.num_layers}; "
                    "lower pp or virtual_stages")
@@ -161,7 +163,9 @@ def _placement_problems(plan: Plan, t: Target) -> list[str]:
         return []
     ep, experts = plan.dims.ep, t.num_experts
     for layer, placement in enumerate(plan.expert_placement):
-        if len(placement) != experts or [placement.count(r) for r in range(ep)] != [experts // ep] * ep:
+        counts = Counter(placement)  # O(experts), whatever ep is
+        if len(placement) != experts or ep > experts or sorted(counts) != list(range(ep)) or \
+                set(counts.values()) != {experts // ep}:
             return [f"expert_placement[{layer}]: must give each of {ep} EP ranks exactly "
                     f"{experts // ep} of the {experts} experts"]
     return []

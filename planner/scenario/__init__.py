@@ -5,7 +5,7 @@ spec.py is the schema (a leaf); models.py and clusters.py are the cited presets;
 
 from planner.errors import ScenarioError, one_line
 from planner.scenario.clusters import CLUSTER_PRESETS, FABRIC_PRESETS, GPU_PRESETS, cluster_preset, fabric_preset, gpu_preset
-from planner.scenario.load import load_scenario, scenario_from_dict
+from planner.scenario.load import graph_size_problem, load_scenario, scenario_from_dict
 from planner.scenario.kinds import GpuFamily
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
 from planner.scenario.host import HostLink, HostSpec
@@ -48,7 +48,8 @@ __all__ = [
     "LoadBalancing", "NodeGroup", "TierKind", "fabric_preset",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",
-    "ShardingRuntime", "cluster_preset", "count_params", "frameworks", "gpu_preset", "load_hf_config", "load_scenario",
+    "ShardingRuntime", "cluster_preset", "count_params", "frameworks", "gpu_preset", "graph_size_problem", "load_hf_config",
+    "load_scenario",
     "model_preset", "one_line", "scenario_from_dict",
     "DATA_MIXES", "BalancePolicy", "HostLink", "HostSpec", "LengthBin", "Packing", "RankLoads", "SequencesSpec",
 ]

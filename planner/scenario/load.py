@@ -16,7 +16,15 @@ from pydantic import ValidationError
 
 from planner.errors import ScenarioError, UserError, one_line, read_text
 from planner.scenario import clusters, models, runtime
-from planner.scenario.spec import PositionEmbedding, Scenario
+from planner.scenario.spec import ModelSpec, PositionEmbedding, Scenario
+
+# The traced graph keeps every op of every block (graph/canonical.py relabels one traced block per
+# position; a MoE block runs its experts one after another, ~5 ops each: the GEMMs, activation,
+# gate product). Measured on this project's graphs: ~1.3 KB per op (OpNode + its DAG entry) and
+# ~0.4 MB per block (llama3-70b: 80 blocks, 4,254 ops, 33 MB; DeepSeek-V3: 61 blocks, 79,632 ops,
+# 95 MB). The budget is 20x DeepSeek-V3's graph; past it a model is refused before tracing.
+GRAPH_BYTES_PER_OP, GRAPH_BYTES_PER_BLOCK, OPS_PER_EXPERT, OPS_PER_BLOCK = 1300, 400_000, 5, 60
+MAX_GRAPH_BYTES = 2 * 2**30
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -44,7 +52,11 @@ def scenario_from_dict(raw: dict[str, Any], *, base_dir: Path, name: str, source
         data["model"] = models.resolve_model_table(data["model"], base_dir=base_dir)
         data["cluster"] = _read_link_table(clusters.resolve_cluster_table(data["cluster"]), base_dir=base_dir)
         data["job"] = runtime.runtime_job_fields(data["job"])
-        return _positions_cover_the_sequence(Scenario.model_validate(data))
+        scenario = _positions_cover_the_sequence(Scenario.model_validate(data))
+        problem = graph_size_problem(scenario.model)
+        if problem:
+            raise ValueError(problem)
+        return scenario
     except ValidationError as err:
         raise ScenarioError(one_line(err), file=source) from None
     except UserError as err:  # already names its own file (an HF config) or field
@@ -64,6 +76,19 @@ def _positions_cover_the_sequence(sc: Scenario) -> Scenario:
         warnings.warn(f"job.seq_len: {seq} exceeds max_position_embeddings={m.max_position_embeddings} of "
                       f"{m.name}; RoPE extends, but the model was not trained at this length", stacklevel=3)
     return sc
+
+
+def graph_size_problem(spec: ModelSpec) -> str | None:
+    """Why the model's traced graph would not fit a sane memory budget (None when it does): the
+    graph, and every search over it, holds each op of each block, O(layers x experts)."""
+    experts = spec.num_moe_layers * OPS_PER_EXPERT * spec.num_local_experts * GRAPH_BYTES_PER_OP
+    blocks = spec.num_hidden_layers * (OPS_PER_BLOCK * GRAPH_BYTES_PER_OP + GRAPH_BYTES_PER_BLOCK)
+    need = experts + blocks
+    if need <= MAX_GRAPH_BYTES:
+        return None
+    field = "num_local_experts" if experts > blocks else "num_hidden_layers"
+    return (f"model.{field}: {spec.num_hidden_layers} layers with {spec.num_local_experts} experts would need a "
+            f"~{need / 2**30:.0f} GiB operator graph (over {MAX_GRAPH_BYTES // 2**30} GiB); use fewer layers or experts")
 
 
 def _read_link_table(cluster: dict[str, Any], *, base_dir: Path) -> dict[str, Any]:

@@ -146,7 +146,7 @@ class ModelSpec(BaseModel):
 
     @property
     def num_moe_layers(self) -> int:
-        return sum(self.is_moe_layer(i) for i in range(self.num_hidden_layers))
+        return max(0, -(self.first_k_dense_replace - self.num_hidden_layers) // self.moe_layer_freq) if self.is_moe else 0
 
 
 class GpuSpec(BaseModel):
