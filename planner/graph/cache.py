@@ -21,6 +21,7 @@ of the child (or no fork: not Linux, threads running) falls back to tracing in-p
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import os
@@ -122,6 +123,7 @@ def prefetch_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> GraphPre
     if sys.platform != "linux" or threading.active_count() > 1 or _read(_entry(spec, seq_len=seq_len, batch=batch)):
         return None
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: trace, pickle into the pipe, and leave without running any parent cleanup
         code = 1
@@ -129,6 +131,10 @@ def prefetch_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> GraphPre
             os.close(read_fd)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # die with the parent, even a SIGKILLed one (prctl(2) PR_SET_PDEATHSIG = 1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                return None
             graph = _extract(spec, seq_len=seq_len, batch=batch)
             with os.fdopen(write_fd, "wb") as f:
                 pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)

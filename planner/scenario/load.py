@@ -20,10 +20,12 @@ from planner.scenario.spec import ModelSpec, PositionEmbedding, Scenario
 
 # The traced graph keeps every op of every block (graph/canonical.py relabels one traced block per
 # position; a MoE block runs its experts one after another, ~5 ops each: the GEMMs, activation,
-# gate product). Measured on this project's graphs: ~1.3 KB per op (OpNode + its DAG entry) and
-# ~0.4 MB per block (llama3-70b: 80 blocks, 4,254 ops, 33 MB; DeepSeek-V3: 61 blocks, 79,632 ops,
-# 95 MB). The budget is 20x DeepSeek-V3's graph; past it a model is refused before tracing.
-GRAPH_BYTES_PER_OP, GRAPH_BYTES_PER_BLOCK, OPS_PER_EXPERT, OPS_PER_BLOCK = 1300, 400_000, 5, 60
+# gate product). Peak resident memory measured on this machine (ru_maxrss): ~4 KB per op of the
+# whole graph (tiny-moe with 2,048 / 8,192 experts: 3.3 / 2.5 KB), ~13 KB per op of the one block
+# being traced (its records and meta tensors), ~0.4 MB per block (llama3-70b: 80 blocks, 4,254
+# ops, 33 MB). DeepSeek-V3 (61 blocks, 79,632 ops) needs ~0.4 GB; past the budget, 5x that, a
+# model is refused before tracing.
+GRAPH_BYTES_PER_OP, TRACE_BYTES_PER_OP, GRAPH_BYTES_PER_BLOCK, OPS_PER_EXPERT, OPS_PER_BLOCK = 4000, 13_000, 400_000, 5, 60
 MAX_GRAPH_BYTES = 2 * 2**30
 
 
@@ -81,7 +83,8 @@ def _positions_cover_the_sequence(sc: Scenario) -> Scenario:
 def graph_size_problem(spec: ModelSpec) -> str | None:
     """Why the model's traced graph would not fit a sane memory budget (None when it does): the
     graph, and every search over it, holds each op of each block, O(layers x experts)."""
-    experts = spec.num_moe_layers * OPS_PER_EXPERT * spec.num_local_experts * GRAPH_BYTES_PER_OP
+    expert_ops = OPS_PER_EXPERT * spec.num_local_experts
+    experts = spec.num_moe_layers * expert_ops * GRAPH_BYTES_PER_OP + (expert_ops * TRACE_BYTES_PER_OP if spec.is_moe else 0)
     blocks = spec.num_hidden_layers * (OPS_PER_BLOCK * GRAPH_BYTES_PER_OP + GRAPH_BYTES_PER_BLOCK)
     need = experts + blocks
     if need <= MAX_GRAPH_BYTES:
