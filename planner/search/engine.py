@@ -42,8 +42,10 @@ _EXPERT_ATTENTION_LAYOUTS = 6  # attention layouts whose ep x etp variants are p
 _TIE = 1e-3  # a CP kind must be 0.1% faster than an earlier one to replace it (no churn on equal time)
 # Fitting plans re-priced with the event simulator before the final ranking: the closed-form
 # pipeline model ranks the grid, the simulator (per-boundary links, real schedule order) has the
-# last word on the leaders, so the plan reported first is the fastest the simulator knows.
-_SIMULATED_LEADERS, _SIMULATION_ROUNDS = 5, 3
+# last word on the leaders, so the plan reported first is the fastest the simulator knows. Its
+# cost grows with the pipeline actions (2 pp m v per plan): past the budget only the first is
+# simulated (a 405B plan on 16,384 GPUs is ~25k actions, ~1 s of Python).
+_SIMULATED_LEADERS, _SIMULATION_ROUNDS, _SIMULATED_ACTIONS_BUDGET = 5, 3, 40_000
 
 
 def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k: int = 10,
@@ -266,9 +268,11 @@ def _staircase(run: Pricer, lay: ParallelDims, base: Knobs) -> Knobs | None:
 def _result(run: Pricer, *, top_k: int, tuned: TuneResult) -> SearchResult:
     """Rank the fitting plans (ties go to the ILP-tuned plan the post-pass derived) and price the
     best once more with the event simulator's timeline, in place: the report reads it as is."""
-    candidates = _simulate_leaders(run, list(run.candidates))
+    candidates, pinned = _simulate_leaders(run, list(run.candidates))
+    first = candidates[pinned] if pinned is not None else None
     fitting = sorted((c for c in candidates if c.fits),
-                     key=lambda c: (c.estimate.step_time_s, c.plan.expert_placement is None, c.plan.blocks_per_stage is None))
+                     key=lambda c: (c is not first, c.estimate.step_time_s, c.plan.expert_placement is None,
+                                    c.plan.blocks_per_stage is None))
     ranks = {id(c): i + 1 for i, c in enumerate(fitting)}
     candidates = [replace(c, rank=ranks.get(id(c))) for c in candidates]
     best_index = next((i for i, c in enumerate(candidates) if c.rank == 1), None)
@@ -280,28 +284,37 @@ def _result(run: Pricer, *, top_k: int, tuned: TuneResult) -> SearchResult:
                         moe=tuned.moe, partition=tuned.partition, device_mapping=tuned.device_mapping)
 
 
-def _simulate_leaders(run: Pricer, candidates: list[Candidate]) -> list[Candidate]:
-    """Re-price fitting candidates with the event simulator (its timeline kept, in place: the report
-    reads the best's as is) until the _SIMULATED_LEADERS fastest are all simulated (at most
-    _SIMULATION_ROUNDS rounds), then until the fastest is: a leader the simulator slows down lets the
-    next closed-form plan in, which is simulated in turn."""
+def _simulate_leaders(run: Pricer, candidates: list[Candidate]) -> tuple[list[Candidate], int | None]:
+    """Re-price the fastest fitting candidates with the event simulator (timelines kept, in place:
+    the report reads the best's as is) until the _SIMULATED_LEADERS fastest are all simulated: a
+    leader the simulator slows down lets the next closed-form plan in, simulated in turn. Past
+    _SIMULATION_ROUNDS or _SIMULATED_ACTIONS_BUDGET the fastest simulated plan is returned as the
+    one to rank first (as a closed-form ranking with only its winner simulated would)."""
     simulated: set[int] = set()
     fitting = [i for i, c in enumerate(candidates) if c.fits]
-    for round_ in range(_SIMULATION_ROUNDS + len(fitting)):  # each round simulates at least one more plan
+    actions = 0
+    for _ in range(_SIMULATION_ROUNDS):
         fitting.sort(key=lambda i: candidates[i].estimate.step_time_s)
-        leaders = _SIMULATED_LEADERS if round_ < _SIMULATION_ROUNDS else 1
-        pending = [i for i in fitting[:leaders] if i not in simulated]
+        pending = [i for i in fitting[:_SIMULATED_LEADERS] if i not in simulated]
         if not pending:
-            if leaders == 1:
-                break
-            continue
+            return candidates, None
         for i in pending:
-            c = candidates[i]
-            timed = run.est.estimate(run.graph, c.plan, hw=run.hw, cluster=run.scenario.cluster,
-                                     job=run.scenario.job, timeline=True)
-            candidates[i] = replace(c, estimate=timed)
+            if simulated and actions + _pipeline_actions(candidates[i].plan, run.scenario.job.global_batch) > _SIMULATED_ACTIONS_BUDGET:
+                break
+            actions += _pipeline_actions(candidates[i].plan, run.scenario.job.global_batch)
+            candidates[i] = replace(candidates[i], estimate=run.est.estimate(
+                run.graph, candidates[i].plan, hw=run.hw, cluster=run.scenario.cluster, job=run.scenario.job,
+                timeline=True))
             simulated.add(i)
-    return candidates
+        else:
+            continue
+        break
+    return candidates, min(simulated, key=lambda i: candidates[i].estimate.step_time_s, default=None)
+
+
+def _pipeline_actions(plan: Plan, global_batch: int) -> int:
+    """Forward and backward actions the event simulator steps through for this plan."""
+    return 2 * plan.dims.pp * plan.virtual_stages * max(1, plan.num_micro_batches(global_batch))
 
 
 def pareto_front(fitting: list[Candidate]) -> list[Candidate]:
