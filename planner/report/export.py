@@ -6,7 +6,8 @@ Every field maps to the option name the framework documents, in the version cite
   [activation_checkpoint];
 - Megatron-LM core_v0.15.0 (NVIDIA/Megatron-LM tag core_v0.15.0, commit 0d7e02b, 2025-12-05):
   megatron/training/arguments.py, the `group.add_argument('--...')` flags.
-What a framework cannot express is returned in `unsupported`, one line each, never dropped.
+What a framework cannot express is returned in `unsupported`, one line each, never dropped; `written`
+says, per plan field, the options it became (issue 16's fields: export_knobs.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from planner.plan import DEFAULT_RANK_ORDER, Plan, Recompute, Schedule, ZeroStage
+from planner.plan import DEFAULT_EXPERT_RANK_ORDER, DEFAULT_RANK_ORDER, Plan, Recompute, Schedule, ZeroStage
+from planner.report.export_knobs import Draft, megatron_knobs, titan_knobs
 from planner.scenario import Precision, Scenario
 
 TORCHTITAN_VERSION = "torchtitan v0.2.2 (pytorch/torchtitan 73a0e69, torchtitan/config/job_config.py)"
@@ -45,6 +47,7 @@ class FrameworkConfig:
     options: dict[str, dict[str, object]] | dict[str, object]  # torchtitan: section -> {key: value}
     unsupported: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    written: dict[str, list[str]] = field(default_factory=dict)  # plan field -> options it became
     text: str = ""
 
 
@@ -56,73 +59,105 @@ def export_plan(plan: Plan, scenario: Scenario, fmt: ExportFormat) -> FrameworkC
             return _megatron(plan, scenario)
 
 
-def _common_unsupported(plan: Plan, framework: str) -> list[str]:
-    out = []
+def _common(plan: Plan, framework: str) -> Draft:
+    """The fields neither framework's options can carry: placement, mesh orders, traces."""
+    draft = Draft()
+    out = draft.unsupported
     if plan.expert_placement is not None:
         out.append(f"expert_placement: {framework} places experts in contiguous blocks per EP rank; the plan's "
                    "per-layer placement (from the placement ILP) is not expressible")
     if plan.rank_order != list(DEFAULT_RANK_ORDER):
         out.append(f"rank_order {[a.value for a in plan.rank_order]}: {framework}'s mesh order is fixed "
                    "(tp innermost, then cp, dp, pp)")
-    return out
+    if plan.expert_rank_order != list(DEFAULT_EXPERT_RANK_ORDER):
+        out.append(f"expert_rank_order {[a.value for a in plan.expert_rank_order]}: {framework}'s expert mesh "
+                   "order is fixed")
+    if plan.dims.pp == 1 and plan.schedule != Schedule.ONE_F_ONE_B:
+        out.append(f"schedule {plan.schedule.value}: pp = 1, no pipeline to schedule")
+    if plan.expert_load is not None:
+        out.append("expert_load: the routing trace the plan was priced with is data, not a framework option")
+    if plan.device_mapping is not None:
+        out.append("device_mapping: which GPU runs which rank is the launcher's (torchrun node rank, "
+                   "CUDA_VISIBLE_DEVICES), not a framework option")
+    return draft
 
 
 def _torchtitan(plan: Plan, sc: Scenario) -> FrameworkConfig:
     d, job = plan.dims, sc.job
-    unsupported = _common_unsupported(plan, "torchtitan")
-    notes = []
+    draft = _common(plan, "torchtitan")
+    unsupported = draft.unsupported
     par: dict[str, object] = {"tensor_parallel_degree": d.tp, "pipeline_parallel_degree": d.pp,
                               "context_parallel_degree": d.cp}
-    match plan.zero_stage:
-        case ZeroStage.PARAMETERS | ZeroStage.GRADIENTS:  # FSDP2; ZeRO-2 keeps parameters after forward
-            par |= {"data_parallel_replicate_degree": 1, "data_parallel_shard_degree": d.dp,
-                    "fsdp_reshard_after_forward": "always" if plan.zero_stage == ZeroStage.PARAMETERS else "never"}
-        case _:
-            par |= {"data_parallel_replicate_degree": d.dp, "data_parallel_shard_degree": 1}
-            if plan.zero_stage == ZeroStage.OPTIMIZER:
-                unsupported.append("zero_stage 1: torchtitan shards with FSDP2 (parameters, gradients and "
-                                   "optimizer state together) or replicates (DDP); written as DDP")
+    par |= _titan_data_parallel(plan, draft)
     if d.tp > 1 and not plan.sequence_parallel:
         unsupported.append("sequence_parallel = false: torchtitan's tensor parallelism always shards norms "
                            "and dropout along the sequence")
+    elif plan.sequence_parallel:
+        draft.wrote("sequence_parallel", "parallelism.tensor_parallel_degree")
     if sc.model.is_moe:
         par |= {"expert_parallel_degree": d.ep, "expert_tensor_parallel_degree": d.etp}
         if d.etp not in (1, d.tp):
             unsupported.append(f"etp={d.etp}: torchtitan v0.2.2 supports expert_tensor_parallel_degree 1 or "
                                f"equal to tensor_parallel_degree ({d.tp})")
+    draft.wrote("dims", *(f"parallelism.{k}" for k in par if k.endswith("_degree")))
     per_replica = job.global_batch // d.dp
     if d.pp > 1:
-        par |= _titan_pipeline(plan, sc, unsupported)
+        par |= _titan_pipeline(plan, sc, draft)
         training = {"local_batch_size": per_replica, "global_batch_size": job.global_batch}
     else:  # gradient accumulation: global_batch_size > local_batch_size * dp
         training = {"local_batch_size": plan.micro_batch_size, "global_batch_size": job.global_batch}
+        draft.wrote("micro_batch_size", "training.local_batch_size")
     training["seq_len"] = job.seq_len
     if job.precision in _TITAN_DTYPE:
         training["mixed_precision_param"] = _TITAN_DTYPE[job.precision]
-    else:
+    elif job.precision != Precision.FP8:  # fp8: bfloat16 plus the float8 / mx converters (export_knobs.py)
         unsupported.append(f"precision {job.precision.value}: torchtitan's mixed_precision_param takes bfloat16 "
-                           "or float32 (fp8 goes through its [quantize] converters)")
+                           "or float32")
     ac: dict[str, object] = {"mode": plan.recompute.value}
+    draft.wrote("recompute", "activation_checkpoint.mode")
     if plan.recompute == Recompute.SELECTIVE:
         ac["selective_ac_option"] = "op"
-        notes.append("recompute selective -> torchtitan's op-level selective AC (selective_ac_option = \"op\"), "
-                     "which saves matmul outputs; the planner priced Megatron's attention-core recompute")
+        draft.notes.append("recompute selective -> torchtitan's op-level selective AC (selective_ac_option = "
+                           "\"op\"), which saves matmul outputs; the planner priced Megatron's attention-core recompute")
     options = {"parallelism": par, "training": training, "activation_checkpoint": ac}
-    return FrameworkConfig(format=ExportFormat.TORCHTITAN, version=TORCHTITAN_VERSION, options=options,
-                           unsupported=unsupported, notes=notes,
-                           text=_toml(options, header=[TORCHTITAN_VERSION, plan.describe()], unsupported=unsupported,
-                                      notes=notes))
+    titan_knobs(plan, sc, options, draft)
+    return _config(ExportFormat.TORCHTITAN, TORCHTITAN_VERSION, plan, options, draft)
 
 
-def _titan_pipeline(plan: Plan, sc: Scenario, unsupported: list[str]) -> dict[str, object]:
+def _titan_data_parallel(plan: Plan, draft: Draft) -> dict[str, object]:
+    dp = plan.dims.dp
+    match plan.zero_stage:
+        case ZeroStage.PARAMETERS | ZeroStage.GRADIENTS:  # FSDP2; ZeRO-2 keeps parameters after forward
+            draft.wrote("zero_stage", "parallelism.data_parallel_shard_degree", "parallelism.fsdp_reshard_after_forward")
+            return {"data_parallel_replicate_degree": 1, "data_parallel_shard_degree": dp,
+                    "fsdp_reshard_after_forward": "always" if plan.zero_stage == ZeroStage.PARAMETERS else "never"}
+        case ZeroStage.OPTIMIZER:
+            draft.unsupported.append("zero_stage 1: torchtitan shards with FSDP2 (parameters, gradients and "
+                                     "optimizer state together) or replicates (DDP); written as DDP")
+        case ZeroStage.NONE:
+            pass
+    return {"data_parallel_replicate_degree": dp, "data_parallel_shard_degree": 1}
+
+
+def _config(fmt: ExportFormat, version: str, plan: Plan, options: dict, draft: Draft) -> FrameworkConfig:
+    header = [version, plan.describe()]
+    render = _toml if fmt == ExportFormat.TORCHTITAN else _args_text
+    return FrameworkConfig(format=fmt, version=version, options=options, unsupported=draft.unsupported,
+                           notes=draft.notes, written=draft.written,
+                           text=render(options, header=header, unsupported=draft.unsupported, notes=draft.notes))
+
+
+def _titan_pipeline(plan: Plan, sc: Scenario, draft: Draft) -> dict[str, object]:
     out: dict[str, object] = {"pipeline_parallel_microbatch_size": plan.micro_batch_size}
     match plan.schedule:
         case Schedule.ZERO_BUBBLE:
             out["pipeline_parallel_schedule"] = "1F1B"
-            unsupported.append("schedule zero-bubble with one stage per rank: torchtitan's zero-bubble schedules "
-                               "(InterleavedZeroBubble, ZBVZeroBubble) need several stages per rank; written as 1F1B")
+            draft.unsupported.append("schedule zero-bubble with one stage per rank: torchtitan's zero-bubble "
+                                     "schedules (InterleavedZeroBubble, ZBVZeroBubble) need several stages per "
+                                     "rank; written as 1F1B")
         case _:
             out["pipeline_parallel_schedule"] = _TITAN_SCHEDULE[plan.schedule]
+            draft.wrote("schedule", "parallelism.pipeline_parallel_schedule")
     layers = sc.model.num_hidden_layers
     if plan.blocks_per_stage is not None:
         out["module_fqns_per_model_part"] = _titan_parts(plan.blocks_per_stage)
@@ -131,6 +166,11 @@ def _titan_pipeline(plan: Plan, sc: Scenario, unsupported: list[str]) -> dict[st
                 "pipeline_parallel_first_stage_less_layers": 0, "pipeline_parallel_last_stage_less_layers": 0}
     else:
         out["module_fqns_per_model_part"] = _titan_parts(plan.stage_blocks(layers))
+    # the chunk count (pp * virtual stages) follows from the layers or FQNs per model part
+    chunks = "module_fqns_per_model_part" if "module_fqns_per_model_part" in out else "pipeline_parallel_layers_per_stage"
+    draft.wrote("micro_batch_size", "parallelism.pipeline_parallel_microbatch_size")
+    draft.wrote("virtual_stages", f"parallelism.{chunks}")
+    draft.wrote("blocks_per_stage", f"parallelism.{chunks}")
     return out
 
 
@@ -147,34 +187,29 @@ def _titan_parts(blocks: list[int]) -> list[list[str]]:
 
 def _megatron(plan: Plan, sc: Scenario) -> FrameworkConfig:
     d, job = plan.dims, sc.job
-    unsupported = _common_unsupported(plan, "Megatron-LM")
-    notes = [f"data-parallel size {d.dp} is implied: world size / (tensor * pipeline * context) "
-             f"= {d.world_size} / {d.tp * d.pp * d.cp}"]
-    args: dict[str, object] = {"--tensor-model-parallel-size": d.tp, "--pipeline-model-parallel-size": d.pp,
-                               "--context-parallel-size": d.cp}
-    if sc.model.is_moe:
-        args |= {"--expert-model-parallel-size": d.ep, "--expert-tensor-parallel-size": d.etp}
-    if plan.virtual_stages > 1:
-        args["--num-virtual-stages-per-pipeline-rank"] = plan.virtual_stages
-    if plan.blocks_per_stage is not None:
-        args["--pipeline-model-parallel-layout"] = _megatron_layout(plan.blocks_per_stage)
-    if plan.sequence_parallel:
-        args["--sequence-parallel"] = True
+    draft = _common(plan, "Megatron-LM")
+    draft.notes.append(f"data-parallel size {d.dp} is implied: world size / (tensor * pipeline * context) "
+                       f"= {d.world_size} / {d.tp * d.pp * d.cp}")
+    args = _megatron_parallel(plan, sc, draft)
     match plan.recompute:
         case Recompute.FULL:
             args |= {"--recompute-granularity": "full", "--recompute-method": "uniform", "--recompute-num-layers": 1}
         case Recompute.SELECTIVE:  # Megatron's default selective set is core_attn: what the planner prices
             args["--recompute-granularity"] = "selective"
+        case Recompute.NONE:
+            pass
+    draft.wrote("recompute", *(k for k in args if k.startswith("--recompute")))
     match plan.zero_stage:
         case ZeroStage.OPTIMIZER:
             args["--use-distributed-optimizer"] = True
         case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS:
             args |= {"--use-megatron-fsdp": True, "--data-parallel-sharding-strategy": _MEGATRON_SHARDING[plan.zero_stage]}
-    if d.pp > 1 and plan.schedule in (Schedule.GPIPE, Schedule.ZERO_BUBBLE):
-        unsupported.append(f"schedule {plan.schedule.value}: Megatron-LM runs 1F1B (interleaved with virtual "
-                           "stages); it has no option for this schedule")
+        case ZeroStage.NONE:
+            pass
+    draft.wrote("zero_stage", *(k for k in args if k in ("--use-distributed-optimizer", "--use-megatron-fsdp")))
     args |= {"--micro-batch-size": plan.micro_batch_size, "--global-batch-size": job.global_batch,
              "--seq-length": job.seq_len}
+    draft.wrote("micro_batch_size", "--micro-batch-size")
     match job.precision:
         case Precision.BF16:
             args["--bf16"] = True
@@ -184,10 +219,31 @@ def _megatron(plan: Plan, sc: Scenario) -> FrameworkConfig:
             args |= {"--bf16": True, "--fp8-format": "hybrid"}
         case Precision.FP32:
             pass
-    return FrameworkConfig(format=ExportFormat.MEGATRON, version=MEGATRON_VERSION, options=args,
-                           unsupported=unsupported, notes=notes,
-                           text=_args_text(args, header=[MEGATRON_VERSION, plan.describe()], unsupported=unsupported,
-                                           notes=notes))
+    megatron_knobs(plan, sc, args, draft)
+    return _config(ExportFormat.MEGATRON, MEGATRON_VERSION, plan, args, draft)
+
+
+def _megatron_parallel(plan: Plan, sc: Scenario, draft: Draft) -> dict[str, object]:
+    d = plan.dims
+    args: dict[str, object] = {"--tensor-model-parallel-size": d.tp, "--pipeline-model-parallel-size": d.pp,
+                               "--context-parallel-size": d.cp}
+    if sc.model.is_moe:
+        args |= {"--expert-model-parallel-size": d.ep, "--expert-tensor-parallel-size": d.etp}
+    draft.wrote("dims", *args)
+    if plan.virtual_stages > 1:
+        args["--num-virtual-stages-per-pipeline-rank"] = plan.virtual_stages
+        draft.wrote("virtual_stages", "--num-virtual-stages-per-pipeline-rank")
+        draft.wrote("schedule", "--num-virtual-stages-per-pipeline-rank")
+    if plan.blocks_per_stage is not None:
+        args["--pipeline-model-parallel-layout"] = _megatron_layout(plan.blocks_per_stage)
+        draft.wrote("blocks_per_stage", "--pipeline-model-parallel-layout")
+    if plan.sequence_parallel:
+        args["--sequence-parallel"] = True
+        draft.wrote("sequence_parallel", "--sequence-parallel")
+    if d.pp > 1 and plan.schedule in (Schedule.GPIPE, Schedule.ZERO_BUBBLE):
+        draft.unsupported.append(f"schedule {plan.schedule.value}: Megatron-LM runs 1F1B (interleaved with virtual "
+                                 "stages); it has no option for this schedule")
+    return args
 
 
 def _megatron_layout(blocks: list[int]) -> str:
@@ -224,6 +280,12 @@ def _toml_value(value: object) -> str:
 
 
 def _args_text(args: dict[str, object], *, header: list[str], unsupported: list[str], notes: list[str]) -> str:
-    flags = [flag if value is True else f"{flag} {shlex.quote(str(value))}" for flag, value in args.items()]
+    flags = [flag if value is True else f"{flag} {_arg_words(value)}" for flag, value in args.items()]
     body = " \\\n".join(flags)
     return "\n".join(_comments(header, unsupported, notes)) + "\n" + body + "\n"
+
+
+def _arg_words(value: object) -> str:
+    """One argument's value; a list is several words (argparse nargs='+')."""
+    values = value if isinstance(value, list) else [value]
+    return " ".join(shlex.quote(str(v)) for v in values)
