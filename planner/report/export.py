@@ -3,7 +3,7 @@
 Every field maps to the option name the framework documents, in the version cited here:
 - torchtitan v0.2.2 (pytorch/torchtitan tag v0.2.2, commit 73a0e69, 2026-02-20; the last release
   with TOML job configs): torchtitan/config/job_config.py, sections [parallelism], [training],
-  [activation_checkpoint];
+  [activation_checkpoint], [model] (converters) and [quantize.linear.*];
 - Megatron-LM core_v0.15.0 (NVIDIA/Megatron-LM tag core_v0.15.0, commit 0d7e02b, 2025-12-05):
   megatron/training/arguments.py, the `group.add_argument('--...')` flags.
 What a framework cannot express is returned in `unsupported`, one line each, never dropped; `written`
