@@ -99,6 +99,15 @@ def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.chunk(2, dim=-2)
 
 
+def _finish_forward(ctx, acc, q, k, v, *, group: dist.ProcessGroup, scale: float) -> torch.Tensor:
+    """Join the two zigzag chunks' merged (output, log-sum-exp) and keep what the backward reads."""
+    out = torch.cat([acc[0][0], acc[1][0]], dim=-2)
+    lse = torch.cat([acc[0][1], acc[1][1]], dim=-1)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.group, ctx.scale = group, scale
+    return out
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, group, scale):
@@ -119,11 +128,7 @@ class _RingAttention(torch.autograd.Function):
                 for req in pending[0]:
                     req.wait()
                 kv = pending[1]
-        out = torch.cat([acc[0][0], acc[1][0]], dim=-2)
-        lse = torch.cat([acc[0][1], acc[1][1]], dim=-1)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.scale = group, scale
-        return out
+        return _finish_forward(ctx, acc, q, k, v, group=group, scale=scale)
 
     @staticmethod
     def backward(ctx, dout):
@@ -214,11 +219,7 @@ class _BidirectionalRingAttention(torch.autograd.Function):
                 for req in pending[0]:
                     req.wait()
                 fwd_msg, bwd_msg = pending[1], pending[2]
-        out = torch.cat([acc[0][0], acc[1][0]], dim=-2)
-        lse = torch.cat([acc[0][1], acc[1][1]], dim=-1)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.scale = group, scale
-        return out
+        return _finish_forward(ctx, acc, q, k, v, group=group, scale=scale)
 
     @staticmethod
     def backward(ctx, dout):

@@ -299,17 +299,19 @@ def _simulate_leaders(run: Pricer, candidates: list[Candidate]) -> tuple[list[Ca
         if not pending:
             return candidates, None
         for i in pending:
-            if simulated and actions + _pipeline_actions(candidates[i].plan, run.scenario.job.global_batch) > _SIMULATED_ACTIONS_BUDGET:
-                break
-            actions += _pipeline_actions(candidates[i].plan, run.scenario.job.global_batch)
+            cost = _pipeline_actions(candidates[i].plan, run.scenario.job.global_batch)
+            if simulated and actions + cost > _SIMULATED_ACTIONS_BUDGET:
+                return candidates, _fastest(candidates, simulated)
+            actions += cost
             candidates[i] = replace(candidates[i], estimate=run.est.estimate(
                 run.graph, candidates[i].plan, hw=run.hw, cluster=run.scenario.cluster, job=run.scenario.job,
                 timeline=True))
             simulated.add(i)
-        else:
-            continue
-        break
-    return candidates, min(simulated, key=lambda i: candidates[i].estimate.step_time_s, default=None)
+    return candidates, _fastest(candidates, simulated)
+
+
+def _fastest(candidates: list[Candidate], among: set[int]) -> int | None:
+    return min(among, key=lambda i: candidates[i].estimate.step_time_s, default=None)
 
 
 def _pipeline_actions(plan: Plan, global_batch: int) -> int:
