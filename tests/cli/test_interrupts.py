@@ -27,9 +27,16 @@ TINY = REPO / "scenarios" / "tiny-dense_cpu4.toml"
 ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def _default_sigint() -> None:
+    """A job started in the background of a non-interactive shell inherits SIGINT ignored (POSIX
+    `sh`: asynchronous lists), and Python keeps it ignored; the user's terminal gives the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "planner", *map(str, args)], cwd=cwd, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(predicate, *, timeout_s: float, proc: subprocess.Popen) -> None:
