@@ -95,6 +95,7 @@ class Split:
     selective: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
     cuda_graphs: bool = False
     fp8_recipe: Fp8Recipe | None = None  # scaling/cast bytes of the FP8 GEMMs (cost/fp8.py)
+    fp8_saved_inputs: bool = False  # FP8 linears keep 1-byte inputs for the wgrad (cost/memory.py)
     # the framework's measured host cost per traced op (None: the profile's launch model) and
     # its grouped-GEMM launches (FrameworkRuntime.grouped_gemm_streams; 0 = one grouped kernel)
     host_us_per_op: float | None = None
@@ -134,7 +135,8 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
     runtime = frameworks().get(job.framework)
     attention = job.attention if job.attention.fused else AttentionKernel.FLASH
     recipe = plan.fp8_recipe if precision == Precision.FP8 else None
-    return Split(fp8_recipe=recipe, batch_scale=plan.micro_batch_size / graph.sample_batch,
+    fp8_saved = precision == Precision.FP8 and runtime is not None and runtime.fp8_saved_inputs
+    return Split(fp8_recipe=recipe, fp8_saved_inputs=fp8_saved, batch_scale=plan.micro_batch_size / graph.sample_batch,
                  tokens=plan.micro_batch_size * graph.seq_len / d.cp, tp=d.tp, cp=d.cp, ep=d.ep,
                  attention_calls=d.cp // plan.ulysses_degree(),
                  sp=plan.sequence_parallel, imbalance=imbalance,

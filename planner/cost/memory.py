@@ -19,7 +19,7 @@ from planner.cost.fp8 import element_bytes, weight_cache_bytes_per_param
 from planner.cost.offload import gpu_state_terms, offloaded_bytes
 from planner.cost.terms import MemoryTerm
 from planner.cost.ops import GraphKey, Region, graph_summary, layer_ops
-from planner.graph import Layer, LayerKind, ModelGraph
+from planner.graph import Layer, LayerKind, ModelGraph, OpKind
 from planner.plan import OffloadState, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import GIB, JobSpec, Precision
 
@@ -39,6 +39,10 @@ class LayerActivation:
     expert: float  # routed-expert activations
     eager_extra: float  # the s^2 attention terms that flash attention / selective recompute drop
     input_bytes: float
+    # bytes an FP8 stack that saves its cast GEMM inputs (FrameworkRuntime.fp8_saved_inputs) keeps
+    # less: replicated unless SP (the norm outputs feeding column-parallel GEMMs), split by TP
+    fp8_saving_replicated: float = 0.0
+    fp8_saving_split: float = 0.0
 
 
 def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
@@ -47,10 +51,33 @@ def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
     for op in layer_ops(GraphKey(graph))[layer.block_kind]:
         totals[op.saved_region] += op.saved_bytes * op.count
     scale = layer.saved_bytes / max(sum(totals.values()), 1.0)  # ops of a representative layer
+    replicated, split = _fp8_input_saving(layer_ops(GraphKey(graph))[layer.block_kind], heads=graph.num_attention_heads)
     return LayerActivation(replicated=totals[Region.SP] * scale, split=totals[Region.TP] * scale,
                            expert=totals[Region.EXPERT] * scale,
                            eager_extra=max(0.0, layer.saved_bytes - layer.saved_bytes_flash),
-                           input_bytes=layer.input_bytes)
+                           input_bytes=layer.input_bytes, fp8_saving_replicated=replicated, fp8_saving_split=split)
+
+
+def _fp8_input_saving(ops, *, heads: int) -> tuple[float, float]:
+    """Bytes saved per traced sample when FP8 linears keep their inputs in 1 byte instead of 2
+    (Transformer Engine Linear/LayerNormLinear: the cast input is what the wgrad reads).
+
+    Each row-parallel GEMM closes a block opened by column-parallel GEMMs that read one norm output
+    (m x n of the row-parallel call: the hidden size), kept only for their wgrad: 1 byte less. The
+    row-parallel GEMM's own input (m x k) is kept only for its wgrad too (the MLP's activation
+    output: 1 byte less), except the attention output, which the flash kernel keeps in 16 bits for
+    its own backward, so the FP8 copy is 1 byte more (the projection reads the attention core's
+    heads: k = heads x head_dim)."""
+    attention = next((op for op in ops if op.kind == OpKind.ATTENTION and op.dims[2]), None)
+    query_width = heads * attention.dims[2] if attention is not None else -1
+    replicated = split = 0.0
+    for op in ops:
+        if op.kind != OpKind.MATMUL or not (op.fp8 and op.row_parallel and op.dims[2]):
+            continue
+        m, n, k = op.dims
+        replicated += op.count * m * n
+        split += op.count * m * k * (-1.0 if k == query_width else 1.0)
+    return replicated, split
 
 
 def activation_bytes(act: LayerActivation, *, split: Split, flash: bool, recompute: Recompute) -> float:
@@ -58,10 +85,13 @@ def activation_bytes(act: LayerActivation, *, split: Split, flash: bool, recompu
     sp_div = split.tp if split.sp else 1
     if recompute == Recompute.FULL:
         return act.input_bytes * split.batch_scale / (split.cp * sp_div)
-    split_bytes = act.split
+    split_bytes, replicated = act.split, act.replicated
     if flash or recompute == Recompute.SELECTIVE:
         split_bytes -= act.eager_extra
-    per_gpu = act.replicated / sp_div + split_bytes / split.tp + act.expert * split.imbalance / split.tp
+    if split.fp8_saved_inputs:
+        replicated -= act.fp8_saving_replicated
+        split_bytes -= act.fp8_saving_split
+    per_gpu = replicated / sp_div + split_bytes / split.tp + act.expert * split.imbalance / split.tp
     return per_gpu * split.batch_scale / split.cp
 
 

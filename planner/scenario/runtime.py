@@ -69,6 +69,9 @@ class FrameworkRuntime(BaseModel):
     host_us_per_expert_op: float | None = Field(None, gt=0, description="inside the routed experts, per local expert")
     grouped_gemm_streams: int = Field(0, ge=0, description="0: a rank's experts run as one grouped kernel; "
                                       "n: one GEMM launch per local expert, n streams at a time (TE GroupedLinear)")
+    fp8_saved_inputs: bool = Field(False, description="FP8 linear layers keep their FP8-cast input (1 byte) for "
+                                   "the weight gradient instead of the 16-bit one (Transformer Engine); False: "
+                                   "the 16-bit input is saved and re-cast in the backward (torchao Float8Linear)")
 
 
 @cache

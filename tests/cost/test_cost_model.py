@@ -137,3 +137,19 @@ def test_tied_embeddings_are_copied_to_the_last_stage() -> None:
     assert two.stage_memory[1]["weights"] > table
     assert two.stage_memory[0]["weights"] + two.stage_memory[1]["weights"] == pytest.approx(
         one.stage_memory[0]["weights"] + table, rel=0.01)
+
+
+def test_te_fp8_keeps_one_byte_gemm_inputs(dense) -> None:
+    """Transformer Engine saves FP8-cast GEMM inputs for the wgrad; torchao re-casts 16-bit ones.
+    Per token per layer the TE stack keeps h (QKV and MLP norm outputs: -2h, the projection's FP8
+    copy beside flash's 16-bit output: +h) plus ffn (the down projection's input) bytes less."""
+    plan = Plan(dims={"tp": 4, "dp": 8}, sequence_parallel=True, fp8_recipe="current")
+    acts = {}
+    for framework in ("megatron-bridge-25.11", "torchtitan-2024-12"):
+        job = JobSpec(seq_len=SEQ, global_batch=64, precision="fp8", framework=framework)
+        est = estimate(dense, plan, hw=HW, cluster=CLUSTER, job=job)
+        acts[framework] = est.stage_memory[0]["activations"]
+    spec = PRESETS["llama3-8b"]
+    per_layer = SEQ * (spec.hidden_size + spec.intermediate_size) / 4  # mbs 1, SP and TP over 4
+    saved = acts["torchtitan-2024-12"] - acts["megatron-bridge-25.11"]
+    assert saved == pytest.approx(spec.num_hidden_layers * per_layer, rel=0.02)
