@@ -18,7 +18,7 @@ from planner.cost.context import cp_buffer_bytes
 from planner.cost.fp8 import element_bytes, weight_cache_bytes_per_param
 from planner.cost.offload import gpu_state_terms, offloaded_bytes
 from planner.cost.terms import MemoryTerm
-from planner.cost.ops import GraphKey, Region, graph_summary, layer_ops
+from planner.cost.ops import GraphKey, OpCost, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph, OpKind
 from planner.plan import OffloadState, Plan, Recompute, Schedule, ZeroStage
 from planner.scenario import GIB, JobSpec, Precision
@@ -58,7 +58,7 @@ def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
                            input_bytes=layer.input_bytes, fp8_saving_replicated=replicated, fp8_saving_split=split)
 
 
-def _fp8_input_saving(ops, *, heads: int) -> tuple[float, float]:
+def _fp8_input_saving(ops: tuple[OpCost, ...], *, heads: int) -> tuple[float, float]:
     """Bytes saved per traced sample when FP8 linears keep their inputs in 1 byte instead of 2
     (Transformer Engine Linear/LayerNormLinear: the cast input is what the wgrad reads).
 
