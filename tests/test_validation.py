@@ -34,7 +34,7 @@ KORTHIKANTI = Path(__file__).resolve().parents[1] / "bench" / "korthikanti_table
 # These bounds guard what the model reaches today (MAPE 9.9%, LOSO 9.9%); they are not the targets.
 MAPE_LIMIT, MAX_LIMIT = 0.10, 0.66
 FINE_GRAINED_LIMIT = 0.65  # fine-grained MoE rows (>= 64 experts): worst today Kimi K2 (AutoModel, DP comm)
-CP_LIMIT = 0.5  # long-context rows (>= 16K tokens; error grows with the sequence: see the README)
+CP_LIMIT = 0.35  # long-context rows (>= 16K tokens; worst today 33%: ring CP attention, see the README)
 
 
 @lru_cache(maxsize=1)

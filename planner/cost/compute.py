@@ -25,6 +25,19 @@ FLASH_BWD_FLOPS_FACTOR = 1.25
 # A memory-bound op's backward reads the saved input and the output gradient and writes the
 # input gradient: about twice the forward's traffic.
 MEMORY_BOUND_BWD_BYTES_FACTOR = 2.0
+# Ring CP: bytes of merge traffic per element of the rank's local Q (forward: the partial output; backward:
+# dQ) for each ring step after the first, plus per element of local K and V (backward: dK, dV), from the
+# frameworks' per-step ops. TE (AttnFuncWithCPAndKVP2P, TransformerEngine attention.py, Feb 2025): forward
+# out += out_step * exp(lse_step - lse), a float32 product (read 2, write 4) added into the bf16 output
+# (read 2 + 4, write 2) = 14; backward dq.add_(dq_step) in bf16 (2 + 2 + 2) = 6, dK/dV cat (2 + 2) and add
+# (6) = 10. torch context_parallel (torch/distributed/tensor/experimental/_attention.py, _SDPAMerger with
+# convert_to_f32=True): forward cast to fp32 (2 + 4), out - block_out (4 + 4 + 4), times sigmoid(lse
+# delta) (4 + 4), subtract (4 + 4 + 4) = 38 on full-q steps, half of it plus a float32 torch.cat of the
+# whole output (8) on the half-q steps, ~32 averaged; backward float32 += of a bf16 gradient (4 + 2 + 4)
+# = 10 per dQ element, 10 plus the float32 cat that feeds the next rank (4 + 4) = 18 per dK, dV element.
+RING_MERGE_BYTES_FWD = {False: 14.0, True: 32.0}
+RING_MERGE_BYTES_DQ = {False: 6.0, True: 10.0}
+RING_MERGE_BYTES_DKV = {False: 10.0, True: 18.0}
 # Eager (pre-FlashAttention) attention materialises the b*a*s^2 score matrix: bytes moved per
 # score element. Forward: QK^T writes fp16 scores (2), fused scale-mask-softmax reads and writes
 # (4), dropout reads, writes its output and a 1-byte mask (5), AV reads (2) = 13. Backward: the
@@ -94,6 +107,8 @@ class Split:
     fusion: Fusion = Fusion.EAGER
     selective: SelectiveRecompute = SelectiveRecompute.ATTENTION_CORE
     cuda_graphs: bool = False
+    kv_ratio: float = 1.0  # K,V heads / Q heads the attention kernel sees (GQA)
+    ring_merge_fp32: bool = False  # FrameworkRuntime.ring_merge_fp32
     fp8_recipe: Fp8Recipe | None = None  # scaling/cast bytes of the FP8 GEMMs (cost/fp8.py)
     fp8_saved_inputs: bool = False  # FP8 linears keep 1-byte inputs for the wgrad (cost/memory.py)
     # the framework's measured host cost per traced op (None: the profile's launch model) and
@@ -143,10 +158,18 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
                  precision=precision, recompute=plan.recompute, flash=flash, score_elements=scores,
                  attention=attention, etp=d.etp, experts_local=max(1, moe.num_experts // d.ep) if moe else 1,
                  grouped_gemm=job.grouped_gemm, fusion=job.fusion, selective=job.selective_recompute,
-                 cuda_graphs=job.cuda_graphs,
+                 cuda_graphs=job.cuda_graphs, kv_ratio=_kv_ratio(graph, runtime),
+                 ring_merge_fp32=bool(runtime and runtime.ring_merge_fp32),
                  host_us_per_op=runtime.host_us_per_op if runtime else None,
                  host_us_per_expert_op=runtime.host_us_per_expert_op if runtime else None,
                  gemm_streams=runtime.grouped_gemm_streams if runtime and job.grouped_gemm else 0)
+
+
+def _kv_ratio(graph: ModelGraph, runtime) -> float:
+    """K,V heads per Q head the attention kernel sees: 1 where the model repeats GQA heads first."""
+    if runtime is not None and runtime.attention_repeats_kv:
+        return 1.0
+    return graph.num_key_value_heads / graph.num_attention_heads
 
 
 def op_times(op: OpCost, *, split: Split, hw: HardwareProfile) -> PassTimes:
@@ -252,7 +275,23 @@ def _flash(op: OpCost, fwd_flops: float, *, split: Split, hw: HardwareProfile, r
     call_seq = seq_kv / (2 * ring) if ring > 1 else seq_kv
     fwd_s = work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=False))
     bwd_s = 2.5 * work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=True))
+    merge_f, merge_b = _ring_merge_s(fwd_flops / (4.0 * seq_kv), split=split, hw=hw)
+    fwd_s, bwd_s = fwd_s + merge_f, bwd_s + merge_b
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
+
+
+def _ring_merge_s(q_elements: float, *, split: Split, hw: HardwareProfile) -> tuple[float, float]:
+    """Memory-bound seconds (fwd, bwd) of ring CP's per-step merges on `q_elements` local Q elements
+    (the traced full-s^2 forward FLOPs are 4 x local Q elements x the whole sequence): each of the ring's
+    steps after the first merges its partial output (forward) and accumulates its dQ, dK, dV (backward)."""
+    steps = split.attention_calls - 1
+    if steps <= 0:
+        return 0.0, 0.0
+    fp32 = split.ring_merge_fp32
+    kv_elements = 2.0 * split.kv_ratio * q_elements
+    fwd = hw.memory_bound_s(steps * RING_MERGE_BYTES_FWD[fp32] * q_elements)
+    bwd = hw.memory_bound_s(steps * (RING_MERGE_BYTES_DQ[fp32] * q_elements + RING_MERGE_BYTES_DKV[fp32] * kv_elements))
+    return fwd, bwd
 
 
 def _eager_attention(fwd_flops: float, bwd_flops: float, *, split: Split, hw: HardwareProfile) -> PassTimes:

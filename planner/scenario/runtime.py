@@ -72,6 +72,11 @@ class FrameworkRuntime(BaseModel):
     fp8_saved_inputs: bool = Field(False, description="FP8 linear layers keep their FP8-cast input (1 byte) for "
                                    "the weight gradient instead of the 16-bit one (Transformer Engine); False: "
                                    "the 16-bit input is saved and re-cast in the backward (torchao Float8Linear)")
+    ring_merge_fp32: bool = Field(False, description="ring CP merges each step's partial attention output and "
+                                  "accumulates dQ, dK, dV in float32 (torch context_parallel convert_to_f32); False: "
+                                  "in the 16-bit dtype (TE AttnFuncWithCPAndKVP2P)")
+    attention_repeats_kv: bool = Field(False, description="the model repeats GQA K,V heads up to the Q heads "
+                                       "before its attention call, so the kernel (and ring CP) sees as many K,V heads as Q")
 
 
 @cache

@@ -3,6 +3,7 @@ offload, vocabulary parallelism (invariants and the Llama-3 8B long-document sce
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,24 @@ def test_fp8_recipes_keep_attention_in_bf16_and_add_scaling_work():
                   job=JobSpec(seq_len=8192, global_batch=8))
     with pytest.raises(ValueError, match="fp8_recipe"):
         check(Plan.model_validate(plan | {"fp8_recipe": "delayed"}), sc)
+
+
+def test_ring_cp_merges_cost_memory_traffic_per_step():
+    """Ring CP merges every step's partial output and accumulates dQ, dK, dV (cost/compute.py
+    RING_MERGE_BYTES_*): no merge without a ring, traffic growing with the ring's steps at equal
+    per-GPU tokens, and float32 merges (torch context_parallel) costing more than bf16 ones (TE)."""
+    from planner.cost.compute import RING_MERGE_BYTES_FWD, _ring_merge_s, split_for
+    spec = model_preset("llama3-8b").model_copy(update={"max_position_embeddings": 131072})
+    graph = extract_graph(spec, seq_len=131072)
+    hw = datasheet_profile(cluster_preset("dgx-h100", num_nodes=1))
+    q = 1e9
+    splits = {cp: split_for(Plan.model_validate({"dims": {"cp": cp}}), graph=graph, precision="bf16")
+              for cp in (1, 2, 8)}
+    assert _ring_merge_s(q, split=splits[1], hw=hw) == (0.0, 0.0)
+    f2, b2 = _ring_merge_s(q, split=splits[2], hw=hw)
+    f8, b8 = _ring_merge_s(q, split=splits[8], hw=hw)
+    assert 0 < f2 < f8 and f8 == pytest.approx(7 * f2) and b8 == pytest.approx(7 * b2)
+    assert f2 == pytest.approx(hw.memory_bound_s(RING_MERGE_BYTES_FWD[False] * q))
+    fp32 = replace(splits[8], ring_merge_fp32=True)
+    f32, b32 = _ring_merge_s(q, split=fp32, hw=hw)
+    assert f32 > f8 and b32 > b8
