@@ -73,9 +73,12 @@ def _ring_s(plan: Plan, *, kv_bytes: float, span: GroupSpan, hw: HardwareProfile
             return steps * p2p_s(hw, kv_bytes, span=span)
 
 
-def cp_exposed_s(c: CpComm, *, attention_fwd_s: float, attention_bwd_s: float, ring_ranks: int) -> tuple[float, float]:
-    """Exposed CP seconds (fwd, bwd): the ring hides behind the attention of the other r-1 blocks."""
-    share = (ring_ranks - 1) / ring_ranks if ring_ranks > 1 else 0.0
+def cp_exposed_s(c: CpComm, *, attention_fwd_s: float, attention_bwd_s: float, ring_ranks: int,
+                 overlap: bool = True) -> tuple[float, float]:
+    """Exposed CP seconds (fwd, bwd): the ring hides behind the attention of the other r-1 blocks,
+    unless the attention kernel is persistent (`overlap` False): each step's send/recv kernels then
+    wait for the step's attention kernel to leave the SMs, and the ring runs in series with it."""
+    share = (ring_ranks - 1) / ring_ranks if ring_ranks > 1 and overlap else 0.0
     fwd = c.a2a_fwd_s + max(0.0, c.ring_fwd_s - attention_fwd_s * share)
     bwd = c.a2a_bwd_s + max(0.0, c.ring_bwd_s - attention_bwd_s * share)
     return fwd, bwd

@@ -109,8 +109,10 @@ def _block_comm_costs(plan: Plan, c: LayerComm, t: PassTimes, *, job: JobSpec,
     does not (context.py)."""
     ring = CpComm(ring_fwd_s=c.cp_fwd_s - c.cp_a2a_fwd_s, ring_bwd_s=c.cp_bwd_s - c.cp_a2a_bwd_s,
                   a2a_fwd_s=c.cp_a2a_fwd_s, a2a_bwd_s=c.cp_a2a_bwd_s)
+    rates = hw.flash.get(job.attention.value) if job.attention.fused else None
+    overlap = rates is None or not rates.persistent  # profile.FlashRates.persistent
     cp_f, cp_b = cp_exposed_s(ring, attention_fwd_s=t.attention_fwd_s, attention_bwd_s=t.attention_bwd_s,
-                              ring_ranks=plan.dims.cp // plan.ulysses_degree())
+                              ring_ranks=plan.dims.cp // plan.ulysses_degree(), overlap=overlap)
     cp_f += interference_s(ring.ring_fwd_s - (cp_f - ring.a2a_fwd_s), hw)  # the hidden share of the ring
     cp_b += interference_s(ring.ring_bwd_s - (cp_b - ring.a2a_bwd_s), hw)
     tp_f = tp_exposed_s(c.tp_fwd_s, plan=plan, job=job, gemm_s=t.fwd_s - t.attention_fwd_s)

@@ -164,6 +164,13 @@ FLASH_SEQ_HALF = 350.0
 # ceilings carry, see GEMM_CEILING).
 SUSTAINED_TO_COLD_CLOCK = 0.93
 FLASH_SMALL_HEAD_RATIO = 0.85  # head_dim 64 vs 128 in the same figures
+# Kernels that run a persistent grid (one CTA per SM looping over tiles): FlashAttention-3's Hopper
+# kernels (flash-attention hopper/tile_scheduler.hpp, Static/DynamicPersistentTileScheduler, grid =
+# SM count) and the cuDNN 9 Hopper/Blackwell SDPA kernels of the same warp-specialised design that TE
+# calls; FA2 (and CK's port) launch one CTA per (q-block, head, batch), many waves. An NCCL kernel
+# does not share an SM with a compute kernel (NVIDIA/nccl issue #689, maintainer) and one queued
+# behind a full-occupancy kernel starts only when it ends (NVIDIA/nccl issue #1431).
+FLASH_PERSISTENT = {("h100", "cudnn"), ("b200", "cudnn")}
 
 
 def datasheet_gemm(*, sm_count: int | None, ceiling: float, fixed_us: float) -> GemmRates | None:
@@ -175,7 +182,9 @@ def datasheet_gemm(*, sm_count: int | None, ceiling: float, fixed_us: float) -> 
 
 def datasheet_flash(family: str, *, clock_ratio: float) -> dict[str, FlashRates]:
     """Flash rates per attention implementation for a GPU family, scaled by its sustained clock."""
-    table = FLASH_RATES.get(FLASH_FAMILY.get(family, ""), {})
+    kind = FLASH_FAMILY.get(family, "")
+    table = FLASH_RATES.get(kind, {})
     clock_ratio *= SUSTAINED_TO_COLD_CLOCK
     return {impl: FlashRates(fwd=fwd * clock_ratio, bwd=bwd * clock_ratio, seq_half=FLASH_SEQ_HALF,
-                             small_head_ratio=FLASH_SMALL_HEAD_RATIO) for impl, (fwd, bwd) in table.items()}
+                             small_head_ratio=FLASH_SMALL_HEAD_RATIO, persistent=(kind, impl) in FLASH_PERSISTENT)
+            for impl, (fwd, bwd) in table.items()}

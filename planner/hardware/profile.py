@@ -230,6 +230,8 @@ class FlashRates(BaseModel):
     bwd: float = Field(gt=0, le=1)
     seq_half: float = Field(gt=0, description="sequence length at which a call reaches half its long-sequence rate")
     small_head_ratio: float = Field(gt=0, le=1, description="rate at head_dim <= 64 relative to head_dim 128")
+    persistent: bool = Field(False, description="the kernel runs a persistent grid of one CTA per SM, so a "
+                             "communication kernel queued while it runs waits for it to finish")
 
 
 class HardwareProfile(BaseModel):
