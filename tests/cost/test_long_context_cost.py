@@ -165,3 +165,26 @@ def test_ring_cp_merges_cost_memory_traffic_per_step():
     fp32 = replace(splits[8], ring_merge_fp32=True)
     f32, b32 = _ring_merge_s(q, split=fp32, hw=hw)
     assert f32 > f8 and b32 > b8
+
+
+def test_ring_cp_runs_in_series_beside_a_persistent_attention_kernel():
+    """cuDNN attention on Hopper is persistent (hardware/datasheets.FLASH_PERSISTENT): the ring's p2p
+    kernels cannot share its SMs, so the ring's traffic is exposed; FA2 and Ampere cuDNN keep it hidden."""
+    from planner.cost.context import CpComm, cp_exposed_s
+    from planner.scenario import AttentionKernel
+    h100, a100 = (datasheet_profile(cluster_preset(c)) for c in ("dgx-h100", "dgx-a100"))
+    assert h100.flash["cudnn"].persistent and not h100.flash["flash"].persistent
+    assert not a100.flash["cudnn"].persistent
+    ring = CpComm(ring_fwd_s=1.0, ring_bwd_s=2.0)
+    assert cp_exposed_s(ring, attention_fwd_s=3.0, attention_bwd_s=6.0, ring_ranks=4) == (0.0, 0.0)
+    assert cp_exposed_s(ring, attention_fwd_s=3.0, attention_bwd_s=6.0, ring_ranks=4, overlap=False) == (1.0, 2.0)
+    spec = model_preset("llama3-8b").model_copy(update={"max_position_embeddings": 32768})
+    cl = cluster_preset("dgx-h100", num_nodes=2)
+    job = JobSpec(seq_len=32768, global_batch=2, attention=AttentionKernel.CUDNN)
+    graph = extract_graph(spec, seq_len=32768)
+    plan = Plan.model_validate({"dims": {"cp": 16}, "recompute": "full", "zero_stage": 1})
+    overlapped = h100.model_copy(update={"flash": {**h100.flash, "cudnn": h100.flash["cudnn"].model_copy(
+        update={"persistent": False})}})
+    serial, hidden = (estimate(graph, plan, hw=hw, cluster=cl, job=job) for hw in (h100, overlapped))
+    assert serial.time_breakdown_s[TimeTerm.EXPOSED_COMM] > hidden.time_breakdown_s[TimeTerm.EXPOSED_COMM]
+    assert serial.step_time_s > hidden.step_time_s
