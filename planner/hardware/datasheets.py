@@ -168,8 +168,11 @@ FLASH_SMALL_HEAD_RATIO = 0.85  # head_dim 64 vs 128 in the same figures
 # kernels (flash-attention hopper/tile_scheduler.hpp, Static/DynamicPersistentTileScheduler, grid =
 # SM count) and the cuDNN 9 Hopper/Blackwell SDPA kernels of the same warp-specialised design that TE
 # calls; FA2 (and CK's port) launch one CTA per (q-block, head, batch), many waves. An NCCL kernel
-# does not share an SM with a compute kernel (NVIDIA/nccl issue #689, maintainer) and one queued
-# behind a full-occupancy kernel starts only when it ends (NVIDIA/nccl issue #1431).
+# does not share an SM with a compute kernel (NVIDIA/nccl issue #689, maintainer): queued behind a
+# persistent kernel it starts only when that kernel ends (NVIDIA/nccl issue #1431); launched first
+# (Megatron's CUDA_DEVICE_MAX_CONNECTIONS=1 keeps launch order), it holds SMs whose persistent CTAs,
+# each with a fixed tile list (static scheduler), start only when it ends. Either way the two run
+# about in series.
 FLASH_PERSISTENT = {("h100", "cudnn"), ("b200", "cudnn")}
 
 
