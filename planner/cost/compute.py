@@ -17,7 +17,8 @@ from planner.graph import BlockKind, ModelGraph, OpKind
 from planner.hardware import HardwareProfile, HostOverhead
 from planner.cost.fp8 import BF16_WEIGHT_BYTES, GEMM_INPUT_SHARE, cast_bytes_per_element
 from planner.plan import Fp8Recipe, Plan, Recompute
-from planner.scenario import AttentionKernel, Fusion, JobSpec, Precision, SelectiveRecompute, frameworks
+from planner.scenario import (AttentionKernel, FrameworkRuntime, Fusion, JobSpec, Precision, SelectiveRecompute,
+                              frameworks)
 
 # FlashAttention's backward recomputes the attention matrix: 5 GEMM-sized products instead of
 # the 4 an autograd count reports (Dao 2023, FlashAttention-2, Sec. 3.1).
@@ -165,7 +166,7 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
                  gemm_streams=runtime.grouped_gemm_streams if runtime and job.grouped_gemm else 0)
 
 
-def _kv_ratio(graph: ModelGraph, runtime) -> float:
+def _kv_ratio(graph: ModelGraph, runtime: FrameworkRuntime | None) -> float:
     """K,V heads per Q head the attention kernel sees: 1 where the model repeats GQA heads first."""
     if runtime is not None and runtime.attention_repeats_kv:
         return 1.0

@@ -10,7 +10,7 @@ from planner.scenario.kinds import GpuFamily
 from planner.scenario.models import PRESETS, count_params, load_hf_config, model_preset
 from planner.scenario.host import HostLink, HostSpec
 from planner.scenario.sequences import DATA_MIXES, BalancePolicy, LengthBin, Packing, RankLoads, SequencesSpec
-from planner.scenario.runtime import frameworks
+from planner.scenario.runtime import FrameworkRuntime, frameworks
 from planner.scenario.spec import (
     GIB,
     Activation,
@@ -48,7 +48,7 @@ __all__ = [
     "LoadBalancing", "NodeGroup", "TierKind", "fabric_preset",
     "ModelSpec", "NetworkSpec", "NodeLinkOverride", "NormKind", "OptimizerKind", "OptimizerSpec",
     "PairLinkOverride", "PositionEmbedding", "Precision", "Scenario", "ScenarioError", "SearchSpace", "SelectiveRecompute",
-    "ShardingRuntime", "cluster_preset", "count_params", "frameworks", "gpu_preset", "graph_size_problem", "load_hf_config",
+    "FrameworkRuntime", "ShardingRuntime", "cluster_preset", "count_params", "frameworks", "gpu_preset", "graph_size_problem", "load_hf_config",
     "load_scenario",
     "model_preset", "one_line", "scenario_from_dict",
     "DATA_MIXES", "BalancePolicy", "HostLink", "HostSpec", "LengthBin", "Packing", "RankLoads", "SequencesSpec",
