@@ -9,6 +9,7 @@ framework text picks a runtime file, never a rule of this test.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import json
 from collections import Counter
 from functools import lru_cache
@@ -18,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
-from planner.cli.validate import RowClass, predict, row_classes, validate_csv
+from planner.cli.validate import RowClass, fitting_run, predict, row_classes, validate_csv
 from planner.cost.compute import split_for
 from planner.cost.memory import GIB, activation_bytes, in_flight, layer_activation, plan_memory
 from planner.cost.schedule import chunk_layers
@@ -177,6 +178,22 @@ def test_korthikanti_table5_through_the_cli_beats_calculon() -> None:
 
 
 # Korthikanti et al. 2022, Fig. 1 per-GPU components (GiB) as transcribed in the CSV notes:
+def test_unstated_recompute_nearest_to_fitting_when_none_fits() -> None:
+    """Row 156 (Kimi K2, 256 H100, AutoModel) states no recompute and our memory model fits it
+    under none of them: the row gets the recompute with the smallest predicted peak, not none."""
+    run = _runs()["156"]
+    assert not run.recompute_stated
+    peaks = {}
+    for recompute in Recompute:
+        est = predict(replace(run, plan=run.plan.model_copy(update={"recompute": recompute})))
+        assert not est.fits
+        peaks[recompute] = est.peak_memory_bytes
+    chosen = fitting_run(run).plan.recompute
+    assert chosen == min(peaks, key=peaks.get) == Recompute.FULL
+    stated = _runs()["24"]  # Korthikanti: recompute stated, kept as stated
+    assert stated.recompute_stated and fitting_run(stated) is stated
+
+
 # (row, params+optimizer, activations with SP + selective, activations with no recompute and no SP).
 KORTHIKANTI_MEMORY = [("24", 45.5625, 9.5625, 59.25), ("26", 45.5625, 12.3515625, 66.84375),
                       ("28", 31.640625, 23.076171875, 114.0234375), ("30", 32.958984375, 26.5625, 131.25)]

@@ -133,15 +133,21 @@ def predict(run: PublishedRun, *, ceiling_scale: float = 1.0):
 
 def fitting_run(run: PublishedRun) -> PublishedRun:
     """A row whose recompute was not stated, with the least recompute under which its plan fits
-    (the measured run fit in memory); unchanged when nothing fits or it was stated."""
+    (the measured run fit in memory). When our memory model fits none of them, the run still fit
+    on the real GPU, so our estimate is high: the row gets the recompute with the smallest
+    predicted peak (the one nearest to fitting), never a setting that needs more memory than
+    another that also fails. A stated recompute is kept."""
     if run.reason is not None or run.recompute_stated:
         return run
     order = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+    peaks: list[tuple[float, PublishedRun]] = []
     for recompute in order[order.index(run.plan.recompute):]:
         candidate = replace(run, plan=run.plan.model_copy(update={"recompute": recompute}))
-        if predict(candidate).fits:
+        est = predict(candidate)
+        if est.fits:
             return candidate
-    return run
+        peaks.append((est.peak_memory_bytes, candidate))
+    return min(peaks, key=lambda p: p[0])[1]
 
 
 def _result(run: PublishedRun, *, ceiling_scale: float = 1.0) -> RowResult:
