@@ -58,6 +58,9 @@ def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
                            input_bytes=layer.input_bytes, fp8_saving_replicated=replicated, fp8_saving_split=split)
 
 
+_LINEAR_KINDS = (OpKind.MATMUL, OpKind.EXPERT_MATMUL)
+
+
 def _fp8_input_saving(ops: tuple[OpCost, ...], *, heads: int) -> tuple[float, float]:
     """Bytes saved per traced sample when FP8 linears keep their inputs in 1 byte instead of 2
     (Transformer Engine Linear/LayerNormLinear: the cast input is what the wgrad reads).
@@ -67,12 +70,14 @@ def _fp8_input_saving(ops: tuple[OpCost, ...], *, heads: int) -> tuple[float, fl
     row-parallel GEMM's own input (m x k) is kept only for its wgrad too (the MLP's activation
     output: 1 byte less), except the attention output, which the flash kernel keeps in 16 bits for
     its own backward, so the FP8 copy is 1 byte more (the projection reads the attention core's
-    heads: k = heads x head_dim)."""
+    heads: k = heads x head_dim). Routed experts run the same pair per expert in one TE GroupedLinear
+    (grouped_linear.py keeps each expert's quantized input for its wgrad): the dispatched tokens and
+    the expert activation output each keep 1 byte less."""
     attention = next((op for op in ops if op.kind == OpKind.ATTENTION and op.dims[2]), None)
     query_width = heads * attention.dims[2] if attention is not None else -1
     replicated = split = 0.0
     for op in ops:
-        if op.kind != OpKind.MATMUL or not (op.fp8 and op.row_parallel and op.dims[2]):
+        if op.kind not in _LINEAR_KINDS or not (op.fp8 and op.row_parallel and op.dims[2]):
             continue
         m, n, k = op.dims
         replicated += op.count * m * n

@@ -80,11 +80,12 @@ def layer_ops(key: GraphKey, fused: bool = False) -> dict[str, tuple[OpCost, ...
         owner = str(node).split("/", 1)[0]
         if owner in wanted and data.get("op") is not None:
             wanted[owner].append(data["op"])
-    return {kind: _reduce(wanted[layer.name], layer, fused=fused) if wanted[layer.name] else _from_totals(layer)
+    return {kind: _reduce(wanted[layer.name], layer, fused=fused, hidden=graph.hidden_size)
+                  if wanted[layer.name] else _from_totals(layer)
             for kind, layer in first.items()}
 
 
-def _reduce(ops: list[OpNode], layer: Layer, *, fused: bool = False) -> tuple[OpCost, ...]:
+def _reduce(ops: list[OpNode], layer: Layer, *, fused: bool = False, hidden: int = 0) -> tuple[OpCost, ...]:
     attention = [op for op in ops if op.kind == OpKind.ATTENTION]
     norms: dict[str, list[OpNode]] = {}
     out = []
@@ -104,7 +105,7 @@ def _reduce(ops: list[OpNode], layer: Layer, *, fused: bool = False) -> tuple[Op
         elif op.kind != OpKind.ATTENTION:
             cost = _cost(op.kind, [op], region=region, saved_region=_saved_region(op, region),
                          bytes_moved=op.bytes_read + op.bytes_written)
-            out.append(_with_gemm_dims(cost, op, layer) if op.kind in _GEMM_KINDS else cost)
+            out.append(_with_gemm_dims(cost, op, layer, hidden=hidden) if op.kind in _GEMM_KINDS else cost)
     if run:
         out.append(_elementwise_run(run, layer))
     if attention:
@@ -131,14 +132,16 @@ def _elementwise_run(run: list[OpNode], layer: Layer) -> OpCost:
                  bytes_moved=moved)
 
 
-def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer) -> OpCost:
+def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer, *, hidden: int = 0) -> OpCost:
     """(m, n, k) from an mm's operands; row-parallel when it is a wo/w2 projection (or, inside
-    the experts, the down projection back to the hidden size)."""
+    the experts, the down projection: the one writing the hidden size from another width; a
+    fine-grained expert's ffn is narrower than the hidden size, so width alone does not tell)."""
     shapes = op.input_shapes[-2:]  # addmm carries its bias first
     if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
         return cost
     (m, k), (_, n) = shapes
-    row = op.module.endswith(_ROW_PARALLEL) or (op.kind == OpKind.EXPERT_MATMUL and k > n)
+    down = n == hidden != k if hidden else k > n
+    row = op.module.endswith(_ROW_PARALLEL) or (op.kind == OpKind.EXPERT_MATMUL and down)
     return replace(cost, dims=(m, n, k), row_parallel=row,
                    fp8=layer.kind == LayerKind.BLOCK and op.kind != OpKind.ROUTER)
 
