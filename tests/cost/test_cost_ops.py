@@ -88,3 +88,29 @@ def test_lower_bound_is_the_largest_stage_model_states(mixed, plan) -> None:
     e = estimate(mixed, plan, hw=HW, cluster=CLUSTER, job=JOB)
     states = max(t["weights"] + t["gradients"] + t["optimizer"] for t in e.stage_memory)
     assert memory_lower_bound_bytes(mixed, plan, JOB, CLUSTER) == pytest.approx(states, rel=1e-12)
+
+
+@pytest.mark.parametrize(("ffn", "hidden"), [(32, 64), (128, 64)])
+def test_expert_down_projection_is_the_gemm_writing_the_hidden_size(ffn: int, hidden: int) -> None:
+    """Fine-grained experts (ffn narrower than the hidden size, Qwen3 / DeepSeek-V3) and wide ones
+    (Mixtral): the down projection (ffn -> hidden) is row-parallel, gate and up are not, and an FP8
+    stack that keeps 1-byte GEMM inputs saves expert activation memory."""
+    from planner.cost.memory import activation_bytes, layer_activation
+    from planner.plan import Recompute
+    from planner.scenario import Precision
+
+    spec = PRESETS["tiny-moe"].model_copy(update={"hidden_size": hidden, "moe_intermediate_size": ffn,
+                                                  "intermediate_size": ffn})
+    graph = extract_graph(spec, seq_len=SEQ)
+    moe = next(layer for layer in graph.layers if layer.moe is not None)
+    experts = [op for op in layer_ops(GraphKey(graph))[moe.block_kind] if op.kind == OpKind.EXPERT_MATMUL]
+    assert {(op.dims[1], op.dims[2]) for op in experts if op.row_parallel} == {(hidden, ffn)}
+    assert all(op.dims[2] == hidden for op in experts if not op.row_parallel)
+    act = layer_activation(graph, moe)
+    split = split_for(Plan(dims={"dp": 8}), graph=graph, precision=Precision.FP8)
+    kept = activation_bytes(act, split=split, flash=True, recompute=Recompute.NONE)
+    fp8 = activation_bytes(act, split=replace(split, fp8_saved_inputs=True), flash=True, recompute=Recompute.NONE)
+    tokens = SEQ * graph.sample_batch * split.batch_scale
+    top_k = moe.moe.top_k
+    # at least the dispatched tokens (top_k x hidden) and the expert activation (top_k x ffn), 1 byte each
+    assert kept - fp8 >= tokens * top_k * (hidden + ffn) * 0.999
