@@ -169,7 +169,9 @@ def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_bat
         done[task], free_at[s] = end, end
         if split_weight and task.kind == Pass.B:
             pools[s].append(Task(Pass.W, mb, chunk))
-        for other in range(p):
+        # only this stage and its two ring neighbours can start: a task's producer runs on the
+        # stage before (F), after (B) or on its own (last B, W), and only this stage came free
+        for other in sorted({(s - 1) % p, s, (s + 1) % p}):
             try_start(other)
     assert all(c == len(q) and not w for c, q, w in zip(cursor, queues, pools, strict=True)), "schedule deadlocked"
     return PipelineResult(makespan_s=max(free_at), busy_s=max(busy), timeline=trace if timeline else None)

@@ -1,7 +1,10 @@
 """Plotly figures of the report, built from the saved results (plans.csv rows, result.json).
 
-Each function returns a go.Figure whose data is never empty: a section without data is left out
-of the page by report_html instead of drawing a blank chart.
+Each function returns a figure as plain JSON-ready dicts ({"data": [...], "layout": {...}},
+plotly.js's own figure format: https://plotly.com/javascript/reference/) whose data is never
+empty: a section without data is left out of the page by report/html.py instead of drawing a
+blank chart. Plain dicts, not plotly.graph_objects: validating every property in Python cost the
+report ~0.2 s a run for a page plotly.js reads the same either way.
 """
 
 from __future__ import annotations
@@ -10,24 +13,70 @@ import math
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from planner.report.devicemap import AxisGroups
 from planner.report.files import Status
 from planner.report.table import Plans
 from planner.scenario import GIB
 
+Figure = dict[str, Any]  # {"data": [trace, ...], "layout": {...}}, as Plotly.newPlot takes them
+
 FITS_COLOUR, OOM_COLOUR, BEST_COLOUR, FRONT_COLOUR = "#2a9d8f", "#e76f51", "#f4a261", "#264653"
 STEP_TERMS = ("compute", "recompute", "exposed_comm", "bubble", "optimizer")  # add up to the step time
 COMM_AXES = ("tp", "cp", "ep", "pp", "dp")  # communication time per axis, before overlap
+# Google's Turbo colormap (Mikhailov 2019) as plotly ships it (plotly.colors.sequential.Turbo);
+# plotly.js has no "Turbo" name, so the scale goes in as evenly spaced [position, colour] stops.
+_TURBO = ("#30123b", "#4145ab", "#4675ed", "#39a2fc", "#1bcfd4", "#24eca6", "#61fc6c", "#a4fc3b", "#d1e834",
+          "#f3c63a", "#fe9b2d", "#f36315", "#d93806", "#b11901", "#7a0402")
+TURBO = [[i / (len(_TURBO) - 1), c] for i, c in enumerate(_TURBO)]
+# make_subplots' default gap between columns (plotly.subplots: horizontal_spacing = 0.2 / cols)
+_SUBPLOT_SPACING = 0.2
 
 
-def _layout(fig: go.Figure, *, title: str, x: str, y: str, **kw: Any) -> go.Figure:
-    # no template here: the page applies plotly_white once to every figure (html.plotly_template_json)
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template=None,
-                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, height=kw.pop("height", 420), **kw)
-    return fig
+def _figure(data: list[dict[str, Any]], *, title: str, x: str, y: str, height: int = 420,
+            layout: dict[str, Any] | None = None) -> Figure:
+    """No template here: the page applies plotly_white once to every figure (html.plotly_template_json)."""
+    lay = {"template": {}, "title": {"text": title}, "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
+           "height": height, **(layout or {})}
+    lay["xaxis"] = {**lay.get("xaxis", {}), "title": {"text": x}}
+    lay["yaxis"] = {**lay.get("yaxis", {}), "title": {"text": y}}
+    return {"data": data, "layout": lay}
+
+
+def _values(column: np.ndarray) -> list[Any]:
+    """A column as a JSON list; NaN and infinities become null (JSON has no NaN; plotly skips nulls)."""
+    if column.dtype.kind != "f":
+        return column.tolist()
+    return [v if math.isfinite(v) else None for v in column.tolist()]
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, as plotly's JSON encoder writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _subplots(widths: list[float], titles: list[str]) -> dict[str, Any]:
+    """One row of subplots: axis domains and title annotations as plotly.subplots.make_subplots lays them out."""
+    spacing = _SUBPLOT_SPACING / len(widths)
+    room = 1.0 - spacing * (len(widths) - 1)
+    layout: dict[str, Any] = {"annotations": []}
+    start = 0.0
+    for i, (width, title) in enumerate(zip(widths, titles, strict=True)):
+        end = start + width / sum(widths) * room
+        suffix = str(i + 1) if i else ""
+        layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [start, end]}
+        layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": [0.0, 1.0]}
+        layout["annotations"].append({"font": {"size": 16}, "showarrow": False, "text": title, "x": (start + end) / 2,
+                                      "xanchor": "center", "xref": "paper", "y": 1.0, "yanchor": "bottom",
+                                      "yref": "paper"})
+        start = end + spacing
+    return layout
 
 
 def _hover(df: Plans) -> list[str]:
@@ -36,70 +85,73 @@ def _hover(df: Plans) -> list[str]:
             zip(df["candidate"].tolist(), df["plan"].tolist(), df["step_time_s"].tolist(), mfu.tolist())]
 
 
-def pareto(points: Plans, *, capacity_gib: float | None) -> go.Figure:
+def pareto(points: Plans, *, capacity_gib: float | None) -> Figure:
     """Throughput vs peak memory of every costed candidate; the front is the upper-left edge."""
-    fig = go.Figure()
+    data = []
+
+    def scatter(part: Plans, **kw: Any) -> dict[str, Any]:
+        return {"type": "scatter", "x": _values(part["peak_memory_gib"]), "y": _values(part["tokens_per_s_per_gpu"]),
+                "text": _hover(part), "hoverinfo": "text", **kw}
+
     for label, mask, colour in (("fits", points["fits"], FITS_COLOUR), ("OOM", ~points["fits"], OOM_COLOUR)):
-        part = points.take(mask)
-        fig.add_scatter(x=part["peak_memory_gib"], y=part["tokens_per_s_per_gpu"], mode="markers", name=label,
-                        marker={"color": colour, "size": 6, "opacity": 0.7}, text=_hover(part), hoverinfo="text")
+        data.append(scatter(points.take(mask), mode="markers", name=label,
+                            marker={"color": colour, "size": 6, "opacity": 0.7}))
     front = points.take(points["pareto"])
     front = front.take(np.argsort(front["peak_memory_gib"], kind="quicksort"))  # pandas' sort_values
     if len(front):
-        fig.add_scatter(x=front["peak_memory_gib"], y=front["tokens_per_s_per_gpu"], mode="lines+markers",
-                        name="Pareto front", line={"color": FRONT_COLOUR, "shape": "hv"}, text=_hover(front),
-                        hoverinfo="text")
-    best = points.take(points["status"] == Status.BEST)
-    fig.add_scatter(x=best["peak_memory_gib"], y=best["tokens_per_s_per_gpu"], mode="markers", name="best",
-                    marker={"color": BEST_COLOUR, "size": 16, "symbol": "star", "line": {"width": 1}},
-                    text=_hover(best), hoverinfo="text")
+        data.append(scatter(front, mode="lines+markers", name="Pareto front",
+                            line={"color": FRONT_COLOUR, "shape": "hv"}))
+    data.append(scatter(points.take(points["status"] == Status.BEST), mode="markers", name="best",
+                        marker={"color": BEST_COLOUR, "size": 16, "symbol": "star", "line": {"width": 1}}))
     memory = points["peak_memory_gib"]
     log_x = bool(len(memory) and memory.min() > 0 and memory.max() / memory.min() > 20)
-    if log_x:
-        fig.update_xaxes(type="log")
-    if capacity_gib:  # shapes on a log axis take log10 coordinates
-        fig.add_vline(x=math.log10(capacity_gib) if log_x else capacity_gib, line_dash="dash",
-                      annotation_text="GPU memory")
-    return _layout(fig, title="Throughput vs peak memory (every costed plan)", x="peak memory per GPU (GiB)",
-                   y="tokens/s per GPU")
+    layout: dict[str, Any] = {"xaxis": {"type": "log"}} if log_x else {}
+    if capacity_gib:  # shapes on a log axis take log10 coordinates (as plotly's add_vline places them)
+        x = math.log10(capacity_gib) if log_x else capacity_gib
+        layout["shapes"] = [{"type": "line", "line": {"dash": "dash"}, "x0": x, "x1": x, "xref": "x",
+                             "y0": 0, "y1": 1, "yref": "y domain"}]
+        layout["annotations"] = [{"showarrow": False, "text": "GPU memory", "x": x, "xanchor": "left", "xref": "x",
+                                  "y": 1, "yanchor": "top", "yref": "y domain"}]
+    return _figure(data, title="Throughput vs peak memory (every costed plan)", x="peak memory per GPU (GiB)",
+                   y="tokens/s per GPU", layout=layout)
 
 
-def time_breakdown(labels: list[str], plans: list[str], estimates: list[dict[str, Any]]) -> go.Figure:
+def time_breakdown(labels: list[str], plans: list[str], estimates: list[dict[str, Any]]) -> Figure:
     """Left: where the step time goes (stacked). Right: comm time per axis before overlap."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("step time (stacked)", "communication per axis"),
-                        column_widths=[0.6, 0.4])
     hover = "%{x}: %{y:.3g} s<br>%{customdata}"
-    for term in STEP_TERMS:
-        fig.add_bar(x=labels, y=[e["time_breakdown_s"].get(term, 0.0) for e in estimates], name=term,
-                    customdata=plans, hovertemplate=hover, row=1, col=1)
-    fig.add_scatter(x=labels, y=[e["step_time_s"] for e in estimates], mode="markers", name="step time",
-                    marker={"symbol": "line-ew-open", "size": 30, "color": "black"}, row=1, col=1)
+    data = [{"type": "bar", "x": labels, "y": [e["time_breakdown_s"].get(term, 0.0) for e in estimates], "name": term,
+             "customdata": plans, "hovertemplate": hover, "xaxis": "x", "yaxis": "y"} for term in STEP_TERMS]
+    data.append({"type": "scatter", "x": labels, "y": [e["step_time_s"] for e in estimates], "mode": "markers",
+                 "name": "step time", "marker": {"symbol": "line-ew-open", "size": 30, "color": "black"},
+                 "xaxis": "x", "yaxis": "y"})
     for axis in COMM_AXES:
         values = [e["time_breakdown_s"].get(axis, 0.0) for e in estimates]
         if any(values):
-            fig.add_bar(x=labels, y=values, name=f"{axis} comm", customdata=plans, hovertemplate=hover, row=1, col=2)
-    fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="seconds per step", row=1, col=1)
-    return _layout(fig, title="Time breakdown: best plan, runners-up and baselines", x="", y="seconds per step",
-                   height=460)
+            data.append({"type": "bar", "x": labels, "y": values, "name": f"{axis} comm", "customdata": plans,
+                         "hovertemplate": hover, "xaxis": "x2", "yaxis": "y2"})
+    layout = _subplots([0.6, 0.4], ["step time (stacked)", "communication per axis"]) | {"barmode": "stack"}
+    return _figure(data, title="Time breakdown: best plan, runners-up and baselines", x="", y="seconds per step",
+                   height=460, layout=layout)
 
 
-def memory_stages(estimate: dict[str, Any]) -> go.Figure:
+def memory_stages(estimate: dict[str, Any]) -> Figure:
     """Per pipeline stage, the named memory terms of one rank, stacked, against the capacity."""
     stages = estimate["stage_memory"]
     labels = [f"stage {i}" for i in range(len(stages))]
     terms = list(dict.fromkeys(t for s in stages for t in s))
-    fig = go.Figure()
-    for term in terms:
-        fig.add_bar(x=labels, y=[s.get(term, 0.0) / GIB for s in stages], name=term)
+    data = [{"type": "bar", "x": labels, "y": [s.get(term, 0.0) / GIB for s in stages], "name": term} for term in terms]
+    layout: dict[str, Any] = {"barmode": "stack"}
     capacity = estimate.get("memory_capacity_bytes")
-    if capacity:
-        fig.add_hline(y=capacity / GIB, line_dash="dash", annotation_text="GPU memory")
-    fig.update_layout(barmode="stack")
-    return _layout(fig, title="Memory per GPU by pipeline stage (best plan)", x="", y="GiB")
+    if capacity:  # plotly's add_hline: a dashed line across the plot, its label at the right end
+        y = capacity / GIB
+        layout["shapes"] = [{"type": "line", "line": {"dash": "dash"}, "x0": 0, "x1": 1, "xref": "x domain",
+                             "y0": y, "y1": y, "yref": "y"}]
+        layout["annotations"] = [{"showarrow": False, "text": "GPU memory", "x": 1, "xanchor": "right",
+                                  "xref": "x domain", "y": y, "yanchor": "bottom", "yref": "y"}]
+    return _figure(data, title="Memory per GPU by pipeline stage (best plan)", x="", y="GiB", layout=layout)
 
 
-def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figure, str | None]:
+def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[Figure, str | None]:
     """Gantt chart of Chrome-trace 'X' events, one row per (pid, tid).
 
     Over `max_events`, back-to-back events of a row are merged into 'busy' spans so the whole
@@ -113,21 +165,18 @@ def timeline(events: list[dict[str, Any]], *, max_events: int) -> tuple[go.Figur
         note = (f"{len(spans)} events drawn as {len(merged)}: each stage's first and last events as they are, "
                 "back-to-back work in between merged into steady-state spans (trace.json has every event)")
         spans = sorted(merged, key=lambda e: e["ts"])[:max_events]
-    fig = go.Figure()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for e in spans:
         by_kind.setdefault(str(e.get("cat") or e.get("name", "?")).split()[0], []).append(e)
-    for kind, group in by_kind.items():  # numpy arrays: plotly validates lists element by element
-        fig.add_bar(orientation="h", name=kind, base=np.array([e["ts"] / 1e3 for e in group]),
-                    x=np.array([e["dur"] / 1e3 for e in group]),
-                    y=np.array([names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}")
-                                for e in group], dtype=object),
-                    hovertext=np.array([str(e.get("name", "")) for e in group], dtype=object), hoverinfo="text+x",
-                    marker={"line": {"width": 0}, **({"color": "#b8c0c8"} if kind == "steady-state" else {})})
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_layout(barmode="overlay")
-    return _layout(fig, title="Simulated timeline of one step (best plan)", x="time (ms)", y="",
-                   height=max(300, 30 * len(names) + 150)), note
+    data = [{"type": "bar", "orientation": "h", "name": kind, "base": [e["ts"] / 1e3 for e in group],
+             "x": [e["dur"] / 1e3 for e in group],
+             "y": [names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}") for e in group],
+             "hovertext": [str(e.get("name", "")) for e in group], "hoverinfo": "text+x",
+             "marker": {"line": {"width": 0}, **({"color": "#b8c0c8"} if kind == "steady-state" else {})}}
+            for kind, group in by_kind.items()]
+    layout = {"barmode": "overlay", "yaxis": {"autorange": "reversed", "type": "category"}}
+    return _figure(data, title="Simulated timeline of one step (best plan)", x="time (ms)", y="",
+                   height=max(300, 30 * len(names) + 150), layout=layout), note
 
 
 def coalesce(spans: list[dict[str, Any]], *, max_events: int) -> list[dict[str, Any]]:
@@ -176,49 +225,47 @@ def _thread_names(events: list[dict[str, Any]]) -> dict[tuple[Any, Any], str]:
     return names
 
 
-def device_map(groups: list[AxisGroups], *, gpus_per_node: int, num_nodes_shown: int) -> go.Figure:
+def device_map(groups: list[AxisGroups], *, gpus_per_node: int, num_nodes_shown: int) -> Figure:
     """A node x GPU grid per axis, coloured by group; a dropdown switches the axis."""
     shown = num_nodes_shown * gpus_per_node
-    fig = go.Figure()
+    data = []
     for i, g in enumerate(groups):
         gid = g.group_of[:shown].reshape(num_nodes_shown, gpus_per_node)
         ranks = np.arange(shown).reshape(num_nodes_shown, gpus_per_node)
-        text = np.array([[f"GPU {r} (node {r // gpus_per_node}, local {r % gpus_per_node})<br>{g.axis.value} "
-                          f"group {k}" for r, k in zip(rrow, krow)] for rrow, krow in zip(ranks, gid)], dtype=object)
-        fig.add_heatmap(z=gid % 20, text=text, hoverinfo="text", colorscale="Turbo", showscale=False,
-                        visible=i == 0, name=g.axis.value, xgap=2, ygap=2,
-                        x=[f"gpu {j}" for j in range(gpus_per_node)], y=[f"node {n}" for n in range(num_nodes_shown)])
+        text = [[f"GPU {r} (node {r // gpus_per_node}, local {r % gpus_per_node})<br>{g.axis.value} group {k}"
+                 for r, k in zip(rrow, krow)] for rrow, krow in zip(ranks.tolist(), gid.tolist())]
+        data.append({"type": "heatmap", "z": (gid % 20).tolist(), "text": text, "hoverinfo": "text",
+                     "colorscale": TURBO, "showscale": False, "visible": i == 0, "name": g.axis.value, "xgap": 2,
+                     "ygap": 2, "x": [f"gpu {j}" for j in range(gpus_per_node)],
+                     "y": [f"node {n}" for n in range(num_nodes_shown)]})
     buttons = [{"label": f"{g.axis.value} ({g.degree})", "method": "update",
                 "args": [{"visible": [j == i for j in range(len(groups))]}]} for i, g in enumerate(groups)]
-    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1, "y": 1.12, "xanchor": "right", "yanchor": "bottom"}])
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title="Device map: same colour = same group", x="", y="",
-                   height=max(260, 26 * num_nodes_shown + 140))
+    layout = {"updatemenus": [{"buttons": buttons, "x": 1, "y": 1.12, "xanchor": "right", "yanchor": "bottom"}],
+              "yaxis": {"autorange": "reversed"}}
+    return _figure(data, title="Device map: same colour = same group", x="", y="",
+                   height=max(260, 26 * num_nodes_shown + 140), layout=layout)
 
 
-def expert_placement(placement: list[list[int]], *, layer_ids: list[int]) -> go.Figure:
+def expert_placement(placement: list[list[int]], *, layer_ids: list[int]) -> Figure:
     """Which EP rank hosts each expert, per MoE layer."""
-    fig = go.Figure()
-    fig.add_heatmap(z=np.asarray(placement), colorscale="Turbo", colorbar={"title": "EP rank"},
-                    y=[f"layer {i}" for i in layer_ids], hovertemplate="expert %{x}, %{y}: EP rank %{z}<extra></extra>")
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title="Expert placement (best plan)", x="expert", y="",
-                   height=max(300, 12 * len(layer_ids) + 150))
+    data = [{"type": "heatmap", "z": np.asarray(placement).tolist(), "colorscale": TURBO,
+             "colorbar": {"title": {"text": "EP rank"}}, "y": [f"layer {i}" for i in layer_ids],
+             "hovertemplate": "expert %{x}, %{y}: EP rank %{z}<extra></extra>"}]
+    return _figure(data, title="Expert placement (best plan)", x="expert", y="",
+                   height=max(300, 12 * len(layer_ids) + 150), layout={"yaxis": {"autorange": "reversed"}})
 
 
-def per_rank_comparison(series: dict[str, list[float]], *, title: str, y: str) -> go.Figure:
+def per_rank_comparison(series: dict[str, list[float]], *, title: str, y: str) -> Figure:
     """Grouped bars per EP rank, e.g. predicted all-to-all of the placement vs round-robin."""
-    fig = go.Figure()
-    for name, values in series.items():
-        fig.add_bar(x=[f"rank {r}" for r in range(len(values))], y=values, name=name)
-    fig.update_layout(barmode="group")
-    return _layout(fig, title=title, x="EP rank", y=y)
+    data = [{"type": "bar", "x": [f"rank {r}" for r in range(len(values))], "y": values, "name": name}
+            for name, values in series.items()]
+    return _figure(data, title=title, x="EP rank", y=y, layout={"barmode": "group"})
 
 
-def predicted_vs_measured(rows: list[dict[str, Any]]) -> go.Figure:
+def predicted_vs_measured(rows: list[dict[str, Any]]) -> Figure:
     """One panel per term (units differ), predicted next to measured."""
-    fig = make_subplots(rows=1, cols=len(rows), subplot_titles=[r["term"] for r in rows])
-    for i, r in enumerate(rows, start=1):
-        fig.add_bar(x=["predicted", "measured"], y=[r["predicted"], r["measured"]], showlegend=False,
-                    marker={"color": [FRONT_COLOUR, BEST_COLOUR]}, row=1, col=i)
-    return _layout(fig, title="Predicted vs measured", x="", y="", height=360)
+    data = [{"type": "bar", "x": ["predicted", "measured"], "y": [r["predicted"], r["measured"]], "showlegend": False,
+             "marker": {"color": [FRONT_COLOUR, BEST_COLOUR]}, "xaxis": f"x{i if i > 1 else ''}",
+             "yaxis": f"y{i if i > 1 else ''}"} for i, r in enumerate(rows, start=1)]
+    return _figure(data, title="Predicted vs measured", x="", y="", height=360,
+                   layout=_subplots([1.0] * len(rows), [r["term"] for r in rows]))

@@ -19,14 +19,13 @@ from typing import Any
 
 import jinja2
 import numpy as np
-import plotly.graph_objects as go
-import plotly.io as pio
-import plotly.offline
+import plotly
 from pydantic import ValidationError
 
 from planner.errors import UserError, expect_object, one_line, read_json, read_text
 from planner.graph import cache_dir
 from planner.report import figures as figs
+from planner.report.figures import Figure
 from planner.report.devicemap import group_summary, stage_rows
 from planner.scenario import count_params
 from planner.plan import Axis, Plan, plan_groups
@@ -51,15 +50,21 @@ def plotly_js_gzip_b64() -> str:
         return path.read_text()
     except OSError:
         pass
-    text = base64.b64encode(gzip.compress(plotly.offline.get_plotlyjs().encode(), 9, mtime=0)).decode()
+    from plotly.offline import get_plotlyjs  # only on a cache miss: plotly's Python figure layer is ~0.05 s
+
+    text = base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9, mtime=0)).decode()
+    _store_asset(path, text)
+    return text
+
+
+def _store_asset(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
     except OSError:
-        pass  # an unwritable cache only costs the compression next time
-    return text
+        pass  # an unwritable cache only costs the rebuild next time
 
 
 def _template_cache() -> jinja2.BytecodeCache | None:
@@ -75,8 +80,18 @@ def _template_cache() -> jinja2.BytecodeCache | None:
 @functools.cache
 def plotly_template_json() -> str:
     """The plotly_white template, once per page: figures carry none (building each figure with it
-    deep-copied the template, ~20 ms per figure), the page's script applies it to every layout."""
-    return json.dumps(pio.templates["plotly_white"].to_plotly_json()).replace("</", "<\\/")
+    deep-copied the template, ~20 ms per figure), the page's script applies it to every layout.
+    Kept in the planner cache beside plotly.js (keyed by the plotly version, which ships it)."""
+    path = cache_dir() / "assets" / f"plotly-{plotly.__version__}-white-template.json"
+    try:
+        return path.read_text()
+    except OSError:
+        pass
+    from plotly.io import templates  # only on a cache miss, like get_plotlyjs above
+
+    text = json.dumps(templates["plotly_white"].to_plotly_json()).replace("</", "<\\/")
+    _store_asset(path, text)
+    return text
 
 
 _RESULT_KEYS = ("scenario", "best", "detailed")  # what every report section reads from result.json
@@ -134,7 +149,7 @@ def build_context(result: dict[str, Any], df: Plans, *, trace_text: str,
     scenario = Scenario.model_validate(result["scenario"])
     best_id = result["best"]
     best = result["detailed"].get(str(best_id)) if best_id is not None else None
-    charts: dict[str, go.Figure] = {}
+    charts: dict[str, Figure] = {}
     notes: dict[str, str] = {}
     _pareto_chart(df, charts, notes)
     _breakdown_charts(result, charts)
@@ -154,9 +169,13 @@ def build_context(result: dict[str, Any], df: Plans, *, trace_text: str,
     }
 
 
-def _fig_json(fig: go.Figure) -> str:
-    """Figure JSON safe inside a <script> element."""
-    return fig.to_json().replace("</", "<\\/")
+def _fig_json(fig: Figure) -> str:
+    """Figure JSON safe inside a <script> element (JSON.parse takes no NaN: those become null)."""
+    try:
+        text = json.dumps(fig, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(figs.finite(fig), separators=(",", ":"), allow_nan=False)
+    return text.replace("</", "<\\/")
 
 
 def _summary(scenario: Scenario, result: dict[str, Any], best: dict[str, Any] | None, df: Plans) -> dict[str, Any]:
@@ -205,7 +224,7 @@ def _baselines(result: dict[str, Any], best: dict[str, Any] | None) -> list[dict
     return out
 
 
-def _pareto_chart(df: Plans, charts: dict[str, go.Figure], notes: dict[str, str]) -> None:
+def _pareto_chart(df: Plans, charts: dict[str, Figure], notes: dict[str, str]) -> None:
     costed = df.take(np.isin(df["status"], [Status.BEST, Status.FITS, Status.OOM]) & _notna(df["peak_memory_gib"]))
     if not len(costed):
         return
@@ -231,7 +250,7 @@ def decimate(costed: Plans, limit: int) -> Plans:
     return concat([costed.take(keep), costed.take(rest[::stride])])
 
 
-def _breakdown_charts(result: dict[str, Any], charts: dict[str, go.Figure]) -> None:
+def _breakdown_charts(result: dict[str, Any], charts: dict[str, Figure]) -> None:
     detailed = result["detailed"]
     ids = list(dict.fromkeys([result["best"], *result.get("top", [])[:7], *result.get("baselines", {}).values()]))
     ids = [i for i in ids if i is not None and detailed[str(i)]["estimate"] is not None]
@@ -245,7 +264,7 @@ def _breakdown_charts(result: dict[str, Any], charts: dict[str, go.Figure]) -> N
         charts["memory"] = figs.memory_stages(best["estimate"])
 
 
-def _timeline_chart(trace_text: str, charts: dict[str, go.Figure], notes: dict[str, str]) -> dict[str, Any]:
+def _timeline_chart(trace_text: str, charts: dict[str, Figure], notes: dict[str, str]) -> dict[str, Any]:
     events = json.loads(trace_text).get("traceEvents", [])
     raw = trace_text.encode()
     info = {"num_events": len(events), "bytes": len(raw), "data_uri": None}
@@ -258,7 +277,7 @@ def _timeline_chart(trace_text: str, charts: dict[str, go.Figure], notes: dict[s
     return info
 
 
-def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, go.Figure]) -> dict[str, Any]:
+def _device_map(best: dict[str, Any], scenario: Scenario, charts: dict[str, Figure]) -> dict[str, Any]:
     plan, cluster = Plan.model_validate(best["plan"]), scenario.cluster
     groups = [g for g in plan_groups(plan) if g.degree > 1] or plan_groups(plan)[:1]
     gpn = cluster.gpus_per_node
@@ -321,7 +340,7 @@ def _same_plan(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return False
 
 
-def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[str, go.Figure],
+def _measured(measurement: dict[str, Any], result: dict[str, Any], charts: dict[str, Figure],
               notes: dict[str, str]) -> dict[str, Any] | None:
     """Predicted vs measured for the measured plan; a measured plan the search did not detail is
     named as itself, with its measurements and no prediction (never another plan's)."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from planner.report import figures as figs
+from planner.report.figures import Figure
 from planner.plan import Plan
 from planner.scenario import Scenario
 
@@ -47,7 +47,7 @@ def expert_tokens_of(moe: dict[str, Any] | None, *, num_layers: int) -> np.ndarr
     return tokens
 
 
-def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any], charts: dict[str, go.Figure],
+def moe_section(result: dict[str, Any], scenario: Scenario, best: dict[str, Any], charts: dict[str, Figure],
                 *, routing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Placement heat map and dispatch load per rank; loads come from the search result's `moe`
     entry, else from the executor's measured routing trace (measurement.json `routing`)."""
