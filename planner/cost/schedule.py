@@ -104,17 +104,19 @@ def _duration(task: Task, times: list[ChunkTimes], *, split_weight: bool) -> flo
             return t.weight_s
 
 
-def _producer(task: Task, num_chunks: int) -> Task | None:
-    """The task whose output this one consumes across a stage boundary (None for own-stage deps)."""
+def _producer(task: Task, num_chunks: int) -> tuple[Pass, int, int] | None:
+    """The (kind, micro-batch, chunk) of the task whose output this one consumes across a stage
+    boundary (None for own-stage deps); a plain tuple, the simulator's `done` key (hashing a
+    tuple is several times cheaper than a dataclass, and the loop asks ~10^4 times per plan)."""
     match task.kind:
         case Pass.F:
-            return Task(Pass.F, task.micro_batch, task.chunk - 1) if task.chunk > 0 else None
+            return (Pass.F, task.micro_batch, task.chunk - 1) if task.chunk > 0 else None
         case Pass.B:
             if task.chunk == num_chunks - 1:
-                return Task(Pass.F, task.micro_batch, task.chunk)
-            return Task(Pass.B, task.micro_batch, task.chunk + 1)
+                return (Pass.F, task.micro_batch, task.chunk)
+            return (Pass.B, task.micro_batch, task.chunk + 1)
         case Pass.W:
-            return Task(Pass.B, task.micro_batch, task.chunk)
+            return (Pass.B, task.micro_batch, task.chunk)
 
 
 def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_batches: int,
@@ -129,7 +131,7 @@ def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_bat
     split_weight = plan.schedule == Schedule.ZERO_BUBBLE
     queues = [stage_tasks(plan, stage=s, num_micro_batches=num_micro_batches) for s in range(p)]
     pools: list[list[Task]] = [[] for _ in range(p)]
-    done: dict[Task, float] = {}
+    done: dict[tuple[Pass, int, int], float] = {}  # (kind, micro-batch, chunk) -> finish time
     cursor, free_at, busy, events = [0] * p, [0.0] * p, [0.0] * p, []
     trace: list[dict] = []
 
@@ -139,7 +141,7 @@ def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_bat
             return 0.0
         if dep not in done:
             return None
-        return done[dep] + (p2p_s if dep.chunk % p != s else 0.0)
+        return done[dep] + (p2p_s if dep[2] % p != s else 0.0)
 
     def try_start(s: int) -> None:
         if free_at[s] < 0:
@@ -157,17 +159,16 @@ def simulate(plan: Plan, *, times: list[ChunkTimes], p2p_s: float, num_micro_bat
         end = start + _duration(task, times, split_weight=split_weight)
         busy[s] += end - start
         free_at[s] = -1.0  # busy until its event pops
-        heapq.heappush(events, (end, s, task.kind.value, task.micro_batch, task.chunk))
+        heapq.heappush(events, (end, s, task.kind.value, task.micro_batch, task.chunk, task.kind))
         if timeline:
             trace.append(_trace_event(task, stage=s, start_s=start, end_s=end))
 
     for s in range(p):
         try_start(s)
     while events:
-        end, s, kind, mb, chunk = heapq.heappop(events)
-        task = Task(Pass(kind), mb, chunk)
-        done[task], free_at[s] = end, end
-        if split_weight and task.kind == Pass.B:
+        end, s, _, mb, chunk, kind = heapq.heappop(events)
+        done[kind, mb, chunk], free_at[s] = end, end
+        if split_weight and kind == Pass.B:
             pools[s].append(Task(Pass.W, mb, chunk))
         # only this stage and its two ring neighbours can start: a task's producer runs on the
         # stage before (F), after (B) or on its own (last B, W), and only this stage came free
