@@ -10,12 +10,19 @@ the wall time: on a shared machine CPU time is the steadier number. A cold searc
 forked child beside its own imports (graph/cache.prefetch_graph), so its wall time can be below
 its CPU time when a second core is free.
 
+Bytecode: torch is timed from its installed .pyc files, so the planner package is byte-compiled
+first (compileall, into its gitignored __pycache__/) as `pip install` does and as Python does on a
+user's first run. Without it, a shell with PYTHONDONTWRITEBYTECODE=1 (set on this project's
+machines) recompiles ~80 planner modules from source on every run (~0.1 s of CPU) that no
+installed user pays; `--no-compile` measures that case.
+
     python bench/bench_user_path.py [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import resource
 import statistics
@@ -41,7 +48,11 @@ def _wall(cmd: list[str], *, env: dict[str, str], cwd: Path) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--no-compile", action="store_true", help="leave the planner package's bytecode as it is")
+    args = parser.parse_args()
+    repeats = args.repeats
+    if not args.no_compile:
+        compileall.compile_dir(REPO / "planner", quiet=1)
     base = os.environ | {"PYTHONPATH": str(REPO)}
     search = [sys.executable, "-m", "planner", "search"]
     times: dict[str, list[tuple[float, float]]] = {"import torch": [], "search, warm cache": [],
@@ -60,7 +71,8 @@ def main() -> None:
     cpu = {name: statistics.median(c for _, c in t) for name, t in times.items()}
     torch_s, torch_cpu = wall["import torch"], cpu["import torch"]
     print(f"planner search, default scenario (median of {repeats}; load average {load_before:.1f} -> "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; planner bytecode "
+          f"{'as found' if args.no_compile else 'compiled first'}):")
     for name, t in wall.items():
         spread = f"{min(w for w, _ in times[name]):.2f}-{max(w for w, _ in times[name]):.2f}"
         print(f"  {name:<20} {t:6.2f} s wall ({spread} s)  {t / torch_s:4.2f}x import torch   "

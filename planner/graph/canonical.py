@@ -43,13 +43,18 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
         raise ValueError(problem)
     with no_dynamo_import():
         with torch.device("meta"), SkipMetaInit():
-            model = Transformer(spec).to(dtype)
+            model = Transformer(spec, layers=_first_of_each_kind(spec)).to(dtype)
         ctx = _Context(model, seq_len=seq_len, batch=batch, dtype=dtype)
         pieces = [ctx.embedding(), *ctx.blocks(), ctx.head()]
     return gb.assemble([(p.layer, p.nodes, p.edges, p.entries, p.exit) for p in pieces], graph_fields=dict(
         seq_len=seq_len, sample_batch=batch, dtype_bytes=ctx.width, hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,
         vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(w for p in pieces for w in p.warnings))))
+
+
+def _first_of_each_kind(spec: ModelSpec) -> list[int]:
+    """The blocks `_Context.blocks` traces: the first of each kind (dense, MoE)."""
+    return sorted({spec.is_moe_layer(i): i for i in reversed(range(spec.num_hidden_layers))}.values())
 
 
 class _Context:

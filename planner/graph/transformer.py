@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +308,10 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only LM built from a ModelSpec; cheap to build under torch.device("meta")."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, *, layers: Iterable[int] | None = None) -> None:
+        """`layers`: the block indices to build (default all of them); the tracer builds one
+        block per block kind (graph/canonical.py), since building all of a 100-layer model's
+        modules, even on the meta device, costs more than tracing it."""
         super().__init__()
         self.spec = spec
         h = spec.hidden_size
@@ -319,7 +323,8 @@ class Transformer(nn.Module):
             self.register_buffer("freqs", torch.empty(spec.max_position_embeddings, self.rope_dim // 2, 2),
                                  persistent=False)
         self.dropout = nn.Dropout(spec.hidden_dropout)
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.num_hidden_layers)})
+        built = range(spec.num_hidden_layers) if layers is None else sorted(layers)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in built})
         self.norm = make_norm(spec, h)
         self.output = None if spec.tie_word_embeddings else nn.Linear(h, spec.vocab_size, bias=False)
 
