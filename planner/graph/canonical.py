@@ -52,9 +52,10 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
         vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(w for p in pieces for w in p.warnings))))
 
 
-def _first_of_each_kind(spec: ModelSpec) -> list[int]:
-    """The blocks `_Context.blocks` traces: the first of each kind (dense, MoE)."""
-    return sorted({spec.is_moe_layer(i): i for i in reversed(range(spec.num_hidden_layers))}.values())
+def _first_of_each_kind(spec: ModelSpec) -> tuple[int, ...]:
+    """The blocks `_Context.blocks` traces, the first of each kind (dense, MoE): the only ones the
+    meta model needs (building all of a 100-layer model's modules costs more than tracing it)."""
+    return tuple(sorted({spec.is_moe_layer(i): i for i in reversed(range(spec.num_hidden_layers))}.values()))
 
 
 class _Context:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -308,13 +307,9 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only LM built from a ModelSpec; cheap to build under torch.device("meta")."""
 
-    def __init__(self, spec: ModelSpec, *, layers: Iterable[int] | None = None) -> None:
-        """`layers`: the block indices to build (default all of them); the tracer builds one
-        block per block kind (graph/canonical.py), since building all of a 100-layer model's
-        modules, even on the meta device, costs more than tracing it."""
+    def __init__(self, spec: ModelSpec, *, layers: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        self.spec = spec
-        h = spec.hidden_size
+        self.spec, h = spec, spec.hidden_size
         self.tok_embeddings = nn.Embedding(spec.vocab_size, h)
         if spec.position_embedding == PositionEmbedding.LEARNED:
             self.pos_embeddings = nn.Embedding(spec.max_position_embeddings, h)
@@ -323,7 +318,7 @@ class Transformer(nn.Module):
             self.register_buffer("freqs", torch.empty(spec.max_position_embeddings, self.rope_dim // 2, 2),
                                  persistent=False)
         self.dropout = nn.Dropout(spec.hidden_dropout)
-        built = range(spec.num_hidden_layers) if layers is None else sorted(layers)
+        built = layers or range(spec.num_hidden_layers)  # the tracer builds one block per kind (graph/canonical.py)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in built})
         self.norm = make_norm(spec, h)
         self.output = None if spec.tie_word_embeddings else nn.Linear(h, spec.vocab_size, bias=False)
