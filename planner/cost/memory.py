@@ -21,13 +21,14 @@ from planner.cost.terms import MemoryTerm
 from planner.cost.ops import GraphKey, OpCost, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph, OpKind
 from planner.plan import OffloadState, Plan, Recompute, Schedule, ZeroStage
-from planner.scenario import GIB, JobSpec, Precision
+from planner.scenario import GIB, JobSpec, Precision, ShardingRuntime
 
 # Caching-allocator fragmentation on the churned (activation and buffer) memory: PyTorch's
 # reserved/allocated ratio is typically 1.05-1.15 in Megatron runs; we take the low end.
 ALLOCATOR_FRAGMENTATION = 0.07
 # CUDA context, cuBLAS/NCCL workspaces: outside the caching allocator, taken off capacity.
 RESERVED_BYTES = 1.0 * GIB
+FP32_MASTER_BYTES = 4.0  # an fp32 copy of each parameter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,10 +202,16 @@ def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[
     opt = job.optimizer
     weights = sharded if z >= ZeroStage.PARAMETERS else whole
     recipe = plan.fp8_recipe if job.precision == Precision.FP8 else None  # bf16 weights + FP8 copies (fp8.py)
+    weight_bytes, state_bytes = element_bytes(plan, job=job), opt.state_bytes
+    if z >= ZeroStage.PARAMETERS and job.zero3_runtime == ShardingRuntime.FSDP and weight_bytes < FP32_MASTER_BYTES:
+        # FSDP mixed precision keeps one sharded copy, the fp32 parameter the optimizer steps, and
+        # casts to 16 bits only in the all-gather (Zhao et al. 2023, PyTorch FSDP, VLDB, Sec. 4.4;
+        # FSDP2 MixedPrecisionPolicy.param_dtype): the master that state_bytes counts is that copy.
+        weight_bytes, state_bytes = FP32_MASTER_BYTES, max(0.0, state_bytes - FP32_MASTER_BYTES)
     terms = {
-        MemoryTerm.WEIGHTS: weights * element_bytes(plan, job=job),
+        MemoryTerm.WEIGHTS: weights * weight_bytes,
         MemoryTerm.GRADIENTS: (sharded if z >= ZeroStage.GRADIENTS else whole) * opt.grad_bytes_per_param,
-        MemoryTerm.OPTIMIZER: (sharded if z >= ZeroStage.OPTIMIZER else whole) * opt.state_bytes,
+        MemoryTerm.OPTIMIZER: (sharded if z >= ZeroStage.OPTIMIZER else whole) * state_bytes,
     }
     return terms | ({MemoryTerm.FP8_WEIGHTS: weights * weight_cache_bytes_per_param(recipe)} if recipe else {})
 

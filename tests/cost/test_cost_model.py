@@ -12,7 +12,7 @@ from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.scenario import PRESETS
 from planner.plan import Axis, Plan
-from planner.scenario import JobSpec
+from planner.scenario import JobSpec, ShardingRuntime
 
 SEQ = 4096
 CLUSTER = cluster_preset("dgx-h100", num_nodes=4)  # 32 GPUs
@@ -58,8 +58,21 @@ def test_zero_stages_shard_optimizer_then_gradients_then_weights(dense) -> None:
     assert mem[1]["gradients"] == mem[0]["gradients"]
     assert mem[2]["gradients"] == pytest.approx(mem[0]["gradients"] / 32)
     assert mem[2]["weights"] == mem[0]["weights"]
-    for term in ("weights", "gradients", "optimizer"):  # ZeRO-3 shards everything
-        assert mem[3][term] == pytest.approx(mem[0][term] / 32)
+    # ZeRO-3 (FSDP, the default runtime) shards everything and keeps one parameter copy, the fp32
+    # one the optimizer steps: 4 + 4 + 8 bytes per parameter instead of 2 + 4 + 12
+    assert mem[3]["gradients"] == pytest.approx(mem[0]["gradients"] / 32)
+    assert mem[3]["weights"] == pytest.approx(2 * mem[0]["weights"] / 32)
+    assert mem[3]["optimizer"] == pytest.approx(mem[0]["optimizer"] * 8 / 12 / 32)
+    states = ("weights", "gradients", "optimizer")
+    assert sum(mem[3][t] for t in states) == pytest.approx(sum(mem[0][t] for t in states) / 32 * 16 / 18)
+
+
+def test_deepspeed_zero3_keeps_16bit_partitions_beside_the_fp32_master(dense) -> None:
+    fsdp = _est(dense, dims={"dp": 32}, zero_stage=3).stage_memory[0]
+    job = JobSpec(seq_len=SEQ, global_batch=64, zero3_runtime=ShardingRuntime.DEEPSPEED_2021)
+    deepspeed = estimate(dense, Plan(dims={"dp": 32}, zero_stage=3), hw=HW, cluster=CLUSTER, job=job).stage_memory[0]
+    assert deepspeed["weights"] == pytest.approx(fsdp["weights"] / 2)  # 2-byte partition, 4-byte master
+    assert deepspeed["optimizer"] == pytest.approx(fsdp["optimizer"] * 12 / 8)
 
 
 def test_tp_across_nodes_is_slower_than_inside(dense) -> None:
