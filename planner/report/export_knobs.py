@@ -95,13 +95,8 @@ def _titan_cp(plan: Plan, par: dict[str, object], draft: Draft) -> None:
 
 def _titan_offload(plan: Plan, training: dict[str, object], draft: Draft) -> None:
     host = [s for s, tier in plan.offload.items() if tier == OffloadTier.HOST and s in _FSDP_OFFLOAD]
-    for state, tier in plan.offload.items():
-        if tier == OffloadTier.NVME:
-            draft.unsupported.append(f"offload {state.value} -> nvme: torchtitan offloads to host memory only; "
-                                     "not written")
-        elif state == OffloadState.ACTIVATIONS:
-            draft.unsupported.append("offload activations -> host: torchtitan v0.2.2 has no activation offload "
-                                     "option; not written")
+    _offload_limits(plan, draft, framework="torchtitan",
+                    activations_why="torchtitan v0.2.2 has no activation offload option")
     if not host:
         return
     if plan.zero_stage < ZeroStage.GRADIENTS:
@@ -114,6 +109,16 @@ def _titan_offload(plan: Plan, training: dict[str, object], draft: Draft) -> Non
         draft.unsupported.append(f"offload {_states(host)} -> host only: torchtitan's enable_cpu_offload (FSDP2 "
                                  "CPUOffloadPolicy) moves parameters, gradients and optimizer state together; "
                                  "written as all three, more host traffic than priced")
+
+
+def _offload_limits(plan: Plan, draft: Draft, *, framework: str, activations_why: str) -> None:
+    """What neither framework's flags express: NVMe tiers, and (per framework) activation offload."""
+    for state, tier in plan.offload.items():
+        if tier == OffloadTier.NVME:
+            draft.unsupported.append(f"offload {state.value} -> nvme: {framework} offloads to host memory only; "
+                                     "not written")
+        elif state == OffloadState.ACTIVATIONS:
+            draft.unsupported.append(f"offload activations -> host: {activations_why}; not written")
 
 
 def _titan_fp8(plan: Plan, sc: Scenario, options: dict[str, dict[str, object]], draft: Draft) -> None:
@@ -167,14 +172,11 @@ def megatron_knobs(plan: Plan, sc: Scenario, args: dict[str, object], draft: Dra
 
 
 def _megatron_offload(plan: Plan, args: dict[str, object], draft: Draft) -> None:
+    _offload_limits(plan, draft, framework="Megatron-LM",
+                    activations_why="TransformerConfig.cpu_offloading exists in megatron/core but arguments.py "
+                                    "has no flag for it")
     for state, tier in plan.offload.items():
-        if tier == OffloadTier.NVME:
-            draft.unsupported.append(f"offload {state.value} -> nvme: Megatron-LM offloads to host memory only; "
-                                     "not written")
-        elif state == OffloadState.ACTIVATIONS:
-            draft.unsupported.append("offload activations -> host: TransformerConfig.cpu_offloading exists in "
-                                     "megatron/core but arguments.py has no flag for it; not written")
-        elif state != OffloadState.OPTIMIZER:
+        if tier == OffloadTier.HOST and state not in (OffloadState.ACTIVATIONS, OffloadState.OPTIMIZER):
             draft.unsupported.append(f"offload {state.value} -> host: Megatron-LM core_v0.15.0 can keep only the "
                                      "optimizer state on the host (--optimizer-cpu-offload); not written")
     if plan.offload.get(OffloadState.OPTIMIZER) != OffloadTier.HOST:
