@@ -15,7 +15,7 @@ from functools import lru_cache
 from planner.cost.fp8 import element_bytes
 from planner.cost.ops import extra_tp_reductions
 from planner.cost.context import cp_layer_comm
-from planner.cost.experts import load_factor
+from planner.cost.experts import load_factor, remote_nodes_hit
 from planner.cost.ops import GraphKey, graph_summary
 from planner.graph import BlockKind, ModelGraph
 from planner.hardware import GPU_LAUNCH_US, Collective, HardwareProfile
@@ -136,7 +136,8 @@ def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: 
     all_gather (Megatron allgather): every rank gathers all tokens of its EP group and
     reduce-scatters the outputs, whatever the routing. deepep (DeepSeek-AI DeepEP, normal
     kernels): a token bound for several experts on one remote node crosses the fabric once and is
-    forwarded over NVLink, so off-node bytes shrink by min(top_k, remote nodes) / top_k.
+    forwarded over NVLink, so it crosses once per remote node its experts live on
+    (experts.remote_nodes_hit) instead of top_k (N - 1) / N times, the all-to-all's off-node share.
     """
     moe = next(layer.moe for layer in graph.layers if layer.moe is not None)
     hidden_bytes = tok_bytes / plan.dims.tp * graph.hidden_size
@@ -147,10 +148,10 @@ def _ep_s(plan: Plan, *, graph: ModelGraph, tok_bytes: float, spans: Spans, hw: 
             moved = (group_collective_s(hw, Collective.ALL_GATHER, gathered, span=spans.ep)
                      + group_collective_s(hw, Collective.REDUCE_SCATTER, gathered, span=spans.ep))
         case EpDispatcher.DEEPEP if spans.ep.num_ranks > spans.ep.ranks_per_domain:
-            nodes = spans.ep.num_ranks / spans.ep.ranks_per_domain
-            dedup = min(moe.top_k, nodes - 1) / moe.top_k if nodes > 1 else 1.0
-            moved = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes * max(dedup, 1 / moe.top_k),
-                                           span=spans.ep)
+            nodes = round(spans.ep.num_ranks / spans.ep.ranks_per_domain)
+            copies = moe.top_k * (nodes - 1) / nodes  # off-node copies per token under all-to-all
+            dedup = remote_nodes_hit(num_experts=moe.num_experts, top_k=moe.top_k, nodes=nodes) / copies
+            moved = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes * dedup, span=spans.ep)
         case _:
             moved = 2 * group_collective_s(hw, Collective.ALL_TO_ALL, tokens_bytes, span=spans.ep)
     if plan.dims.etp == 1:

@@ -21,6 +21,7 @@ Where the factor comes from, most specific first:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from planner.graph import MoEStats
@@ -59,6 +60,25 @@ def layer_factors(plan: Plan) -> list[float]:
                      else contiguous_placement(len(tokens), ep))
         out.append(busiest_over_mean(rank_loads(placement, tokens, ep=ep)))
     return out
+
+
+def remote_nodes_hit(*, num_experts: int, top_k: int, nodes: int) -> float:
+    """Expected number of other nodes one token's top-k experts live on, routing uniform.
+
+    A token picks top_k distinct experts; with the experts spread evenly over `nodes` nodes
+    (num_experts / nodes each), a given remote node holds none of them with the hypergeometric
+    probability C(E - E/N, k) / C(E, k), so the expected count of remote nodes hit is
+    (N - 1) (1 - C(E - E/N, k) / C(E, k)) (balls-into-bins without replacement). Uniform routing is
+    what force-balanced or fake-balanced gates produce (Megatron-Core moe_router_force_load_balancing,
+    NeMo AutoModel fake_balanced_gate); a DeepEP-style dispatcher sends a token once to each of these
+    nodes and forwards it over NVLink inside the node (deepseek-ai/DeepEP README, "normal kernels").
+    """
+    if nodes <= 1:
+        return 0.0
+    per_node = num_experts / nodes
+    k = min(top_k, num_experts)
+    miss = math.comb(num_experts - round(per_node), k) / math.comb(num_experts, k)
+    return (nodes - 1) * (1.0 - miss)
 
 
 def load_factor(plan: Plan, moe: MoEStats | None) -> float:

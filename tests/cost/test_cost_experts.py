@@ -84,3 +84,33 @@ def test_search_costs_expert_tensor_parallel_variants(mixtral) -> None:
     costed = [c for c in search(graph, wide, hw=hw).candidates if c.estimate is not None]
     etp = [c.plan.dims for c in costed if c.plan.dims.etp > 1]
     assert etp and any(d.tp == 1 for d in etp) and all(d.etp <= sc.cluster.nvlink_domain for d in etp)
+
+
+def test_remote_nodes_hit_matches_a_uniform_routing_simulation():
+    """Expected remote nodes of a token's top-k distinct experts, against a sampled routing."""
+    from planner.cost.experts import remote_nodes_hit
+
+    rng = np.random.default_rng(0)
+    for experts, top_k, nodes in ((256, 8, 8), (128, 4, 8), (384, 8, 4), (64, 6, 2)):
+        picks = np.array([rng.choice(experts, size=top_k, replace=False) for _ in range(20000)])
+        node_of = picks // (experts // nodes)
+        hit = np.mean([len(set(row) - {0}) for row in node_of])  # tokens living on node 0
+        assert remote_nodes_hit(num_experts=experts, top_k=top_k, nodes=nodes) == pytest.approx(hit, rel=0.02)
+    assert remote_nodes_hit(num_experts=256, top_k=8, nodes=1) == 0.0
+    # never more remote nodes than there are, nor than the token has experts
+    assert remote_nodes_hit(num_experts=256, top_k=2, nodes=32) <= 2
+    assert remote_nodes_hit(num_experts=256, top_k=64, nodes=8) <= 7
+
+
+def test_deepep_crosses_the_fabric_once_per_remote_node():
+    """DeepEP across nodes moves fewer off-node bytes than the all-to-all dispatcher, never more."""
+    spec = model_preset("deepseek-v3")
+    big = _scenario(spec, nodes=8, gbs=512)
+    graph = extract_graph(big.model, seq_len=big.job.seq_len)
+    hw = datasheet_profile(big.cluster)
+    plan = Plan(dims={"dp": 64, "ep": 64}, micro_batch_size=1, zero_stage=1, recompute="full")
+    times = {}
+    for dispatcher in ("all_to_all", "deepep"):
+        job = big.job.model_copy(update={"ep_dispatcher": dispatcher})
+        times[dispatcher] = estimate(graph, plan, hw=hw, cluster=big.cluster, job=job).time_breakdown_s
+    assert 0 < times["deepep"]["ep"] < times["all_to_all"]["ep"]
