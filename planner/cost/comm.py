@@ -251,7 +251,8 @@ def zero3_layer_comm(params_local: float, *, plan: Plan, job: JobSpec, span: Gro
     the compute precision, the reduce-scatter job.grad_reduce_bytes per element. FSDP gathers and
     reduce-scatters one unit (the layer) per pass; DeepSpeed 2021 runs one blocking collective
     per parameter-holding sub-module (`modules` of them, see deepspeed_2021_collective_s)
-    with nothing overlapped.
+    with nothing overlapped. FSDP (and FSDP1, whatever its backward prefetch: ShardingRuntime.FSDP1)
+    runs a layer's gathers and the reduce-scatter on one NCCL stream, so they share its backward.
     """
     size = params_local * element_bytes(plan, job=job)
     grads = params_local * job.grad_reduce_bytes
@@ -323,7 +324,7 @@ def _recompute_regather_share(params_local: float, *, plan: Plan, job: JobSpec) 
     if plan.recompute != Recompute.FULL or params_local <= 0:
         return 0.0
     match job.zero3_runtime:
-        case ShardingRuntime.FSDP:
+        case ShardingRuntime.FSDP | ShardingRuntime.FSDP1:
             return 0.0
         case ShardingRuntime.DEEPSPEED_2021:
             return max(0.0, 1.0 - DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS / (2.0 * params_local))

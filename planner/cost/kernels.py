@@ -78,3 +78,23 @@ def fp8_cast_bytes(m: float, n: float, k: float, *, per: float) -> tuple[float, 
     """(forward, backward) cast bytes for one FP8 GEMM of m x n x k (weights cast once per step);
     `per` bytes per cast element: FP8_CAST_BYTES_* or the plan's recipe (cost/fp8.py)."""
     return per * m * k, per * m * n + FP8_TRANSPOSE_BYTES * (m * k + m * n)
+
+
+# flash-attn 2.x bert_padding around a variable-length call, as llm-foundry's flash_attn_fn runs it on
+# every attention even when nothing is padded (llmfoundry/models/layers/attention.py, 2024-01): unpad_input
+# gathers q, k and v into packed rows (IndexFirstAxis, torch.gather: read 2 + write 2 bytes per 16-bit
+# element) and pad_input scatters the output into a zeroed padded tensor (IndexPutFirstAxis: zeros 2 +
+# read 2 + write 2); the backward scatters dq, dk, dv into zeroed tensors (2 + 2 + 2 each) and gathers the
+# output gradient (2 + 2).
+UNPAD_BYTES_FWD = 4.0
+REPAD_BYTES_FWD = 6.0
+UNPAD_BYTES_BWD = 6.0
+REPAD_BYTES_BWD = 4.0
+
+
+def unpad_bytes(q_elements: float, kv_elements: float) -> tuple[float, float]:
+    """(forward, backward) bytes of the unpad/re-pad copies around one attention call, from the
+    elements of Q (and of the output, the same size) and of each of K and V."""
+    qkv = q_elements + 2.0 * kv_elements
+    return (UNPAD_BYTES_FWD * qkv + REPAD_BYTES_FWD * q_elements,
+            UNPAD_BYTES_BWD * qkv + REPAD_BYTES_BWD * q_elements)

@@ -14,6 +14,7 @@ from planner.cost.comm import (LayerComm, Spans, block_comm, interference_s, par
                                zero3_layer_comm)
 from planner.cost.compute import PassTimes, Split, block_kind_times
 from planner.cost.context import CpComm, cp_exposed_s
+from planner.cost.fp8 import element_bytes
 from planner.cost.longctx import layer_extras
 from planner.cost.memory import KindMemory
 from planner.cost.ops import GraphKey, graph_summary
@@ -21,9 +22,16 @@ from planner.cost.sequences import SequenceLoads, masked_times
 from planner.graph import BlockKind, ModelGraph
 from planner.hardware import HardwareProfile, IdentityKey
 from planner.plan import Axis, Plan, ZeroStage
-from planner.scenario import HostSpec, JobSpec
+from planner.scenario import HostSpec, JobSpec, ShardingRuntime
 
 NON_BLOCK_KINDS = ("embedding", "head")
+# FSDP1 (torch.distributed.fsdp, FlatParameter) with use_orig_params: a unit's parameters are
+# split views of its flat parameter, so autograd assembles the flat gradient with one cat of the
+# views' 16-bit gradients (split_with_sizes backward: read 2 + write 2 bytes per parameter);
+# _post_backward_hook then casts it to the reduce dtype when that differs and _reduce_grad
+# pre-divides it in place (_div_if_needed, gradient_predivide_factor > 1 from 2 ranks up) before
+# the reduce-scatter (torch/distributed/fsdp/_runtime_utils.py, 2.0-2.2).
+FSDP1_GRAD_VIEW_BYTES = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,9 @@ def kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw:
             if plan.zero_stage == ZeroStage.PARAMETERS:
                 zf, zb = _zero3_costs(plan, memory[kind], t, job=job, spans=spans, hw=hw, m=param_modules(key)[kind])
                 fwd, bwd = fwd + zf, bwd + zb
+        if plan.zero_stage >= ZeroStage.GRADIENTS and job.zero3_runtime == ShardingRuntime.FSDP1:
+            bwd = bwd + Cost(compute_s=hw.memory_bound_s(
+                (memory[kind].dense_params + memory[kind].expert_params) * fsdp1_grad_bytes(plan, job=job)))
         x = layer_extras(plan, block=block, mem=memory[kind], t=t, loads=loads, graph=graph, job=job,
                          dp_span=spans.dp, hw=hw, host=host)  # longctx.py: Zeppelin moves, offload streams
         if x is not None:
@@ -85,6 +96,16 @@ def kind_costs(plan: Plan, *, graph: ModelGraph, job: JobSpec, spans: Spans, hw:
             bwd = bwd + Cost(comm_s=x.bwd_comm_s, exposed_comm_s=x.bwd_exposed_s)
         out[kind] = KindCost(fwd, bwd, t.bwd_weight_s)
     return out
+
+
+def fsdp1_grad_bytes(plan: Plan, *, job: JobSpec) -> float:
+    """Bytes FSDP1 moves per parameter over a unit's unsharded gradient each backward: the cat of
+    its views' gradients, the cast to the reduce dtype, the in-place pre-divide. The cast and
+    divide run on FSDP's post-backward stream beside the next unit's backward, sharing its SMs
+    and HBM, so they lengthen the backward like its own kernels."""
+    grad_b, reduce_b = element_bytes(plan, job=job), job.grad_reduce_bytes
+    cast = grad_b + reduce_b if reduce_b != grad_b else 0.0
+    return FSDP1_GRAD_VIEW_BYTES + cast + 2.0 * reduce_b
 
 
 _KIND_TIMES_PER_GRAPH = 4096  # memo entries kept per graph (distinct Split x profile pairs)

@@ -21,7 +21,7 @@ from planner.cost.terms import MemoryTerm
 from planner.cost.ops import GraphKey, OpCost, Region, graph_summary, layer_ops
 from planner.graph import Layer, LayerKind, ModelGraph, OpKind
 from planner.plan import OffloadState, Plan, Recompute, Schedule, ZeroStage
-from planner.scenario import GIB, JobSpec, Precision, ShardingRuntime
+from planner.scenario import GIB, JobSpec, Precision
 
 # Caching-allocator fragmentation on the churned (activation and buffer) memory: PyTorch's
 # reserved/allocated ratio is typically 1.05-1.15 in Megatron runs; we take the low end.
@@ -203,7 +203,7 @@ def model_state_terms(plan: Plan, params: StageParams, *, job: JobSpec) -> dict[
     weights = sharded if z >= ZeroStage.PARAMETERS else whole
     recipe = plan.fp8_recipe if job.precision == Precision.FP8 else None  # bf16 weights + FP8 copies (fp8.py)
     weight_bytes, state_bytes = element_bytes(plan, job=job), opt.state_bytes
-    if z >= ZeroStage.PARAMETERS and job.zero3_runtime == ShardingRuntime.FSDP and weight_bytes < FP32_MASTER_BYTES:
+    if z >= ZeroStage.PARAMETERS and job.zero3_runtime.fsdp and weight_bytes < FP32_MASTER_BYTES:
         # FSDP mixed precision keeps one sharded copy, the fp32 parameter the optimizer steps, and
         # casts to 16 bits only in the all-gather (Zhao et al. 2023, PyTorch FSDP, VLDB, Sec. 4.4;
         # FSDP2 MixedPrecisionPolicy.param_dtype): the master that state_bytes counts is that copy.

@@ -68,10 +68,26 @@ class ShardingRuntime(StrEnum):
     DEEPSPEED_2021: DeepSpeed stage 3 with its 2021 (v0.3-0.4) defaults: parameters gathered and
     released per sub-module (re-gathered for a recomputed forward unless reused within
     stage3_max_reuse_distance), gradient reduce-scatter on the compute stream (overlap_comm false).
+    FSDP1: PyTorch FSDP1 (FlatParameter, torch 1.13-2.x), gathers and reduce-scatters priced as
+    FSDP's. Composer's BACKWARD_POST prefetch issues a unit's backward gather from the post-backward
+    hook of the unit after it, right before that unit's reduce-scatter; all collectives of the
+    process group run in issue order on one NCCL stream and the autograd engine runs a unit's
+    AccumulateGrad (the post hook) before the next unit's pre-backward hook, so BACKWARD_PRE reaches
+    the same order (gather(i), scatter(i+1), gather(i-1), ...): either way a unit's gather and the
+    previous unit's reduce-scatter share the unit's backward (Zhao et al. 2023, PyTorch FSDP, VLDB,
+    Sec. 3.3, backward prefetching on one NCCL stream). Its sharded stages (FULL_SHARD,
+    SHARD_GRAD_OP) also pay FSDP1's
+    passes over each unit's unsharded flat gradient (cost/layers.fsdp1_grad_bytes).
     """
 
     FSDP = "fsdp"
     DEEPSPEED_2021 = "deepspeed-2021"
+    FSDP1 = "fsdp1"
+
+    @property
+    def fsdp(self) -> bool:
+        """A PyTorch FSDP runtime (one sharded fp32 copy, one gather per unit per pass)."""
+        return self in (ShardingRuntime.FSDP, ShardingRuntime.FSDP1)
 
 
 class GpuFamily(StrEnum):

@@ -75,6 +75,8 @@ class FrameworkRuntime(BaseModel):
     ring_merge_fp32: bool = Field(False, description="ring CP merges each step's partial attention output and "
                                   "accumulates dQ, dK, dV in float32 (torch context_parallel convert_to_f32); False: "
                                   "in the 16-bit dtype (TE AttnFuncWithCPAndKVP2P)")
+    attention_unpads: bool = Field(False, description="the model packs q, k, v into unpadded rows around a "
+                                   "variable-length attention call and re-pads its output (flash_attn.bert_padding)")
     attention_repeats_kv: bool = Field(False, description="the model repeats GQA K,V heads up to the Q heads "
                                        "before its attention call, so the kernel (and ring CP) sees as many K,V heads as Q")
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner.cost.comm import deepspeed_2021_collective_s, param_modules, zero3_layer_comm
+from planner.cost.comm import deepspeed_2021_collective_s, interference_s, param_modules, zero3_layer_comm
 from planner.cost.ops import GraphKey
 from planner.graph import BlockKind, extract_graph
 from planner.hardware import Collective, datasheet_profile, group_span
@@ -53,3 +53,23 @@ def test_param_modules_counts_leaf_modules_holding_parameters() -> None:
     # attention_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3: the attention module's own op reads
     # only the RoPE buffer, so it is not a fetch unit
     assert param_modules(GraphKey(graph))[BlockKind.DENSE] == 9
+
+
+def test_fsdp1_backward_shares_one_nccl_stream_like_fsdp() -> None:
+    """FSDP1 under Composer's BACKWARD_POST issues gather(i-1) right after scatter(i+1) on the one NCCL
+    stream, the order BACKWARD_PRE reaches too: the pair shares the layer's backward, priced as FSDP."""
+    for window in (1.0, 0.03, 0.0):
+        fsdp = zero3_layer_comm(LAYER_PARAMS, plan=PLAN, job=_job(ShardingRuntime.FSDP), span=SPAN, hw=HW,
+                                fwd_window_s=window, bwd_window_s=window)
+        fsdp1 = zero3_layer_comm(LAYER_PARAMS, plan=PLAN, job=_job(ShardingRuntime.FSDP1), span=SPAN, hw=HW,
+                                 fwd_window_s=window, bwd_window_s=window)
+        assert fsdp1 == fsdp
+    # a backward shorter than gather + reduce-scatter leaves the difference (and NCCL's SM share) exposed
+    short = zero3_layer_comm(LAYER_PARAMS, plan=PLAN, job=_job(ShardingRuntime.FSDP1), span=SPAN, hw=HW,
+                             fwd_window_s=0.0, bwd_window_s=0.03)
+    assert short.exposed_bwd_s == pytest.approx(short.bwd_s - 0.03 + interference_s(0.03, HW), rel=1e-9)
+
+
+def test_fsdp1_keeps_fsdps_single_sharded_copy() -> None:
+    assert ShardingRuntime.FSDP1.fsdp and ShardingRuntime.FSDP.fsdp
+    assert not ShardingRuntime.DEEPSPEED_2021.fsdp
