@@ -161,7 +161,8 @@ def split_for(plan: Plan, *, graph: ModelGraph, precision: Precision, flash: boo
                  attention=attention, etp=d.etp, experts_local=max(1, moe.num_experts // d.ep) if moe else 1,
                  grouped_gemm=job.grouped_gemm, fusion=job.fusion, selective=job.selective_recompute,
                  cuda_graphs=job.cuda_graphs, kv_ratio=_kv_ratio(graph, runtime),
-                 ring_merge_fp32=bool(runtime and runtime.ring_merge_fp32), attention_unpads=bool(runtime and runtime.attention_unpads),
+                 ring_merge_fp32=bool(runtime and runtime.ring_merge_fp32),
+                 attention_unpads=bool(runtime and runtime.attention_unpads),
                  host_us_per_op=runtime.host_us_per_op if runtime else None,
                  host_us_per_expert_op=runtime.host_us_per_expert_op if runtime else None,
                  gemm_streams=runtime.grouped_gemm_streams if runtime and job.grouped_gemm else 0)
@@ -277,11 +278,10 @@ def _flash(op: OpCost, fwd_flops: float, *, split: Split, hw: HardwareProfile, r
     call_seq = seq_kv / (2 * ring) if ring > 1 else seq_kv
     fwd_s = work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=False))
     bwd_s = 2.5 * work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=True))
-    q_elements = fwd_flops / (4.0 * seq_kv)
-    merge_f, merge_b = _ring_merge_s(q_elements, split=split, hw=hw)
+    merge_f, merge_b = _ring_merge_s(fwd_flops / (4.0 * seq_kv), split=split, hw=hw)
     if split.attention_unpads:  # the packing copies around a varlen call (kernels.unpad_bytes)
-        merge_f, merge_b = (t + hw.memory_bound_s(b) for t, b in zip((merge_f, merge_b), unpad_bytes(
-            q_elements, split.kv_ratio * q_elements), strict=True))
+        pad_f, pad_b = unpad_bytes(fwd_flops / (4.0 * seq_kv), kv_ratio=split.kv_ratio)
+        merge_f, merge_b = merge_f + hw.memory_bound_s(pad_f), merge_b + hw.memory_bound_s(pad_b)
     fwd_s, bwd_s = fwd_s + merge_f, bwd_s + merge_b
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
 

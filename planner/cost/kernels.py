@@ -92,9 +92,9 @@ UNPAD_BYTES_BWD = 6.0
 REPAD_BYTES_BWD = 4.0
 
 
-def unpad_bytes(q_elements: float, kv_elements: float) -> tuple[float, float]:
+def unpad_bytes(q_elements: float, *, kv_ratio: float = 1.0) -> tuple[float, float]:
     """(forward, backward) bytes of the unpad/re-pad copies around one attention call, from the
-    elements of Q (and of the output, the same size) and of each of K and V."""
-    qkv = q_elements + 2.0 * kv_elements
+    elements of Q (and of the output, the same size); K and V each have kv_ratio of Q's (GQA)."""
+    qkv = q_elements * (1.0 + 2.0 * kv_ratio)
     return (UNPAD_BYTES_FWD * qkv + REPAD_BYTES_FWD * q_elements,
             UNPAD_BYTES_BWD * qkv + REPAD_BYTES_BWD * q_elements)

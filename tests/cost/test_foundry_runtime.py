@@ -19,9 +19,9 @@ from planner.scenario import JobSpec, cluster_preset, frameworks, model_preset
 def test_unpad_bytes_count_each_copy_of_q_k_v_and_the_output() -> None:
     # MHA, 1e6 elements each of Q, K, V and the output: forward gathers 3e6 (4 B each) and scatters
     # the output into zeros (6 B); backward scatters dq, dk, dv into zeros (6 B each), gathers do (4 B)
-    assert unpad_bytes(1e6, 1e6) == pytest.approx((4 * 3e6 + 6e6, 6 * 3e6 + 4e6))
+    assert unpad_bytes(1e6) == pytest.approx((4 * 3e6 + 6e6, 6 * 3e6 + 4e6))
     # GQA with 1/4 the K,V heads moves less
-    fwd, bwd = unpad_bytes(1e6, 0.25e6)
+    fwd, bwd = unpad_bytes(1e6, kv_ratio=0.25)
     assert fwd == pytest.approx(4 * 1.5e6 + 6e6) and bwd == pytest.approx(6 * 1.5e6 + 4e6)
 
 
@@ -34,9 +34,10 @@ def test_llm_foundry_attention_pays_the_packing_copies_on_top_of_the_kernel() ->
     split = split_for(plan, graph=graph, precision="bf16", job=job)
     assert split.attention_unpads
     attention = next(op for op in layer_ops(GraphKey(graph))[BlockKind.DENSE] if op.kind == OpKind.ATTENTION)
-    packed, plain = op_times(attention, split=split, hw=hw), op_times(attention, split=replace(split, attention_unpads=False), hw=hw)
+    packed = op_times(attention, split=split, hw=hw)
+    plain = op_times(attention, split=replace(split, attention_unpads=False), hw=hw)
     q = 2 * 2048 * 4096  # micro-batch tokens x query width
-    fwd, bwd = unpad_bytes(q, q * 8 / 32)  # llama3-8b: 8 K,V heads of 32
+    fwd, bwd = unpad_bytes(q, kv_ratio=8 / 32)  # llama3-8b: 8 K,V heads of 32
     # Q's elements come from the traced attention FLOPs (4 x Q elements x the sequence, plus the softmax)
     assert packed.fwd_s - plain.fwd_s == pytest.approx(hw.memory_bound_s(fwd), rel=0.01)
     assert packed.bwd_input_s - plain.bwd_input_s == pytest.approx(hw.memory_bound_s(bwd), rel=0.01)
