@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.cost.fp8 import element_bytes
+from planner.cost.fp8 import element_bytes, gemm_output_bytes
 from planner.cost.ops import extra_tp_reductions
 from planner.cost.context import cp_layer_comm
 from planner.cost.experts import load_factor, remote_nodes_hit
@@ -86,12 +86,15 @@ def token_bytes(plan: Plan, *, job: JobSpec) -> float:
     return plan.micro_batch_size * job.seq_len / plan.dims.cp * element_bytes(plan, job=job)
 
 
-def tp_time_s(plan: Plan, *, hidden_bytes: float, span: GroupSpan, hw: HardwareProfile) -> float:
-    """One row-parallel reduction: all-reduce, or reduce-scatter + all-gather with SP (Korthikanti Sec. 4.2)."""
+def tp_time_s(plan: Plan, *, hidden_bytes: float, span: GroupSpan, hw: HardwareProfile,
+              reduce_ratio: float = 1.0) -> float:
+    """One row-parallel reduction: all-reduce, or reduce-scatter + all-gather with SP (Korthikanti Sec. 4.2).
+    `hidden_bytes` is the gathered activation; the reduction moves the GEMM output, `reduce_ratio` times
+    as many bytes (2 for FP8 inputs gathered in FP8 beside bf16 outputs: fp8.gemm_output_bytes)."""
     if plan.sequence_parallel:
-        return (group_collective_s(hw, Collective.REDUCE_SCATTER, hidden_bytes, span=span)
+        return (group_collective_s(hw, Collective.REDUCE_SCATTER, hidden_bytes * reduce_ratio, span=span)
                 + group_collective_s(hw, Collective.ALL_GATHER, hidden_bytes, span=span))
-    return group_collective_s(hw, Collective.ALL_REDUCE, hidden_bytes, span=span)
+    return group_collective_s(hw, Collective.ALL_REDUCE, hidden_bytes * reduce_ratio, span=span)
 
 
 def tp_exposed_s(tp_s: float, *, plan: Plan, job: JobSpec, gemm_s: float) -> float:
@@ -114,7 +117,8 @@ def block_comm(plan: Plan, *, graph: ModelGraph, job: JobSpec, moe_block: bool, 
     """TP, CP and EP traffic of one transformer block for one micro-batch."""
     tok = token_bytes(plan, job=job)
     hidden = tok * graph.hidden_size
-    tp_one = tp_time_s(plan, hidden_bytes=hidden, span=spans.tp, hw=hw)
+    reduce_ratio = gemm_output_bytes(job) / element_bytes(plan, job=job)
+    tp_one = tp_time_s(plan, hidden_bytes=hidden, span=spans.tp, hw=hw, reduce_ratio=reduce_ratio)
     tp_fwd = TP_COLLECTIVES_PER_BLOCK * tp_one
     replay = plan.recompute == Recompute.FULL
     tp_bwd = tp_fwd * (2 if replay else 1)

@@ -55,3 +55,13 @@ def element_bytes(plan: Plan, *, job: JobSpec) -> float:
     """Bytes per element of the weights and activations that are stored and communicated: bf16 under
     an FP8 recipe (TE keeps weights, activations and their collectives in bf16), else the job precision."""
     return BF16_WEIGHT_BYTES if plan.fp8_recipe is not None and job.precision == Precision.FP8 else job.precision.bytes
+
+
+def gemm_output_bytes(job: JobSpec) -> float:
+    """Bytes per element of a GEMM's output: bf16 out of an FP8 GEMM (torch._scaled_mm and TE's
+    cuBLASLt FP8 GEMMs write a 16-bit result), else the job precision. A row-parallel layer's TP
+    reduction (all-reduce, or SP's reduce-scatter) moves this output, whatever its inputs were
+    gathered in: torchao's Float8ColwiseParallel / PrepareFloat8ModuleInput all-gather FP8 inputs, its
+    Float8RowwiseParallel reduce-scatters the bf16 output and casts only the backward's gradient to
+    FP8 before that gradient's all-gather (pytorch/ao torchao/float8/float8_tensor_parallel.py)."""
+    return BF16_WEIGHT_BYTES if job.precision == Precision.FP8 else job.precision.bytes
