@@ -90,10 +90,11 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     chunk_costs = _chunk_costs(ctx, chunk_counts)
     times = [ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s) for c in chunk_costs]
     p2p = boundary_p2p_s(plan, ctx.placement, graph=graph, job=job, hw=hw)
+    times, hop = _blocking_p2p(times, p2p, plan=plan, job=job)
     if timeline:
-        pipe = simulate(plan, times=times, p2p_s=p2p, num_micro_batches=m, timeline=True)
+        pipe = simulate(plan, times=times, p2p_s=hop, num_micro_batches=m, timeline=True)
     else:
-        pipe = closed_form(plan, times=times, p2p_s=p2p, num_micro_batches=m)
+        pipe = closed_form(plan, times=times, p2p_s=hop, num_micro_batches=m)
     tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=loss_sync_s(hw, ctx.placement))
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
                              num_micro_batches=m)
@@ -171,6 +172,18 @@ def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
     if plan.dims.pp == 1 or hw.host is None:
         return 0.0
     return hw.host.pipe_action_us * 1e-6
+
+
+def _blocking_p2p(times: list[ChunkTimes], p2p_s: float, *, plan: Plan, job: JobSpec) -> tuple[list[ChunkTimes], float]:
+    """(chunk times, hop latency) for the schedule. A stack that waits for each schedule step's
+    send/recv batch before its next compute (job.pp_comm_overlap False) keeps the stage busy for the
+    transfer: every chunk's forward but the last chunk's and every backward but the first chunk's
+    ends with one exchange, and the receiver holds the data when that exchange ends (no extra hop)."""
+    if job.pp_comm_overlap or plan.dims.pp == 1:
+        return times, p2p_s
+    last = len(times) - 1
+    return [ChunkTimes(fwd_s=t.fwd_s + (p2p_s if c < last else 0.0), bwd_s=t.bwd_s + (p2p_s if c > 0 else 0.0),
+                       weight_s=t.weight_s) for c, t in enumerate(times)], 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from planner.graph import BlockKind, ModelGraph
 from planner.hardware import GPU_LAUNCH_US, Collective, HardwareProfile
 from planner.hardware import GroupSpan, group_collective_s, p2p_s
 from planner.plan import Plan, Recompute, ZeroStage
-from planner.scenario import EpDispatcher, JobSpec, ShardingRuntime
+from planner.scenario import EpDispatcher, JobSpec, OptimizerSharding, ShardingRuntime
 
 # Row-parallel outputs per transformer block: attention projection and MLP (Megatron Sec. 3).
 TP_COLLECTIVES_PER_BLOCK = 2
@@ -191,7 +191,9 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
 
     Gradients move job.grad_reduce_bytes per element (fp32 main grads under Megatron bf16),
     parameters the compute precision. ZeRO-0: all-reduce. ZeRO-1/2: reduce-scatter, then the updated shards are all-gathered,
-    overlapped with the next forward (Megatron overlap_param_gather). ZeRO-1 keeps the whole
+    overlapped with the next forward (Megatron overlap_param_gather); ZeroRedundancyOptimizer's ZeRO-1
+    (job.zero1_runtime) all-reduces like ZeRO-0 and broadcasts the shards inside step(), after the
+    backward and before the next forward, so nothing hides them. ZeRO-1 keeps the whole
     gradient buffer and reduces once per step (Megatron distributed optimizer); ZeRO-2 keeps only
     its shard, so every micro-batch's backward reduce-scatters (DeepSpeed stage 2 reduces in its
     backward hooks at every micro-step; FSDP SHARD_GRAD_OP outside no_sync): the earlier ones hide
@@ -201,22 +203,22 @@ def dp_step_comm(plan: Plan, *, dense_params: float, expert_params: float, job: 
     if plan.zero_stage == ZeroStage.PARAMETERS:
         return DataParallelComm(total_s=0.0, exposed_s=0.0)
     grad_b, param_b = job.grad_reduce_bytes, element_bytes(plan, job=job)
+    zero_redundancy = plan.zero_stage == ZeroStage.OPTIMIZER and job.zero1_runtime == OptimizerSharding.ZERO_REDUNDANCY
     reduce_s, gather_s = 0.0, 0.0
     for params, span in ((dense_params, spans.dp), (expert_params, spans.edp)):
         if span.num_ranks <= 1 or params <= 0:
             continue
         # one collective per bucket: each pays its own latency (ring steps grow with the ranks)
         nb = max(1, math.ceil(params / DP_BUCKET_PARAMS))
-        if plan.zero_stage == ZeroStage.NONE:
-            reduce_s += nb * group_collective_s(hw, Collective.ALL_REDUCE, params * grad_b / nb, span=span)
-        else:
-            reduce_s += nb * group_collective_s(hw, Collective.REDUCE_SCATTER, params * grad_b / nb, span=span)
+        reduce = Collective.ALL_REDUCE if plan.zero_stage == ZeroStage.NONE or zero_redundancy else Collective.REDUCE_SCATTER
+        reduce_s += nb * group_collective_s(hw, reduce, params * grad_b / nb, span=span)
+        if plan.zero_stage != ZeroStage.NONE:  # ZeroRedundancyOptimizer's broadcasts deliver as many bytes
             gather_s += nb * group_collective_s(hw, Collective.ALL_GATHER, params * param_b / nb, span=span)
     buckets = max(1, math.ceil((dense_params + expert_params) / DP_BUCKET_PARAMS))
     # A runtime that reduces after the backward (Megatron-LM local DDP before overlap_grad_reduce)
     # or gathers before the next forward (no overlap_param_gather) leaves that traffic exposed.
     bwd_window_s = bwd_window_s if job.dp_comm_overlap else 0.0
-    fwd_window_s = fwd_window_s if job.param_gather_overlap else 0.0
+    fwd_window_s = fwd_window_s if job.param_gather_overlap and not zero_redundancy else 0.0
     exposed = max(reduce_s - DP_OVERLAP_EFFICIENCY * bwd_window_s, reduce_s / buckets)
     exposed += max(gather_s - DP_OVERLAP_EFFICIENCY * fwd_window_s, gather_s / buckets) if gather_s else 0.0
     earlier_total, earlier_exposed = _zero2_earlier_s(plan, reduce_s, num_micro_batches=num_micro_batches,

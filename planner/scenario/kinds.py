@@ -90,6 +90,21 @@ class ShardingRuntime(StrEnum):
         return self in (ShardingRuntime.FSDP, ShardingRuntime.FSDP1)
 
 
+class OptimizerSharding(StrEnum):
+    """How a ZeRO-1 runtime keeps the data-parallel replicas in step (the cost model prices both).
+
+    DISTRIBUTED_OPTIMIZER: Megatron's distributed optimizer: gradients reduce-scattered, the updated
+    shards all-gathered (overlapped as dp_comm_overlap / param_gather_overlap say).
+    ZERO_REDUNDANCY: torch.distributed.optim.ZeroRedundancyOptimizer beside DDP: DDP all-reduces the
+    whole gradients (buckets overlapped with the backward); after its local update each rank
+    broadcasts its parameters to the others, inside step() (torch docs, Distributed Optimizers;
+    overlap_with_ddp is experimental and off by default).
+    """
+
+    DISTRIBUTED_OPTIMIZER = "distributed_optimizer"
+    ZERO_REDUNDANCY = "zero_redundancy"
+
+
 class GpuFamily(StrEnum):
     """The silicon a GPU preset or inline GPU is (its die decides GEMM, flash and launch behaviour).
 

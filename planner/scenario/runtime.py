@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.plan import Recompute
-from planner.scenario.kinds import AttentionKernel, EpDispatcher, Fusion, SelectiveRecompute, ShardingRuntime
+from planner.scenario.kinds import (AttentionKernel, EpDispatcher, Fusion, OptimizerSharding, SelectiveRecompute,
+                                    ShardingRuntime)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 DEFAULT_FRAMEWORK = "generic"
@@ -45,9 +46,12 @@ class FrameworkRuntime(BaseModel):
     attention: AttentionKernel
     grad_reduce: GradReduce
     zero3_runtime: ShardingRuntime
+    zero1_runtime: OptimizerSharding = OptimizerSharding.DISTRIBUTED_OPTIMIZER
     tp_comm_overlap: bool
     dp_comm_overlap: bool
     param_gather_overlap: bool
+    pp_comm_overlap: bool = Field(True, description="pipeline p2p overlapped with compute; False: every schedule "
+                                  "step waits for its send/recv batch (the stage is busy for the transfer)")
     cuda_graphs: bool
     grouped_gemm: bool
     ep_dispatcher: EpDispatcher
@@ -120,8 +124,8 @@ def match_framework(text: str) -> FrameworkRuntime:
 
 
 # [job] fields a runtime fills when the scenario leaves them out (JobSpec names).
-RUNTIME_JOB_FIELDS = ("attention", "zero3_runtime", "tp_comm_overlap", "dp_comm_overlap", "param_gather_overlap",
-                      "cuda_graphs", "grouped_gemm", "ep_dispatcher", "fusion", "selective_recompute")
+RUNTIME_JOB_FIELDS = ("attention", "zero3_runtime", "zero1_runtime", "tp_comm_overlap", "dp_comm_overlap",
+                      "param_gather_overlap", "pp_comm_overlap", "cuda_graphs", "grouped_gemm", "ep_dispatcher", "fusion", "selective_recompute")
 
 
 def runtime_job_fields(job: dict[str, Any]) -> dict[str, Any]:

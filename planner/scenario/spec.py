@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.scenario.kinds import (AttentionKernel, EpDispatcher, Fusion, GpuFamily, Precision, SelectiveRecompute,
-                                    ShardingRuntime)
+from planner.scenario.kinds import (AttentionKernel, EpDispatcher, Fusion, GpuFamily, OptimizerSharding, Precision,
+                                    SelectiveRecompute, ShardingRuntime)
 from planner.plan import (Axis, BalancePolicy, CpKind, Fp8Recipe, OffloadState, OffloadTier, Recompute, Schedule, Target,
                           ZeroStage)
 from planner.scenario.host import OFFLOAD_LADDER, HostSpec
@@ -280,12 +280,14 @@ class JobSpec(BaseModel):
     precision: Precision = Precision.BF16
     optimizer: OptimizerSpec = OptimizerSpec()
     zero3_runtime: ShardingRuntime = ShardingRuntime.FSDP
+    zero1_runtime: OptimizerSharding = OptimizerSharding.ZERO_REDUNDANCY
     tp_comm_overlap: bool = Field(False, description="Megatron-Core --tp-comm-overlap (Transformer Engine "
                                   "userbuffers): sequence-parallel collectives pipelined with their GEMMs")
     framework: str = "generic"  # runtime facts below come from its file where the table is silent (runtime.py)
     attention: AttentionKernel = AttentionKernel.FLASH
     dp_comm_overlap: bool = Field(True, description="gradient reduction overlapped with the backward")
     param_gather_overlap: bool = Field(True, description="ZeRO-1/2 parameter all-gather overlapped with the forward")
+    pp_comm_overlap: bool = Field(False, description="pipeline p2p beside compute (False: each step waits on it)")
     cuda_graphs: bool = False  # kernels replayed from CUDA graphs: no per-kernel launch cost
     grouped_gemm: bool = False  # one grouped GEMM for a rank's experts instead of one per expert
     ep_dispatcher: EpDispatcher = EpDispatcher.ALL_TO_ALL
