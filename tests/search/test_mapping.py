@@ -126,6 +126,7 @@ pairs = [
 [job]
 seq_len = 8192
 global_batch = 128
+pp_comm_overlap = true  # p2p beside compute (Megatron-Core overlap_p2p_comm): the DP traffic is what the gateway hurts
 [search]
 fixed = { tp = 8, pp = 2 }
 '''
