@@ -24,7 +24,7 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     """Everything the verb does; returns the result (cli turns nothing-fits into exit 2)."""
     from planner.search.ilp import load_routing_trace
     from planner.graph import cached_graph
-    from planner.report import write_search_outputs
+    from planner.report import warm_assets, write_search_outputs
     from planner.report.output import check_output_dir
 
     out_dir = check_output_dir(out or Path("reports") / scenario.name, flag="--out")  # before the search
@@ -35,6 +35,8 @@ def run_search(scenario: Scenario, *, top: int, out: Path | None, profile: Path 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("tracing model", total=None, note="")
+        if prefetch is not None:  # a forked child traces the model: prepare the report meanwhile
+            warm_assets()
         graph = cached_graph(scenario.model, seq_len=scenario.job.seq_len, prefetch=prefetch)  # torch only on a miss
         bar.update(task, description="searching")
         result = search(graph, scenario, hw=hw, top_k=top, routing=routing,
