@@ -3,6 +3,7 @@ user-error context, and the embedded default scenario. The verbs live in main.py
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -117,4 +118,16 @@ def scenario_or_default(path: Path | None) -> Scenario:
 
 
 def main() -> None:
-    app(prog_name="planner")
+    """The process entry (the `planner` console script, `python -m planner`); tests drive `app`.
+
+    A run is one short process whose imports, scenario and graph live until it exits, so the
+    cyclic collector's full passes over them are pure cost: gc.freeze() moves what is alive after
+    the imports out of its sight, and again at exit, where the interpreter's shutdown would
+    otherwise collect every object of the run once more (0.1-0.4 s of a 1.4 s warm search,
+    measured). Refcounting still frees everything acyclic, and this never runs in a test process.
+    """
+    gc.freeze()
+    try:
+        app(prog_name="planner")
+    finally:
+        gc.freeze()

@@ -22,6 +22,7 @@ of the child (or no fork: not Linux, threads running) falls back to tracing in-p
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import importlib
 import os
@@ -135,6 +136,10 @@ def prefetch_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1) -> GraphPre
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 return None
+            # a one-shot child that leaves by os._exit: the cyclic collector would rescan torch's
+            # and the parent's objects at every full pass (~0.25 s of a 1.5 s trace) and reclaim
+            # nothing a trace needs (peak RSS measured equal with and without it)
+            gc.disable()
             graph = _extract(spec, seq_len=seq_len, batch=batch)
             with os.fdopen(write_fd, "wb") as f:
                 pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)
