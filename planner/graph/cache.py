@@ -79,13 +79,13 @@ def _extract(spec: ModelSpec, *, seq_len: int, batch: int) -> ModelGraph:
 
 
 class GraphPrefetch:
-    """A forked child tracing one graph; `take()` returns it (None if the child failed) and
-    `close()` stops a child nobody waits for (an error or Ctrl-C in the parent)."""
+    """A forked child tracing one graph; `take()` returns it with its pickle (None if the child
+    failed) and `close()` stops a child nobody waits for (an error or Ctrl-C in the parent)."""
 
     def __init__(self, pid: int, fd: int, key: tuple[str, int, int]) -> None:
         self.pid, self.fd, self.key = pid, fd, key
 
-    def take(self) -> ModelGraph | None:
+    def take(self) -> tuple[ModelGraph, bytes] | None:
         fd, self.fd = self.fd, -1
         try:
             with os.fdopen(fd, "rb") as f:
@@ -97,7 +97,7 @@ class GraphPrefetch:
             return None
         finally:
             self.close()
-        return graph if isinstance(graph, ModelGraph) else None
+        return (graph, data) if isinstance(graph, ModelGraph) else None
 
     def close(self) -> None:
         if self.pid:
@@ -158,10 +158,12 @@ def cached_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1,
     graph = _read(path)
     if graph is None:
         same = prefetch is not None and prefetch.key == (spec.model_dump_json(), seq_len, batch)
-        graph = prefetch.take() if same else None
-        if graph is None:
+        taken = prefetch.take() if same else None
+        if taken is None:
             graph = _extract(spec, seq_len=seq_len, batch=batch)
-        _write(path, graph)
+            taken = graph, pickle.dumps(graph, protocol=pickle.HIGHEST_PROTOCOL)
+        graph, data = taken
+        _write(path, data)  # the child's own pickle: never pickled twice
     return graph
 
 
@@ -174,12 +176,12 @@ def _read(path: Path) -> ModelGraph | None:
     return graph if isinstance(graph, ModelGraph) else None
 
 
-def _write(path: Path, graph: ModelGraph) -> None:
+def _write(path: Path, data: bytes) -> None:
     """Atomic; a cache that cannot be written (read-only home, full disk) is skipped silently."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as f:
-            pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(data)
         os.replace(f.name, path)
     except OSError:
         return
