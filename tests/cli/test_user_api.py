@@ -73,7 +73,8 @@ def test_search_json_is_one_object_and_a_warm_search_never_imports_torch(env, tm
 
 
 def test_cold_search_traces_in_a_forked_child_and_keeps_torch_out_of_the_parent(env, tmp_path: Path) -> None:
-    """graph/cache.prefetch_graph: the child's graph is the in-process one; the parent never imports torch."""
+    """graph/cache.prefetch_graph: the child's graph is the in-process one, and so is the cache entry
+    written from the child's own pickle; the parent never imports torch."""
     code = ("import sys, pickle\n"
             "from planner.graph import cached_graph, prefetch_graph\n"
             "from planner.scenario import model_preset\n"
@@ -82,17 +83,19 @@ def test_cold_search_traces_in_a_forked_child_and_keeps_torch_out_of_the_parent(
             "    assert tracing is not None\n"
             "    graph = cached_graph(spec, seq_len=64, prefetch=tracing)\n"
             "assert prefetch_graph(spec, seq_len=64) is None  # now cached: nothing to start\n"
-            "sys.stdout.buffer.write(pickle.dumps((graph, 'torch' in sys.modules)))\n")
+            "stored = cached_graph(spec, seq_len=64)  # read back from the entry\n"
+            "sys.stdout.buffer.write(pickle.dumps((graph, stored, 'torch' in sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     import pickle
 
-    graph, parent_has_torch = pickle.loads(done.stdout)
+    graph, stored, parent_has_torch = pickle.loads(done.stdout)
     assert not parent_has_torch
     direct = planner.extract_graph(model_preset("tiny-moe"), seq_len=64)
-    assert graph.layers == direct.layers and graph.warnings == direct.warnings
-    assert list(graph.dag.nodes(data=True)) == list(direct.dag.nodes(data=True))
-    assert list(graph.dag.edges) == list(direct.dag.edges)
+    for got in (graph, stored):
+        assert got.layers == direct.layers and got.warnings == direct.warnings
+        assert list(got.dag.nodes(data=True)) == list(direct.dag.nodes(data=True))
+        assert list(got.dag.edges) == list(direct.dag.edges)
 
 
 def test_tracing_the_canonical_model_never_imports_torch_dynamo(env) -> None:

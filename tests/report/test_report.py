@@ -24,7 +24,7 @@ from planner.plan import plan_groups
 from planner.graph import extract_graph
 from planner.hardware import datasheet_profile
 from planner.plan import Plan
-from planner.report import PLAN_COLUMNS, write_search_outputs
+from planner.report import PLAN_COLUMNS, warm_assets, write_search_outputs
 from planner.report import STEP_TERMS, coalesce
 from planner.scenario import GIB, Scenario, load_scenario, scenario_from_dict
 from planner.search import search
@@ -106,6 +106,23 @@ def test_report_rerenders_identically_without_search(written: tuple[Path, Any, S
     assert (copy / "report.html").read_bytes() == (out / "report.html").read_bytes()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "no result.json" in res.output
+
+
+def test_warm_assets_fill_an_empty_cache_and_change_no_page(written: tuple[Path, Any, Scenario], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """report.warm_assets, which `planner search` runs while a child traces the model: the page's
+    cached pieces (plotly.js gzipped, its template, the compiled page template) land in an empty
+    cache, and the page rendered from them is byte for byte the one rendered before."""
+    out, _, _ = written
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "cache"))
+    for built_once in (planner.report.html.plotly_js_gzip_b64, planner.report.html.plotly_template_json):
+        built_once.cache_clear()  # rebuilt from plotly, not the copies this process holds
+    warm_assets()
+    assets = tmp_path / "cache" / "assets"
+    names = [p.name for p in assets.iterdir()]
+    assert any(n.endswith(".min.js.gz.b64") for n in names) and any(n.endswith("-white-template.json") for n in names)
+    assert any((assets / "jinja").iterdir())
+    assert planner.report.html.render_html(out) == (out / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
