@@ -7,8 +7,9 @@ cold: an empty cache directory (torch imported, the model traced, the cache writ
 Runs alternate (torch, warm, cold) so machine load hits all three alike; medians are printed,
 with the load average, and the CPU seconds (user + sys of the command and its children) beside
 the wall time: on a shared machine CPU time is the steadier number. A cold search traces in a
-forked child beside its own imports (graph/cache.prefetch_graph), so its wall time can be below
-its CPU time when a second core is free.
+forked child beside its own imports (graph/cache.prefetch_graph) and builds the report's cached
+assets meanwhile (report.warm_assets; the cold cache directory has none either), so its wall
+time can be below its CPU time when a second core is free.
 
 Bytecode: torch is timed from its installed .pyc files, so the planner package is byte-compiled
 first (compileall, into its gitignored __pycache__/) as `pip install` does and as Python does on a

@@ -14,7 +14,7 @@ import torch
 
 from planner.graph import build as gb
 from planner.graph.types import BlockKind, Layer, LayerKind, ModelGraph, OpNode
-from planner.graph.lean import SkipMetaInit, no_dynamo_import
+from planner.graph.lean import SkipMetaInit, collector_paused, no_dynamo_import
 from planner.graph.trace import storage_key, trace_fn
 from planner.scenario import ModelSpec, graph_size_problem
 from planner.graph.transformer import Transformer, loss_fn
@@ -41,15 +41,16 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
         raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
     if problem := graph_size_problem(spec):  # before tracing: the graph is O(layers x experts)
         raise ValueError(problem)
-    with no_dynamo_import():
-        with torch.device("meta"), SkipMetaInit():
-            model = Transformer(spec, layers=_first_of_each_kind(spec)).to(dtype)
-        ctx = _Context(model, seq_len=seq_len, batch=batch, dtype=dtype)
-        pieces = [ctx.embedding(), *ctx.blocks(), ctx.head()]
-    return gb.assemble([(p.layer, p.nodes, p.edges, p.entries, p.exit) for p in pieces], graph_fields=dict(
-        seq_len=seq_len, sample_batch=batch, dtype_bytes=ctx.width, hidden_size=spec.hidden_size,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads,
-        vocab_size=spec.vocab_size, name=spec.name, warnings=list(dict.fromkeys(w for p in pieces for w in p.warnings))))
+    with collector_paused():  # lean.py: the trace frees nothing a collection would find
+        with no_dynamo_import():
+            with torch.device("meta"), SkipMetaInit():
+                model = Transformer(spec, layers=_first_of_each_kind(spec)).to(dtype)
+            ctx = _Context(model, seq_len=seq_len, batch=batch, dtype=dtype)
+            pieces = [ctx.embedding(), *ctx.blocks(), ctx.head()]
+        return gb.assemble([(p.layer, p.nodes, p.edges, p.entries, p.exit) for p in pieces], graph_fields=dict(
+            seq_len=seq_len, sample_batch=batch, dtype_bytes=ctx.width, hidden_size=spec.hidden_size,
+            num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.kv_heads, vocab_size=spec.vocab_size,
+            name=spec.name, warnings=list(dict.fromkeys(w for p in pieces for w in p.warnings))))
 
 
 def _first_of_each_kind(spec: ModelSpec) -> tuple[int, ...]:

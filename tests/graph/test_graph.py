@@ -239,3 +239,27 @@ def test_cli_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["tiny-moe", "tiny-mla"])
+def test_pausing_the_garbage_collector_changes_no_graph(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """graph/lean.collector_paused: the trace with the cyclic collector off (and collecting at
+    every chance) gives the same ops, edges and layers; the collector is back on afterwards."""
+    import contextlib
+    import gc
+
+    import planner.graph.canonical as canonical
+
+    spec = PRESETS[name]
+    paused = extract_graph(spec, seq_len=256)
+    assert gc.isenabled()
+    monkeypatch.setattr(canonical, "collector_paused", contextlib.nullcontext)
+    threshold = gc.get_threshold()
+    gc.set_threshold(50, 1, 1)  # a full collection every ~50 allocations: any dependence would show
+    try:
+        collected = extract_graph(spec, seq_len=256)
+    finally:
+        gc.set_threshold(*threshold)
+    assert paused.layers == collected.layers and paused.warnings == collected.warnings
+    assert list(paused.dag.nodes(data=True)) == list(collected.dag.nodes(data=True))
+    assert list(paused.dag.edges) == list(collected.dag.edges)
