@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from planner.graph.cache import GraphPrefetch, cache_dir, cached_graph, graph_key, prefetch_graph
+from planner.graph.collector import collector_paused
 from planner.graph.types import BlockKind, KindTotals, Layer, LayerKind, ModelGraph, MoEStats, OpKind, OpNode
 
 _LAZY = {  # name -> submodule that defines it (each imports torch)
@@ -23,7 +24,7 @@ _LAZY = {  # name -> submodule that defines it (each imports torch)
     "expand_kv": "transformer",
 }
 
-__all__ = ["GraphPrefetch", "cache_dir", "cached_graph", "graph_key", "prefetch_graph", "BlockKind", "KindTotals", "Layer", "LayerKind", "ModelGraph", "MoEStats", "OpKind", "OpNode", *_LAZY]
+__all__ = ["GraphPrefetch", "cache_dir", "cached_graph", "collector_paused", "graph_key", "prefetch_graph", "BlockKind", "KindTotals", "Layer", "LayerKind", "ModelGraph", "MoEStats", "OpKind", "OpNode", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,8 @@ import torch
 
 from planner.graph import build as gb
 from planner.graph.types import BlockKind, Layer, LayerKind, ModelGraph, OpNode
-from planner.graph.lean import SkipMetaInit, collector_paused, no_dynamo_import
+from planner.graph.collector import collector_paused
+from planner.graph.lean import SkipMetaInit, no_dynamo_import
 from planner.graph.trace import storage_key, trace_fn
 from planner.scenario import ModelSpec, graph_size_problem
 from planner.graph.transformer import Transformer, loss_fn
@@ -41,7 +42,7 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
         raise ValueError(f"seq_len={seq_len}, batch={batch}: both must be >= 1")
     if problem := graph_size_problem(spec):  # before tracing: the graph is O(layers x experts)
         raise ValueError(problem)
-    with collector_paused():  # lean.py: the trace frees nothing a collection would find
+    with collector_paused():  # collector.py: the trace frees nothing a collection would find
         with no_dynamo_import():
             with torch.device("meta"), SkipMetaInit():
                 model = Transformer(spec, layers=_first_of_each_kind(spec)).to(dtype)

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from planner import cost
 from planner.cost import RESERVED_BYTES
-from planner.graph import ModelGraph
+from planner.graph import ModelGraph, collector_paused
 from planner.hardware import HardwareProfile
 from planner.plan import ParallelDims, Plan, Recompute, ZeroStage
 from planner.scenario import GIB, Scenario
@@ -51,22 +51,24 @@ _SIMULATED_LEADERS, _SIMULATION_ROUNDS, _SIMULATED_ACTIONS_BUDGET = 5, 3, 40_000
 def search(graph: ModelGraph, scenario: Scenario, *, hw: HardwareProfile, top_k: int = 10,
            progress: Callable[[int, int], None] | None = None, estimator: Estimator | None = None,
            routing: RoutingStats | None = None) -> SearchResult:
-    """Rank every valid plan of `scenario` (see the module docstring for the pipeline)."""
+    """Rank every valid plan of `scenario` (see the module docstring for the pipeline); the
+    cyclic collector is paused meanwhile: every candidate lives until the end (graph/collector.py)."""
     start = time.perf_counter()
     run = Pricer(graph=graph, scenario=scenario, hw=hw, est=estimator or cost)
     if progress is not None:
         run.tick = lambda: progress(run.stats.costed, 0)
     valid: list[ParallelDims] = []  # every layout the rules allow (pruned ones included)
-    _search_pass(run, valid)
-    for setting in scenario.search.offload:  # offload only when nothing fits without it
-        if any(c.fits for c in run.candidates):
-            break
-        run.offload, run.frugal_plans = dict(setting), {}
-        _search_pass(run, [], record_invalid=False)
-    tuned = tune_top(run, routing=routing)  # ILP post-pass: uneven stages, expert placement
-    _settle_counts(run, valid)
-    run.stats.seconds = time.perf_counter() - start
-    return _result(run, top_k=top_k, tuned=tuned)
+    with collector_paused():
+        _search_pass(run, valid)
+        for setting in scenario.search.offload:  # offload only when nothing fits without it
+            if any(c.fits for c in run.candidates):
+                break
+            run.offload, run.frugal_plans = dict(setting), {}
+            _search_pass(run, [], record_invalid=False)
+        tuned = tune_top(run, routing=routing)  # ILP post-pass: uneven stages, expert placement
+        _settle_counts(run, valid)
+        run.stats.seconds = time.perf_counter() - start
+        return _result(run, top_k=top_k, tuned=tuned)
 
 
 def _search_pass(run: Pricer, valid: list[ParallelDims], *, record_invalid: bool = True) -> None:

@@ -243,7 +243,7 @@ def test_cli_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("name", ["tiny-moe", "tiny-mla"])
 def test_pausing_the_garbage_collector_changes_no_graph(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """graph/lean.collector_paused: the trace with the cyclic collector off (and collecting at
+    """graph/collector.collector_paused: the trace with the cyclic collector off (and collecting at
     every chance) gives the same ops, edges and layers; the collector is back on afterwards."""
     import contextlib
     import gc
