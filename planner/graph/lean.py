@@ -66,4 +66,3 @@ def no_dynamo_import() -> Iterator[None]:
     finally:
         for f in fresh:
             vars(f).pop(_CACHE_ATTR, None)
-
