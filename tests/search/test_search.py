@@ -192,3 +192,31 @@ def test_published_layout_is_searched_and_not_beaten(row: dict) -> None:
     assert result.best is not None
     if published.fits:
         assert result.best.estimate.tokens_per_s_per_gpu >= published.tokens_per_s_per_gpu * (1 - 1e-9)
+
+
+def test_pausing_the_garbage_collector_changes_no_search_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """search pauses the cyclic collector (graph/collector.py); with it collecting at every chance
+    instead, every candidate, estimate and rank is the same, and the collector is on afterwards."""
+    import contextlib
+    import gc
+
+    import planner.search.engine as engine
+
+    sc = _scenario("tiny-moe", cluster="cpu-local", nodes=1, seq=128, gbs=8)
+    graph, hw = build_graph(sc.model, seq_len=128), datasheet_profile(sc.cluster)
+
+    def outcome() -> list[tuple]:
+        result = search(graph, sc, hw=hw)
+        return [(c.plan.to_json(), c.fits, c.reason, c.rank, None if c.estimate is None else c.estimate.to_dict())
+                for c in result.candidates]
+
+    paused = outcome()
+    assert gc.isenabled()
+    monkeypatch.setattr(engine, "collector_paused", contextlib.nullcontext)
+    threshold = gc.get_threshold()
+    gc.set_threshold(50, 1, 1)  # a full collection every ~50 allocations
+    try:
+        collected = outcome()
+    finally:
+        gc.set_threshold(*threshold)
+    assert paused == collected and any(c[1] for c in paused)
