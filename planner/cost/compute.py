@@ -278,18 +278,18 @@ def _flash(op: OpCost, fwd_flops: float, *, split: Split, hw: HardwareProfile, r
     call_seq = seq_kv / (2 * ring) if ring > 1 else seq_kv
     fwd_s = work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=False))
     bwd_s = 2.5 * work / (peak * flash_rate(rates, seq_len=call_seq, head_dim=head_dim, backward=True))
-    merge_f, merge_b = _ring_merge_s(fwd_flops / (4.0 * seq_kv), split=split, hw=hw)
+    q_elements = fwd_flops / (4.0 * seq_kv)  # the traced full-s^2 forward: 4 x local Q x whole sequence
+    merge_f, merge_b = _ring_merge_s(q_elements, split=split, hw=hw)
     if split.attention_unpads:  # the packing copies around a varlen call (kernels.unpad_bytes)
-        pad_f, pad_b = unpad_bytes(fwd_flops / (4.0 * seq_kv), kv_ratio=split.kv_ratio)
+        pad_f, pad_b = unpad_bytes(q_elements, kv_ratio=split.kv_ratio)
         merge_f, merge_b = merge_f + hw.memory_bound_s(pad_f), merge_b + hw.memory_bound_s(pad_b)
     fwd_s, bwd_s = fwd_s + merge_f, bwd_s + merge_b
     return PassTimes(fwd_s=fwd_s, bwd_input_s=bwd_s, attention_fwd_s=fwd_s, attention_bwd_s=bwd_s)
 
 
 def _ring_merge_s(q_elements: float, *, split: Split, hw: HardwareProfile) -> tuple[float, float]:
-    """Memory-bound seconds (fwd, bwd) of ring CP's per-step merges on `q_elements` local Q elements
-    (the traced full-s^2 forward FLOPs are 4 x local Q elements x the whole sequence): each of the ring's
-    steps after the first merges its partial output (forward) and accumulates its dQ, dK, dV (backward)."""
+    """Memory-bound seconds (fwd, bwd) of ring CP's per-step merges on `q_elements` local Q elements:
+    each step after the first merges its partial output (forward) and accumulates dQ, dK, dV (backward)."""
     steps = split.attention_calls - 1
     if steps <= 0:
         return 0.0, 0.0

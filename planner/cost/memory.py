@@ -49,10 +49,11 @@ class LayerActivation:
 def layer_activation(graph: ModelGraph, layer: Layer) -> LayerActivation:
     """Saved bytes of `layer` split by region, from its block kind's reduced operators."""
     totals = {Region.TP: 0.0, Region.SP: 0.0, Region.EXPERT: 0.0}
-    for op in layer_ops(GraphKey(graph))[layer.block_kind]:
+    ops = layer_ops(GraphKey(graph))[layer.block_kind]
+    for op in ops:
         totals[op.saved_region] += op.saved_bytes * op.count
     scale = layer.saved_bytes / max(sum(totals.values()), 1.0)  # ops of a representative layer
-    replicated, split = _fp8_input_saving(layer_ops(GraphKey(graph))[layer.block_kind], heads=graph.num_attention_heads)
+    replicated, split = _fp8_input_saving(ops, heads=graph.num_attention_heads)
     return LayerActivation(replicated=totals[Region.SP] * scale, split=totals[Region.TP] * scale,
                            expert=totals[Region.EXPERT] * scale,
                            eager_extra=max(0.0, layer.saved_bytes - layer.saved_bytes_flash),

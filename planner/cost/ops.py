@@ -85,7 +85,7 @@ def layer_ops(key: GraphKey, fused: bool = False) -> dict[str, tuple[OpCost, ...
             for kind, layer in first.items()}
 
 
-def _reduce(ops: list[OpNode], layer: Layer, *, fused: bool = False, hidden: int = 0) -> tuple[OpCost, ...]:
+def _reduce(ops: list[OpNode], layer: Layer, *, hidden: int, fused: bool = False) -> tuple[OpCost, ...]:
     attention = [op for op in ops if op.kind == OpKind.ATTENTION]
     norms: dict[str, list[OpNode]] = {}
     out = []
@@ -132,7 +132,7 @@ def _elementwise_run(run: list[OpNode], layer: Layer) -> OpCost:
                  bytes_moved=moved)
 
 
-def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer, *, hidden: int = 0) -> OpCost:
+def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer, *, hidden: int) -> OpCost:
     """(m, n, k) from an mm's operands; row-parallel when it is a wo/w2 projection (or, inside
     the experts, the down projection: the one writing the hidden size from another width; a
     fine-grained expert's ffn is narrower than the hidden size, so width alone does not tell)."""
@@ -140,7 +140,7 @@ def _with_gemm_dims(cost: OpCost, op: OpNode, layer: Layer, *, hidden: int = 0) 
     if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
         return cost
     (m, k), (_, n) = shapes
-    down = n == hidden != k if hidden else k > n
+    down = n == hidden != k
     row = op.module.endswith(_ROW_PARALLEL) or (op.kind == OpKind.EXPERT_MATMUL and down)
     return replace(cost, dims=(m, n, k), row_parallel=row,
                    fp8=layer.kind == LayerKind.BLOCK and op.kind != OpKind.ROUTER)

@@ -55,8 +55,8 @@ def extract_graph(spec: ModelSpec, *, seq_len: int, batch: int = 1, dtype: torch
 
 
 def _first_of_each_kind(spec: ModelSpec) -> tuple[int, ...]:
-    """The blocks `_Context.blocks` traces, the first of each kind (dense, MoE): the only ones the
-    meta model needs (building all of a 100-layer model's modules costs more than tracing it)."""
+    """The blocks the meta model is built with and `_Context.blocks` traces, the first of each kind
+    (dense, MoE) (building all of a 100-layer model's modules costs more than tracing it)."""
     return tuple(sorted({spec.is_moe_layer(i): i for i in reversed(range(spec.num_hidden_layers))}.values()))
 
 
@@ -92,14 +92,13 @@ class _Context:
         return self.piece(lambda: self.model.embed(self.tokens), meta)
 
     def blocks(self) -> list[Piece]:
-        """One traced block per kind (dense / moe), relabelled for every position."""
-        templates: dict[bool, Piece] = {}
+        """One traced block per kind (dense / moe): the blocks the meta model has, the first of each
+        kind (_first_of_each_kind), relabelled for every position."""
+        built = (int(key) for key in self.model.layers)
+        templates = {self.spec.is_moe_layer(i): self._block(i, self.spec.is_moe_layer(i)) for i in built}
         out = []
         for i in range(self.spec.num_hidden_layers):
-            is_moe = self.spec.is_moe_layer(i)
-            if is_moe not in templates:
-                templates[is_moe] = self._block(i, is_moe)
-            t = templates[is_moe]
+            t = templates[self.spec.is_moe_layer(i)]
             layer, nodes = gb.relabel(t.layer, t.nodes, index=i + 1, name=f"layers.{i}")
             out.append(Piece(layer, nodes, t.edges, t.entries, t.exit, t.warnings))
         return out
