@@ -14,6 +14,7 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,27 +46,31 @@ DEVICE_MAP_GPUS = 256
 def plotly_js_gzip_b64() -> str:
     """plotly.js, gzipped and base64-encoded for embedding. Compressing its 4.8 MB takes ~0.3 s,
     so the result is kept in the planner cache (assets/, keyed by the plotly version)."""
-    path = cache_dir() / "assets" / f"plotly-{plotly.__version__}.min.js.gz.b64"
+    def build() -> str:
+        from plotly.offline import get_plotlyjs  # only on a cache miss: plotly's figure layer costs ~0.05 s
+
+        return base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9, mtime=0)).decode()
+
+    return _cached_asset(f"plotly-{plotly.__version__}.min.js.gz.b64", build)
+
+
+def _cached_asset(name: str, build: Callable[[], str]) -> str:
+    """assets/NAME from the planner cache, else built and stored there (atomically); an unwritable
+    cache only costs the rebuild next time."""
+    path = cache_dir() / "assets" / name
     try:
         return path.read_text()
     except OSError:
         pass
-    # only on a cache miss: importing plotly's Python figure layer costs ~0.05 s
-    from plotly.offline import get_plotlyjs
-
-    text = base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9, mtime=0)).decode()
-    _store_asset(path, text)
-    return text
-
-
-def _store_asset(path: Path, text: str) -> None:
+    text = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
     except OSError:
-        pass  # an unwritable cache only costs the rebuild next time
+        pass
+    return text
 
 
 def _template_cache() -> jinja2.BytecodeCache | None:
@@ -83,16 +88,12 @@ def plotly_template_json() -> str:
     """The plotly_white template, once per page: figures carry none (building each figure with it
     deep-copied the template, ~20 ms per figure), the page's script applies it to every layout.
     Kept in the planner cache beside plotly.js (keyed by the plotly version, which ships it)."""
-    path = cache_dir() / "assets" / f"plotly-{plotly.__version__}-white-template.json"
-    try:
-        return path.read_text()
-    except OSError:
-        pass
-    from plotly.io import templates  # only on a cache miss, like get_plotlyjs above
+    def build() -> str:
+        from plotly.io import templates  # only on a cache miss, like get_plotlyjs above
 
-    text = json.dumps(templates["plotly_white"].to_plotly_json()).replace("</", "<\\/")
-    _store_asset(path, text)
-    return text
+        return json.dumps(templates["plotly_white"].to_plotly_json()).replace("</", "<\\/")
+
+    return _cached_asset(f"plotly-{plotly.__version__}-white-template.json", build)
 
 
 _RESULT_KEYS = ("scenario", "best", "detailed")  # what every report section reads from result.json
