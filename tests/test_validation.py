@@ -32,10 +32,10 @@ CSV = Path(__file__).resolve().parent / "data" / "published_runs.csv"
 KORTHIKANTI = Path(__file__).resolve().parents[1] / "bench" / "korthikanti_table5.py"
 # Regression bounds on the whole table (the targets are MAPE 8%, max 25%, LOSO 12%; see
 # the README's validation table for where the model stands and which classes are still off).
-# These bounds guard what the model reaches today (MAPE 8.0%, max 63.6%, LOSO 8.6%); they are not the targets.
+# These bounds guard what the model reaches today (MAPE 8.09%, max 63.6%, LOSO 8.6%); they are not the targets.
 MAPE_LIMIT, MAX_LIMIT = 0.081, 0.64
 FINE_GRAINED_LIMIT = 0.64  # fine-grained MoE rows (>= 64 experts): worst today GPT-OSS 120B (Bridge 25.11, B200)
-CP_LIMIT = 0.35  # long-context rows (>= 16K tokens; worst today 33%: ring CP attention, see the README)
+CP_LIMIT = 0.37  # long-context rows (>= 16K tokens; worst today 36%, torchtitan CP 8 priced compiled as it ran: see the README)
 
 
 @lru_cache(maxsize=1)
@@ -125,6 +125,8 @@ def test_rows_choose_their_runtime_by_framework_text() -> None:
     assert runs["33"].scenario.job.tp_comm_overlap and runs["33"].framework == "megatron-core-0.8"
     assert runs["47"].framework == "torchtitan-2024-12" and runs["47"].plan.micro_batch_size == 2
     assert runs["48"].scenario.job.fusion == "compiled"  # the row states torch.compile
+    assert runs["53"].scenario.job.fusion == "compiled"  # "FSDP+CP + compile + Float8"
+    assert runs["47"].scenario.job.fusion != "compiled"  # "technique: FSDP." (eager)
     assert runs["184"].scenario.job.grad_reduce_bytes == 2.0  # FSDP PURE mixed precision
     assert runs["160"].scenario.job.grad_reduce_bytes == 4.0
     assert runs["59"].scenario.cluster.gpu.name == "h100-hbm2e-500w"

@@ -42,6 +42,10 @@ ASSUMPTIONS = {
     "gpus_per_node, nvlink_domain, link bandwidths": "the GPU's DGX/HGX preset",
 }
 
+# A row compiled its blocks when its framework or notes say so: "torch.compile", or "compile" as a
+# technique joined by "+" ("compile+Float8", "FSDP+CP + compile + Float8" in the torchtitan tables).
+_COMPILED = re.compile(r"torch\.compile|\+\s*compile\b|\bcompile\s*\+")
+
 # GPU text -> cluster preset; first hit wins, so specific variants come first.
 _GPU_PRESETS = (("gb200", "gb200-nvl72"), ("b200", "dgx-b200"), ("h200", "hgx-h200"), ("h800", "hgx-h800"),
                 ("hbm2e", "grand-teton-h100"), ("h100", "dgx-h100"), ("a100-40", "dgx-a100-40gb"),
@@ -220,7 +224,7 @@ def job_table(row: dict[str, str], *, runtime: FrameworkRuntime, pp: int) -> dic
     if "pure" in text:  # FSDP PURE mixed precision: parameters, reduction and buffers in bf16
         job["optimizer"] = {"grad_reduce_bytes": 2}
     stated = _text(row, "framework") + " " + _text(row, "notes")
-    if "torch.compile" in stated or "compile+" in stated:
+    if _COMPILED.search(stated):
         job["fusion"] = "compiled"  # the run states it compiled its blocks (Inductor fusion)
     return job
 
