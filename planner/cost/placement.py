@@ -8,6 +8,7 @@ link between its two stages.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -65,14 +66,19 @@ def _one_rank(num_stages: int) -> list[GroupSpan]:
     return [GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1)] * num_stages
 
 
+@lru_cache(maxsize=64)
 def _setup(dims: ParallelDims, order: tuple[Axis, ...], expert_order: tuple[Axis, ...],
            mapping: tuple[tuple[int, int], ...] | None):
+    """The rank grid, its ranks by stage and each rank's stage: memoised, since _attention,
+    _cp_split and (for a dense model, whose expert grid is the attention one) _expert build the
+    same one. The arrays are read-only: they are shared."""
     plan = Plan(dims=dims, rank_order=list(order), expert_rank_order=list(expert_order),
                 device_mapping=None if mapping is None else list(mapping))
     grid = device_grid(plan)
     by_stage = np.moveaxis(grid.attention, order.index(Axis.PP), 0).reshape(dims.pp, -1)
     stage_of = np.empty(dims.world_size, dtype=np.int64)
     stage_of[by_stage] = _ids(dims.pp)[:, None]
+    by_stage.flags.writeable = stage_of.flags.writeable = False
     return grid, by_stage, stage_of
 
 
@@ -81,7 +87,29 @@ def _spans(cluster: ClusterSpec, grid, stage_of: np.ndarray, num_stages: int, *a
     pos = sorted(names.index(a) for a in axes)  # outer first: rows come out ascending when unmapped
     width = int(np.prod([array.shape[p] for p in pos]))
     members = np.moveaxis(array, pos, list(range(-len(pos), 0))).reshape(-1, width)
-    return axis_spans(cluster, members, stage_of=stage_of[members[:, 0]], num_stages=num_stages)
+    return _axis_spans(cluster, members, stage_of=stage_of[members[:, 0]], num_stages=num_stages)
+
+
+_SPANS: dict[tuple, tuple[GroupSpan, ...]] = {}
+_SPANS_KEPT = 4096  # entries before the memo is cleared (a 405B search makes ~700 distinct)
+
+
+def _axis_spans(cluster: ClusterSpec, members: np.ndarray, *, stage_of: np.ndarray | None = None,
+                num_stages: int = 1) -> list[GroupSpan]:
+    """hardware.axis_spans memoised by the cluster's identity and the groups' contents: layouts
+    that differ in dp or pp often lay an axis's groups on the very same ranks and stages (a 405B
+    search asks 2,372 times for 674 distinct ones). Keyed by a SHA-256 digest of the member and
+    stage arrays, so the memo holds no rank arrays."""
+    narrow = np.int32 if cluster.world_size < 2**31 else np.int64  # half the bytes to hash
+    digest = hashlib.sha256(members.astype(narrow).tobytes())  # SHA-256: hardware-accelerated on x86 and ARM
+    if stage_of is not None:
+        digest.update(stage_of.astype(narrow).tobytes())
+    key = (IdentityKey(cluster), members.shape, members.dtype.str, stage_of is None, num_stages, digest.digest())
+    if key not in _SPANS:
+        if len(_SPANS) >= _SPANS_KEPT:
+            _SPANS.clear()
+        _SPANS[key] = tuple(axis_spans(cluster, members, stage_of=stage_of, num_stages=num_stages))
+    return list(_SPANS[key])
 
 
 @lru_cache(maxsize=512)
@@ -92,7 +120,7 @@ def _attention(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple
     cluster: ClusterSpec = cluster_key.obj
     grid, by_stage, stage_of = _setup(dims, order, tuple(DEFAULT_EXPERT_RANK_ORDER), mapping)
     spans = [_spans(cluster, grid, stage_of, dims.pp, *axes) for axes in ((Axis.TP,), (Axis.CP,), (Axis.CP, Axis.DP))]
-    world = axis_spans(cluster, np.sort(grid.attention.ravel())[None, :])[0]
+    world = _axis_spans(cluster, np.sort(grid.attention.ravel())[None, :])[0]
     return (*spans, _boundaries(cluster, by_stage), world, _stage_groups(cluster, by_stage))
 
 
@@ -124,8 +152,8 @@ def _cp_split(dims: ParallelDims, order: tuple[Axis, ...], mapping: tuple[tuple[
     cp_groups = np.moveaxis(array, names.index(Axis.CP), -1).reshape(-1, dims.cp // ulysses, ulysses)
     a2a = cp_groups.reshape(-1, ulysses)
     ring = np.swapaxes(cp_groups, 1, 2).reshape(-1, dims.cp // ulysses)
-    return (axis_spans(cluster, ring, stage_of=stage_of[ring[:, 0]], num_stages=dims.pp),
-            axis_spans(cluster, a2a, stage_of=stage_of[a2a[:, 0]], num_stages=dims.pp))
+    return (_axis_spans(cluster, ring, stage_of=stage_of[ring[:, 0]], num_stages=dims.pp),
+            _axis_spans(cluster, a2a, stage_of=stage_of[a2a[:, 0]], num_stages=dims.pp))
 
 
 def _stage_groups(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[int, ...]:
@@ -157,7 +185,7 @@ def _boundaries(cluster: ClusterSpec, by_stage: np.ndarray) -> tuple[GroupSpan, 
         return (GroupSpan(num_ranks=1, stride=1, ranks_per_domain=1),)
     pairs = np.stack([by_stage[:-1], by_stage[1:]], axis=-1).reshape(-1, 2)
     boundary = np.repeat(_ids(pp - 1), by_stage.shape[1])
-    return tuple(axis_spans(cluster, pairs, stage_of=boundary, num_stages=pp - 1))
+    return tuple(_axis_spans(cluster, pairs, stage_of=boundary, num_stages=pp - 1))
 
 
 def boundary_p2p_s(plan: Plan, placement: Placement, *, graph: ModelGraph, job: JobSpec, hw: HardwareProfile) -> float:
