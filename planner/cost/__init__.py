@@ -86,18 +86,19 @@ def estimate(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
     flash = job.attention.fused if flash_attention is None else flash_attention
     ctx = _context(graph, plan, hw=hw, cluster=cluster, job=job, flash=flash)
     m = plan.num_micro_batches(job.global_batch)
-    chunk_counts, stages = _plan_counts(ctx.summary, plan)
-    chunk_costs = _chunk_costs(ctx, chunk_counts)
-    times = [ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s) for c in chunk_costs]
+    counts = _plan_counts(ctx.summary, plan)
+    chunk_costs = _chunk_costs(ctx, counts)
+    times = _chunk_times(chunk_costs)
     p2p = boundary_p2p_s(plan, ctx.placement, graph=graph, job=job, hw=hw)
     times, hop = _blocking_p2p(times, p2p, plan=plan, job=job)
     if timeline:
         pipe = simulate(plan, times=times, p2p_s=hop, num_micro_batches=m, timeline=True)
     else:
         pipe = closed_form(plan, times=times, p2p_s=hop, num_micro_batches=m)
-    tail = _step_tail(ctx, stages=stages, chunk_costs=chunk_costs, loss_sync_s=loss_sync_s(hw, ctx.placement))
+    stages = counts.stages
+    tail = _step_tail(ctx, counts=counts, chunk_costs=chunk_costs, loss_sync_s=loss_sync_s(hw, ctx.placement))
     memory = pipeline_memory(plan, kinds=ctx.memory, stages=stages, hidden_size=graph.hidden_size, job=job,
-                             num_micro_batches=m)
+                             num_micro_batches=m, classes=counts.stage_class)
     memory, offloaded = long_context_terms(plan, memory, stages=stages, kinds=ctx.memory, graph=graph, job=job)
     if hw.runtime_bytes:
         memory = [terms | {"runtime": hw.runtime_bytes} for terms in memory]
@@ -126,26 +127,44 @@ def _context(graph: ModelGraph, plan: Plan, *, hw: HardwareProfile, cluster: Clu
                     cluster.host, loads, pipeline)
 
 
-def _plan_counts(summary: GraphSummary, plan: Plan) -> tuple[list[Counter[str]], list[Counter[str]]]:
-    """Block-kind counts per chunk and per pipeline rank, memoised per graph by the partition."""
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """Block-kind counts per chunk and per pipeline rank, and for each the index of the first
+    chunk (rank) with the same counts: the int that chunk and stage memos key on instead of
+    tuple(counts.items()). Read-only: memoised per graph."""
+
+    chunks: list[Counter[str]]
+    stages: list[Counter[str]]
+    chunk_class: tuple[int, ...]
+    stage_class: tuple[int, ...]
+
+
+def _plan_counts(summary: GraphSummary, plan: Plan) -> _Counts:
+    """_Counts of a plan, memoised per graph by the partition (blocks per chunk, pp, vocabulary
+    parallelism: nothing else moves a block between chunks)."""
     blocks = plan.stage_blocks(summary.num_blocks)
     key = ("stage_counts", tuple(blocks), plan.dims.pp, plan.vocab_parallel)
-    chunks = spread_vocab(summary.chunk_counts(blocks), plan)  # vocab.py: embedding/head over all stages
     if key not in summary.memo:
-        summary.memo[key] = stage_counts(chunks, pp=plan.dims.pp)
-    return chunks, summary.memo[key]
+        chunks = spread_vocab(summary.chunk_counts(blocks), plan)  # vocab.py: embedding/head over all stages
+        stages = stage_counts(chunks, pp=plan.dims.pp)
+        summary.memo[key] = _Counts(chunks, stages, _first_alike(chunks), _first_alike(stages))
+    return summary.memo[key]
 
 
-def _chunk_costs(ctx: _Context, chunk_counts: list[Counter[str]]) -> list[KindCost]:
+def _first_alike(counts: list[Counter[str]]) -> tuple[int, ...]:
+    first: dict[tuple, int] = {}
+    return tuple(first.setdefault(tuple(c.items()), i) for i, c in enumerate(counts))
+
+
+def _chunk_costs(ctx: _Context, counts: _Counts) -> list[KindCost]:
     """_chunk_cost of each chunk (chunk c runs on pipeline rank c % pp); chunks alike in kind
     counts and placement are priced once."""
-    seen: dict[tuple, KindCost] = {}
-    out = []
-    for c, counts in enumerate(chunk_counts):
-        costs = ctx.costs[ctx.placement.stage_class[c % ctx.plan.dims.pp]]
-        key = (tuple(counts.items()), id(costs))
+    seen: dict[tuple[int, int], KindCost] = {}
+    out, pp, stage_class = [], ctx.plan.dims.pp, ctx.placement.stage_class
+    for c, cls in enumerate(counts.chunk_class):
+        key = (cls, stage_class[c % pp])  # ctx.costs is keyed by the stage class
         if key not in seen:
-            seen[key] = _chunk_cost(ctx, counts, costs)
+            seen[key] = _chunk_cost(ctx, counts.chunks[c], ctx.costs[key[1]])
         out.append(seen[key])
     return out
 
@@ -174,6 +193,19 @@ def _pipe_action_s(plan: Plan, hw: HardwareProfile) -> float:
     return hw.host.pipe_action_us * 1e-6
 
 
+def _chunk_times(chunk_costs: list[KindCost]) -> list[ChunkTimes]:
+    """The schedule's view of each chunk; chunks sharing one KindCost (alike, _chunk_costs)
+    share one ChunkTimes (an interleaved 405B plan has 96 chunks of two or three kinds)."""
+    made: dict[int, ChunkTimes] = {}
+    out = []
+    for c in chunk_costs:
+        t = made.get(id(c))
+        if t is None:
+            t = made[id(c)] = ChunkTimes(fwd_s=c.fwd.total_s, bwd_s=c.bwd.total_s, weight_s=c.weight_s)
+        out.append(t)
+    return out
+
+
 def _blocking_p2p(times: list[ChunkTimes], p2p_s: float, *, plan: Plan, job: JobSpec) -> tuple[list[ChunkTimes], float]:
     """(chunk times, hop latency) for the schedule. A stack that waits for each schedule step's
     send/recv batch before its next compute (job.pp_comm_overlap False) keeps the stage busy for the
@@ -181,9 +213,14 @@ def _blocking_p2p(times: list[ChunkTimes], p2p_s: float, *, plan: Plan, job: Job
     ends with one exchange, and the receiver holds the data when that exchange ends (no extra hop)."""
     if job.pp_comm_overlap or plan.dims.pp == 1:
         return times, p2p_s
-    last = len(times) - 1
-    return [ChunkTimes(fwd_s=t.fwd_s + (p2p_s if c < last else 0.0), bwd_s=t.bwd_s + (p2p_s if c > 0 else 0.0),
-                       weight_s=t.weight_s) for c, t in enumerate(times)], 0.0
+    last, made, out = len(times) - 1, {}, []
+    for c, t in enumerate(times):
+        key = (id(t), c < last, c > 0)  # alike chunks share a ChunkTimes (_chunk_times)
+        if key not in made:
+            made[key] = ChunkTimes(fwd_s=t.fwd_s + (p2p_s if c < last else 0.0),
+                                   bwd_s=t.bwd_s + (p2p_s if c > 0 else 0.0), weight_s=t.weight_s)
+        out.append(made[key])
+    return out, 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,19 +234,18 @@ class _Tail:
     stage_optimizer_s: tuple[float, ...] = ()
 
 
-def _step_tail(ctx: _Context, *, stages: list[Counter[str]], chunk_costs: list[KindCost],
-               loss_sync_s: float) -> _Tail:
+def _step_tail(ctx: _Context, *, counts: _Counts, chunk_costs: list[KindCost], loss_sync_s: float) -> _Tail:
     plan, job, p = ctx.plan, ctx.job, ctx.plan.dims.pp
     d = plan.dims
     worst, seen, stage_opt = _Tail(0.0, 0.0, 0.0), {}, []
-    for stage, counts in enumerate(stages):
+    for stage, counts_class in enumerate(counts.stage_class):
         chunks = chunk_costs[stage::p]
-        spans, hw = ctx.placement.stages[stage], ctx.stage_hw(stage)
-        signature = (tuple(counts.items()), tuple(map(id, chunks)), ctx.placement.stage_class[stage])  # alike in kinds, costs, links
+        signature = (counts_class, tuple(map(id, chunks)), ctx.placement.stage_class[stage])  # alike in kinds, costs, links
         if signature in seen:
             stage_opt.append(seen[signature])
             continue
-        params = stage_params(ctx.memory, counts)
+        spans, hw, counts_here = ctx.placement.stages[stage], ctx.stage_hw(stage), counts.stages[stage]
+        params = stage_params(ctx.memory, counts_here)
         dp = dp_step_comm(plan, dense_params=params.dense, expert_params=params.expert, job=job, spans=spans,
                           hw=hw, bwd_window_s=sum(c.bwd.total_s for c in chunks),
                           fwd_window_s=sum(c.fwd.total_s for c in chunks),
@@ -247,9 +283,11 @@ def _assemble(ctx: _Context, *, cluster: ClusterSpec, chunk_costs: list[KindCost
                   TimeTerm.OFFLOAD: critical.comm_s.get(TimeTerm.OFFLOAD, 0.0)}
     scale = job.global_batch / graph.sample_batch
     model_flops = (ctx.summary.fwd_flops + ctx.summary.bwd_flops) * scale
-    peak = sum(ctx.stage_hw(s).peak_flops(job.precision) for s in range(p)) * (cluster.world_size // p) * step_s
+    groups = ctx.placement.stage_group  # each stage's node group: its profile, looked up once per group
+    group_peak = {g: ctx.profiles[g].peak_flops(job.precision) for g in dict.fromkeys(groups)}
+    peak = sum(group_peak[g] for g in groups) * (cluster.world_size // p) * step_s  # summed in stage order
     peak_mem = max(sum(t.values()) for t in memory)
-    capacity = min(ctx.stage_hw(s).memory_gib for s in range(p)) * GIB - RESERVED_BYTES  # the smallest GPU
+    capacity = min(ctx.profiles[g].memory_gib for g in group_peak) * GIB - RESERVED_BYTES  # the smallest GPU
     mfu = model_flops / peak
     return Estimate(
         step_time_s=step_s, tokens_per_s_per_gpu=job.tokens_per_step / (step_s * cluster.world_size),
@@ -293,7 +331,7 @@ def memory_lower_bound_bytes(graph: ModelGraph, plan: Plan, job: JobSpec, cluste
     Needs no hardware profile or timing; `cluster` is accepted for the search's uniform call.
     """
     assert plan.dims.world_size == cluster.world_size, "plan and cluster disagree on the world size"
-    _, stages = _plan_counts(graph_summary(GraphKey(graph)), plan)
+    stages = _plan_counts(graph_summary(GraphKey(graph)), plan).stages
     return model_state_lower_bound(plan, kinds=kind_params(graph, plan), stages=stages, job=job)
 
 

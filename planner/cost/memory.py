@@ -271,13 +271,15 @@ def stage_memory(plan: Plan, *, kinds: dict[str, KindMemory], counts: Counter[st
 
 
 def pipeline_memory(plan: Plan, *, kinds: dict[str, KindMemory], stages: list[Counter[str]], hidden_size: int,
-                    job: JobSpec, num_micro_batches: int) -> list[dict[str, float]]:
+                    job: JobSpec, num_micro_batches: int,
+                    classes: tuple[int, ...] | None = None) -> list[dict[str, float]]:
     """stage_memory of every pipeline stage; stages holding the same block kinds share the
-    count-dependent part, so the per-stage work is the in-flight micro-batches alone."""
-    bases: dict[tuple, _StageBase] = {}
+    count-dependent part, so the per-stage work is the in-flight micro-batches alone. `classes`:
+    per stage, the first stage with the same counts (cost._Counts), so the key is an int."""
+    bases: dict[object, _StageBase] = {}
     out = []
     for stage, counts in enumerate(stages):
-        key = tuple(counts.items())
+        key = tuple(counts.items()) if classes is None else classes[stage]
         if key not in bases:
             bases[key] = _stage_base(plan, kinds=kinds, counts=counts, hidden_size=hidden_size, job=job)
         out.append(_stage_terms(plan, bases[key], stage=stage, num_micro_batches=num_micro_batches))
