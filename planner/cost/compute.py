@@ -9,6 +9,7 @@ at achieved memory bandwidth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import add
 
 from planner.cost.experts import load_factor
 from planner.cost.kernels import causal_fraction, flash_rate, fp8_cast_bytes, gemm_s, unpad_bytes
@@ -65,7 +66,7 @@ class PassTimes:
     host_excess_bwd_s: float = 0.0
 
     def __add__(self, other: PassTimes) -> PassTimes:
-        return PassTimes(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
+        return PassTimes(*map(add, self._tuple(), other._tuple()))  # field by field (map: no generator frames)
 
     def past_host_fwd_s(self, exposed_s: float) -> float:
         """Exposed GPU-side traffic of a forward whose host launches outlast its kernels: a blocking

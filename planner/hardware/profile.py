@@ -11,6 +11,7 @@ import bisect
 import math
 import warnings
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 
 from typing import Annotated, Any
@@ -312,7 +313,11 @@ class HardwareProfile(BaseModel):
         return num_bytes / (self.memory_bandwidth_gbs * _GB * eff)
 
     def collective_fit(self, collective: Collective, *, tier: Tier, num_ranks: int) -> CollectiveFit:
-        """The fit for this collective and tier measured at the nearest rank count (log distance)."""
+        """The fit for this collective and tier measured at the nearest rank count (log distance);
+        memoised per (frozen) profile: a search asks ~30 times per estimate."""
+        return _collective_fit(IdentityKey(self), collective, tier, num_ranks)
+
+    def _find_fit(self, collective: Collective, *, tier: Tier, num_ranks: int) -> CollectiveFit:
         fits = [f for f in self.collectives if f.collective == collective and f.tier == tier]
         if not fits:
             fits = [f for f in self.collectives if f.collective == Collective.ALL_REDUCE and f.tier == tier]
@@ -342,6 +347,11 @@ def _curve_for(curves: dict[Precision, Curve], precision: Precision) -> Curve:
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read profiles/*.json; ValueError with one line when the file is missing or malformed."""
     return load_model(HardwareProfile, path, what="profile", flag="--profile")
+
+
+@lru_cache(maxsize=4096)
+def _collective_fit(profile: IdentityKey, collective: Collective, tier: Tier, num_ranks: int) -> CollectiveFit:
+    return profile.obj._find_fit(collective, tier=tier, num_ranks=num_ranks)
 
 
 class IdentityKey:
