@@ -1,9 +1,8 @@
 """Per-layer compute time for each pass (forward, backward-input, backward-weight, recompute).
 
-Operators come from the traced graph: each is split by the plan (tensor, sequence, context and
-expert parallelism), scaled from the traced sample to the micro-batch, and timed on the
-roofline of the hardware profile: GEMMs and attention at efficiency(FLOPs of one call), the rest
-at achieved memory bandwidth.
+Operators come from the traced graph: each is split by the plan (tensor, sequence, context and expert
+parallelism), scaled from the traced sample to the micro-batch, and timed on the roofline of the hardware
+profile: GEMMs and attention at efficiency(FLOPs of one call), the rest at achieved memory bandwidth.
 """
 
 from __future__ import annotations
