@@ -69,9 +69,15 @@ def remote_nodes_hit(*, num_experts: int, top_k: int, nodes: int) -> float:
     (num_experts / nodes each), a given remote node holds none of them with the hypergeometric
     probability C(E - E/N, k) / C(E, k), so the expected count of remote nodes hit is
     (N - 1) (1 - C(E - E/N, k) / C(E, k)) (balls-into-bins without replacement). Uniform routing is
-    what force-balanced or fake-balanced gates produce (Megatron-Core moe_router_force_load_balancing,
-    NeMo AutoModel fake_balanced_gate); a DeepEP-style dispatcher sends a token once to each of these
-    nodes and forwards it over NVLink inside the node (deepseek-ai/DeepEP README, "normal kernels").
+    what a force-balanced gate produces (Megatron-Core moe_router_force_load_balancing); a DeepEP-style
+    dispatcher sends a token once to each of these nodes and forwards it over NVLink inside the node
+    (deepseek-ai/DeepEP docs/legacy.md, "normal kernels"; its tests/legacy/test_internode.py counts
+    the unique (token, node) pairs as the RDMA bytes behind the bandwidth table).
+    Not modelled: NeMo AutoModel's FakeBalancedGate with noise 0 is round-robin, token t to experts
+    k t .. k t + k - 1 mod E (nemo_automodel/components/moe/layers.py), so under contiguous placement
+    a token reaches one node and ceil(k / experts per rank) ranks, not this uniform-routing count.
+    Pricing that alone makes the AutoModel MoE rows 16-39% too fast (2026-12 check), so another
+    cost of those runs is missing from the model; keep the uniform count until it is found.
     """
     if nodes <= 1:
         return 0.0
