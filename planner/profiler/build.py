@@ -210,7 +210,7 @@ def _citations(report: RankReport, config: ProfileConfig) -> list[str]:
     return [
         f"measured by `planner profile` on {platform.node() or 'this host'}: {report.world_size} rank(s), "
         f"{report.threads} CPU thread(s) per rank, {'quick' if config.quick else 'full'} sweep, "
-        f"{len(report.kernels)} kernels ({report.skipped_kernels} skipped above the FLOP cap), "
+        f"{len(report.kernels)} kernels ({report.skipped_kernels} skipped above the FLOP or time cap), "
         f"{len(report.links)} collective timings",
         "kernels: every rank times each case at once (barrier per case), median of repeats per rank, "
         "then the median rank; CUDA events on GPU, perf_counter on CPU",

@@ -90,6 +90,11 @@ class KernelSweep:
     warmup: int
     repeats: int
     min_sample_s: float
+    # Skip a kernel whose one call would take longer than this at the best rate measured so far
+    # for its op and dtype (run._kernel_sweep): a CPU without native bf16 GEMM (no AVX512-BF16 or
+    # AMX) runs bf16 matmuls ~70x slower than fp32 (1024^3: 4.1 s vs 0.056 s measured on an AMD
+    # EPYC without AVX-512), which would stretch the sweep's largest bf16 cases to minutes each.
+    max_call_s: float = 0.25
 
 
 def default_sweep(*, cuda: bool, quick: bool) -> KernelSweep:

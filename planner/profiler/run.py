@@ -156,12 +156,12 @@ def _measure(config: ProfileConfig, *, world_size: int, local_world_size: int, t
     link_sweep = pl.default_link_sweep(cuda=config.cuda, quick=config.quick)
     tiers = pl.tier_groups(world_size=world_size, local_world_size=local_world_size) if world_size > 1 else []
     tick(f"total {len(cases) + len(tiers) * len(pl.link_cases(link_sweep)) + (not config.cuda)}")
-    kernels = _kernel_sweep(cases, sweep=sweep, device=device, tick=tick)
+    kernels, too_slow = _kernel_sweep(cases, sweep=sweep, device=device, tick=tick)
     links = [r for tg in tiers for r in pl.measure_tier(tg, sweep=link_sweep, device=device, tick=tick)]
     pairs = _pair_table(config, world_size=world_size, local_world_size=local_world_size, device=device, tick=tick)
     host = [] if config.cuda else _host_probe(config, tick=tick)
     return RankReport(kernels=kernels, links=links, world_size=world_size, threads=threads,
-                      skipped_kernels=len(all_cases) - len(cases), host=host, pairs=pairs)
+                      skipped_kernels=len(all_cases) - len(cases) + too_slow, host=host, pairs=pairs)
 
 
 def _pair_table(config: ProfileConfig, *, world_size: int, local_world_size: int, device: torch.device,
@@ -187,20 +187,32 @@ def _host_probe(config: ProfileConfig, *, tick: Tick) -> list[ph.HostSamples]:
 
 
 def _kernel_sweep(cases: list[pk.KernelCase], *, sweep: pk.KernelSweep, device: torch.device,
-                  tick: Tick) -> list[pk.KernelResult]:
-    """Each case on every rank at once (a barrier per case); per-case median across ranks."""
+                  tick: Tick) -> tuple[list[pk.KernelResult], int]:
+    """Each case on every rank at once; per-case median across ranks. A case whose one call would
+    outlast sweep.max_call_s at the best FLOP rate measured so far for its op and dtype is skipped
+    on every rank alike (a MAX all-reduce of the ranks' verdicts, which is also the per-case
+    barrier). Returns the results and the count skipped."""
     distributed = dist.is_initialized()
-    mine = []
+    mine, best_rate, skipped = [], {}, 0
     for case in cases:
-        tick(f"{case.op.value} {case.dtype.value} {'x'.join(map(str, case.shape))}")
+        rate = best_rate.get((case.op, case.dtype))
+        slow = torch.tensor([float(rate is not None and case.flops / rate > sweep.max_call_s)], device=device)
         if distributed:
-            dist.barrier()
-        mine.append(pk.run_case(case, sweep=sweep, device=device))
+            dist.all_reduce(slow, op=dist.ReduceOp.MAX)
+        tick(f"{case.op.value} {case.dtype.value} {'x'.join(map(str, case.shape))}{' (skipped)' if slow.item() else ''}")
+        if slow.item():
+            skipped += 1
+            continue
+        result = pk.run_case(case, sweep=sweep, device=device)
+        if case.flops > 0:
+            achieved = case.flops / max(result.timing.median_us * 1e-6, 1e-12)
+            best_rate[(case.op, case.dtype)] = max(achieved, rate or 0.0)
+        mine.append(result)
     if not distributed:
-        return mine
+        return mine, skipped
     every: list[list[pk.KernelResult]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(every, mine)
-    return [_median_across(list(per_rank)) for per_rank in zip(*every, strict=True)]
+    return [_median_across(list(per_rank)) for per_rank in zip(*every, strict=True)], skipped
 
 
 def _median_across(results: list[pk.KernelResult]) -> pk.KernelResult:

@@ -45,7 +45,11 @@ def test_curves_reproduce_the_measured_gemm_times(quick_cpu_profile: HardwarePro
     """Querying the fitted curve at a measured GEMM's FLOPs gives back about its measured time."""
     hw = quick_cpu_profile
     for prec in (Precision.FP32, Precision.BF16):
-        assert max(y for _, y in hw.matmul_efficiency[prec].points) == pytest.approx(1.0)
+        # the peak is the best rate any kernel of the precision reached: a GEMM on most CPUs, the
+        # attention kernel where bf16 GEMM has no native path (no AVX512-BF16 / AMX)
+        curves = (hw.matmul_efficiency[prec], hw.attention_efficiency[prec])
+        assert max(y for c in curves for _, y in c.points) == pytest.approx(1.0)
+        assert max(y for _, y in hw.matmul_efficiency[prec].points) <= 1.0 + 1e-9
         samples = [s for s in hw.kernel_samples if s.op == "matmul" and s.dtype == prec.value]
         assert len(samples) >= 3
         for s in samples:
