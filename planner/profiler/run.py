@@ -196,11 +196,12 @@ def _kernel_sweep(cases: list[pk.KernelCase], *, sweep: pk.KernelSweep, device: 
     mine, best_rate, skipped = [], {}, 0
     for case in cases:
         rate = best_rate.get((case.op, case.dtype))
-        slow = torch.tensor([float(rate is not None and case.flops / rate > sweep.max_call_s)], device=device)
+        verdict = torch.tensor([float(rate is not None and case.flops / rate > sweep.max_call_s)], device=device)
         if distributed:
-            dist.all_reduce(slow, op=dist.ReduceOp.MAX)
-        tick(f"{case.op.value} {case.dtype.value} {'x'.join(map(str, case.shape))}{' (skipped)' if slow.item() else ''}")
-        if slow.item():
+            dist.all_reduce(verdict, op=dist.ReduceOp.MAX)
+        slow = bool(verdict.item())
+        tick(f"{case.op.value} {case.dtype.value} {'x'.join(map(str, case.shape))}{' (skipped)' if slow else ''}")
+        if slow:
             skipped += 1
             continue
         result = pk.run_case(case, sweep=sweep, device=device)
