@@ -49,6 +49,44 @@ def test_stage_partition_equals_brute_force(pp: int, vp: int) -> None:
         assert sum(result.layers_per_chunk) == n and min(result.layers_per_chunk) >= 1
 
 
+def _brute_force_step(problem: StagePartitionProblem) -> float | None:
+    n, chunks = len(problem.layer_time_s), problem.num_chunks
+    home = np.repeat(np.arange(chunks), [n // chunks + (c < n % chunks) for c in range(chunks)])
+    best = None
+    for counts in _compositions(n, chunks):
+        chunk_of = np.repeat(np.arange(chunks), counts)
+        if problem.window is not None and np.any(np.abs(chunk_of - home) > problem.window):
+            continue
+        step, _, memory = problem.evaluate(counts)
+        if max(memory) <= problem.memory_limit_bytes and (best is None or step < best):
+            best = step
+    return best
+
+
+@pytest.mark.parametrize(("pp", "vp", "window"), [(2, 2, None), (3, 2, None), (3, 2, 1), (4, 1, 1), (2, 3, 2)])
+def test_block_runs_partition_equals_brute_force(pp: int, vp: int, window: int | None) -> None:
+    """A transformer's layer list (embedding, equal blocks, a heavy head), which the ILP counts per
+    run, under a binding memory limit and the search's window: the proven optimum is brute force's."""
+    n_blocks = 14
+    times = (0.3,) + (1.0,) * n_blocks + (2.5,)
+    static = (4.0,) + (2.0,) * n_blocks + (4.0,)
+    act = (0.2,) + (1.0,) * n_blocks + (1.5,)
+    inflight = tuple(float(pp - r) for r in range(pp))
+    for scale in (1.0, 0.6, 0.45):
+        limit = (sum(static) + sum(act) * pp) / pp * 1.6 * scale
+        problem = StagePartitionProblem(layer_time_s=times, layer_static_bytes=static, layer_activation_bytes=act,
+                                        num_ranks=pp, virtual_stages=vp, num_micro_batches=2 * pp,
+                                        rank_inflight=inflight, memory_limit_bytes=limit, window=window)
+        expected = _brute_force_step(problem)
+        result = partition_stages(problem)
+        if expected is None:
+            assert result is None
+            continue
+        assert result is not None and result.solve.status == SolveStatus.OPTIMAL
+        assert result.step_time_s == pytest.approx(expected, rel=1e-6)
+        assert max(result.rank_memory_bytes) <= limit * (1 + 1e-9)
+
+
 def test_uneven_partition_fixes_the_vocabulary_imbalance() -> None:
     """128 blocks + a heavy LM head on 16 stages: the last stage gets fewer blocks, optimally."""
     times = (0.2,) + (1.0,) * 128 + (4.0,)

@@ -4,7 +4,7 @@ per-rank memory limits (uneven splits fix the vocabulary-layer imbalance, Yeung 
 
 from __future__ import annotations
 
-import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,85 +76,143 @@ class StagePartition:
 
 
 def partition_stages(problem: StagePartitionProblem, *, time_limit_s: float = 10.0) -> StagePartition | None:
-    """Optimal contiguous partition, or None when no partition fits the memory limit."""
-    prob, y, t_rank, t_chunk = _partition_model(problem)
-    _partition_warm_start(problem, y, t_rank, t_chunk)
-    # HiGHS presolve costs ~1 s on this model and buys nothing: the DP cut and the warm
-    # start usually close the gap at the root.
-    info = solve(prob, time_limit_s=time_limit_s, presolve=False)
+    """Optimal contiguous partition, or None when no partition fits the memory limit.
+
+    With one chunk per rank the step is (m + pp - 1) x the slowest chunk, so the min-max DP
+    (_min_max_contiguous) is already the exact optimum: no solver. Otherwise the ILP below."""
+    if problem.virtual_stages == 1:
+        start = time.perf_counter()
+        counts = _min_max_contiguous(problem)[1]
+        if not counts:
+            return None
+        step, rank, memory = problem.evaluate(counts)
+        info = SolveInfo(status=SolveStatus.OPTIMAL, objective=step, bound=step,
+                         seconds=time.perf_counter() - start, solver="dp")
+        return StagePartition(layers_per_chunk=counts, step_time_s=step, slowest_rank_s=rank,
+                              rank_memory_bytes=memory, solve=info)
+    model = _partition_model(problem)
+    _partition_warm_start(problem, model)
+    info = solve(model.prob, time_limit_s=time_limit_s, presolve=True)
     if info.status == SolveStatus.INFEASIBLE:
         return None
-    n, last = len(problem.layer_time_s), problem.num_chunks - 1
-    # layers in chunks <= c = sum_i y[i][c]; the last column is all ones.
-    at_most = [sum(round(pulp.value(y[i][c])) for i in range(n)) for c in range(last)] + [n]
-    counts = [at_most[0]] + [at_most[c] - at_most[c - 1] for c in range(1, last + 1)]
+    counts = model.counts()
     step, slowest, memory = problem.evaluate(counts)
     return StagePartition(layers_per_chunk=counts, step_time_s=step, slowest_rank_s=slowest,
                           rank_memory_bytes=memory, solve=info)
 
 
-def _partition_model(p: StagePartitionProblem) -> tuple[pulp.LpProblem, list[list], pulp.LpVariable, pulp.LpVariable]:
-    n, chunks, times = len(p.layer_time_s), p.num_chunks, p.layer_time_s
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Consecutive layers with equal time, static and activation bytes (a transformer's blocks):
+    the ILP counts how many of them each chunk takes instead of placing each one."""
+
+    first: int
+    length: int
+    time_s: float
+    static_bytes: float
+    activation_bytes: float
+
+
+def _runs(p: StagePartitionProblem) -> list[_Run]:
+    rows = list(zip(p.layer_time_s, p.layer_static_bytes, p.layer_activation_bytes))
+    runs: list[_Run] = []
+    for i, row in enumerate(rows):
+        if runs and rows[runs[-1].first] == row:
+            runs[-1] = _Run(runs[-1].first, runs[-1].length + 1, *row)
+        else:
+            runs.append(_Run(i, 1, *row))
+    return runs
+
+
+@dataclass(slots=True)
+class _Model:
+    prob: pulp.LpProblem
+    runs: list[_Run]
+    taken: list[list]  # taken[c][r]: layers of run r in chunks <= c (int or LpVariable)
+    done: list[list]  # done[c][r] = 1 iff run r is complete by chunk c (r < last run)
+    t_rank: pulp.LpVariable
+    t_chunk: pulp.LpVariable
+
+    def counts(self) -> list[int]:
+        at_most = [sum(round(pulp.value(v)) for v in row) for row in self.taken]
+        return [at_most[0]] + [at_most[c] - at_most[c - 1] for c in range(1, len(at_most))]
+
+
+def _partition_model(p: StagePartitionProblem) -> _Model:
+    """Integer model over runs of equal layers (Megatron-style blocks: three runs, embedding,
+    blocks, head), so its size follows the number of distinct runs, not of layers, and its LP
+    relaxation is the fractional even split; a model with every layer distinct is the classic
+    per-layer assignment. Contiguity: a run starts only once the one before it is complete."""
+    runs, chunks, last = _runs(p), p.num_chunks, p.num_chunks - 1
+    n = len(p.layer_time_s)
     prob = pulp.LpProblem("stage_partition", pulp.LpMinimize)
     # -- variables --
-    # y[i][c] = 1 iff layer i sits in a chunk <= c (cumulative form: contiguity becomes two
-    # monotonicity conditions, no big-M). x[i][c] = y[i][c] - y[i][c-1]; y[i][last] = 1.
-    lo, hi = _chunk_window(p)
-    y = [[0 if c < lo[i] else 1 if c >= hi[i] else prob.add_variable(f"y_{i}_{c}", cat=pulp.LpBinary)
-          for c in range(chunks - 1)] + [1] for i in range(n)]
+    # taken[c][r] in [0, L_r], nondecreasing in c, all of run r by the last chunk;
+    # done[c][r] binary: run r complete by chunk c, the gate for run r + 1.
+    taken = [[prob.add_variable(f"taken_{c}_{r}", lowBound=0, upBound=run.length,
+                                cat=pulp.LpBinary if run.length == 1 else pulp.LpInteger)
+              for r, run in enumerate(runs)] for c in range(last)] + [[run.length for run in runs]]
+    done = [[prob.add_variable(f"done_{c}_{r}", cat=pulp.LpBinary) for r in range(len(runs) - 1)]
+            for c in range(last)]
     # Valid lower bounds: T_chunk >= the min-max chunk time with each chunk fitting alone (DP),
-    # T_rank >= max(total / pp, T_chunk bound when vp = 1).
+    # T_rank >= total / pp.
     chunk_lb = _min_max_contiguous(p)[0]
     chunk_lb = chunk_lb * (1 - 1e-9) if np.isfinite(chunk_lb) else 0.0  # float slack for the warm start
     t_chunk = prob.add_variable("slowest_chunk_s", lowBound=chunk_lb)
-    rank_lb = max(sum(times) / p.num_ranks * (1 - 1e-9), chunk_lb if p.virtual_stages == 1 else 0.0)
+    rank_lb = max(sum(p.layer_time_s) / p.num_ranks * (1 - 1e-9), chunk_lb if p.virtual_stages == 1 else 0.0)
     t_rank = t_chunk if p.virtual_stages == 1 else prob.add_variable("slowest_rank_s", lowBound=rank_lb)
 
-    def x(i: int, c: int) -> pulp.LpAffineExpression:
-        return y[i][c] - (y[i][c - 1] if c else 0)
+    def took(c: int, r: int) -> pulp.LpAffineExpression:  # layers of run r in chunk c
+        return taken[c][r] - (taken[c - 1][r] if c else 0)
 
     # -- objective --  min m * T_rank + (pp - 1) * T_chunk
     prob += p.num_micro_batches * t_rank + (p.num_ranks - 1) * t_chunk
     # -- constraints --
-    for i, c in itertools.product(range(n), range(chunks - 1)):
-        if c + 1 < chunks - 1 and _free(y[i][c], y[i][c + 1]):
-            prob += y[i][c] <= y[i][c + 1], f"cumulative_{i}_{c}"  # y nondecreasing in c
-        if i + 1 < n and _free(y[i + 1][c], y[i][c]):
-            prob += y[i + 1][c] <= y[i][c], f"contiguous_{i}_{c}"  # later layers never earlier
-    if chunks > 1 and _free(y[0][0]):
-        prob += y[0][0] == 1, "embedding_on_first_chunk"
-    if chunks > 1 and _free(y[n - 1][chunks - 2]):
-        prob += y[n - 1][chunks - 2] == 0, "head_on_last_chunk"
+    at_least, at_most = _window_bounds(p)
+    for c in range(last):
+        for r, run in enumerate(runs):
+            prob += taken[c][r] <= taken[c + 1][r], f"cumulative_{c}_{r}"
+            if r + 1 < len(runs):
+                prob += taken[c][r] >= run.length * done[c][r], f"complete_{c}_{r}"
+                prob += taken[c][r + 1] <= runs[r + 1].length * done[c][r], f"after_{c}_{r}"
+        total = pulp.lpSum(taken[c])
+        if at_least[c] > 0:
+            prob += total >= at_least[c], f"window_low_{c}"
+        if at_most[c] < n:
+            prob += total <= at_most[c], f"window_high_{c}"
     for c in range(chunks):
-        # every chunk holds >= 1 layer; its time sum_i t_i x[i][c] <= T_chunk
-        prob += pulp.lpSum(x(i, c) for i in range(n)) >= 1, f"nonempty_{c}"
+        # every chunk holds >= 1 layer; its time <= T_chunk
+        prob += pulp.lpSum(took(c, r) for r in range(len(runs))) >= 1, f"nonempty_{c}"
         if p.virtual_stages > 1:
-            prob += pulp.lpSum(times[i] * x(i, c) for i in range(n)) <= t_chunk, f"chunk_time_{c}"
-    for r in range(p.num_ranks):
-        mine = [c for c in range(chunks) if p.rank_of(c) == r]
-        # rank time: sum_{c on r} sum_i t_i x[i][c] <= T_rank
-        prob += pulp.lpSum(times[i] * x(i, c) for c in mine for i in range(n)) <= t_rank, f"rank_time_{r}"
-        # rank memory: sum_{c on r} sum_i (static_i + inflight_r * act_i) x[i][c] <= M
-        per_layer = [p.layer_static_bytes[i] + p.rank_inflight[r] * p.layer_activation_bytes[i] for i in range(n)]
-        prob += pulp.lpSum(per_layer[i] * x(i, c) for c in mine for i in range(n)) <= p.memory_limit_bytes, f"memory_{r}"
-    return prob, y, t_rank, t_chunk
+            prob += pulp.lpSum(run.time_s * took(c, r) for r, run in enumerate(runs)) <= t_chunk, f"chunk_time_{c}"
+    for rank in range(p.num_ranks):
+        mine = [c for c in range(chunks) if p.rank_of(c) == rank]
+        prob += pulp.lpSum(run.time_s * took(c, r) for c in mine for r, run in enumerate(runs)) <= t_rank, \
+            f"rank_time_{rank}"
+        # the rank's layer count as its own integer: branching on it splits the rank-time
+        # symmetry of chunks on one rank that the per-chunk counts leave open
+        held = prob.add_variable(f"rank_layers_{rank}", lowBound=0, upBound=n, cat=pulp.LpInteger)
+        prob += held == pulp.lpSum(took(c, r) for c in mine for r in range(len(runs))), f"rank_layers_{rank}"
+        inflight = p.rank_inflight[rank]
+        prob += pulp.lpSum((run.static_bytes + inflight * run.activation_bytes) * took(c, r)
+                           for c in mine for r, run in enumerate(runs)) <= p.memory_limit_bytes, f"memory_{rank}"
+    return _Model(prob, runs, taken, done, t_rank, t_chunk)
 
 
-def _free(*terms: object) -> bool:
-    return any(isinstance(t, pulp.LpVariable) for t in terms)
-
-
-def _chunk_window(p: StagePartitionProblem) -> tuple[list[int], list[int]]:
-    """Chunks layer i may use: all, or +-window around its chunk in the even split."""
+def _window_bounds(p: StagePartitionProblem) -> tuple[list[int], list[int]]:
+    """Bounds on the layers in chunks <= c that keep every layer within +-window chunks of its
+    chunk in the even split (layer i sits in chunk <= c iff i < that count)."""
     n, chunks = len(p.layer_time_s), p.num_chunks
     if p.window is None:
-        return [0] * n, [chunks - 1] * n
+        return [0] * chunks, [n] * chunks
     home = np.repeat(np.arange(chunks), [n // chunks + (c < n % chunks) for c in range(chunks)])
-    return (np.maximum(home - p.window, 0).tolist(), np.minimum(home + p.window, chunks - 1).tolist())
+    lo, hi = home - p.window, home + p.window  # both nondecreasing in i
+    at_least = [int(np.count_nonzero(hi <= c)) for c in range(chunks)]
+    at_most = [int(np.count_nonzero(lo <= c)) for c in range(chunks)]
+    return at_least, at_most
 
 
-def _partition_warm_start(p: StagePartitionProblem, y: list[list], t_rank: pulp.LpVariable,
-                          t_chunk: pulp.LpVariable) -> None:
+def _partition_warm_start(p: StagePartitionProblem, model: _Model) -> None:
     """Seed the solver with the min-max chunk split (DP) when its ranks fit in memory."""
     counts = _min_max_contiguous(p)[1]
     if not counts:
@@ -162,23 +220,22 @@ def _partition_warm_start(p: StagePartitionProblem, y: list[list], t_rank: pulp.
     _, slowest_rank, memory = p.evaluate(counts)
     if max(memory) > p.memory_limit_bytes:
         return
-    cumulative = np.cumsum(counts)
-    lo, hi = _chunk_window(p)
-    chunk_of = np.searchsorted(cumulative, np.arange(len(y)), side="right")
-    if np.any(chunk_of < lo) or np.any(chunk_of > hi):
-        return  # the DP split leaves the window
-    for i, row in enumerate(y):
-        for c, var in enumerate(row[:-1]):
-            if isinstance(var, pulp.LpVariable):
-                var.setInitialValue(1 if i < cumulative[c] else 0)
+    cumulative = np.cumsum(counts)  # in the window: _min_max_contiguous keeps it
+    for c, row in enumerate(model.taken[:-1]):
+        for r, run in enumerate(model.runs):
+            got = int(min(max(cumulative[c] - run.first, 0), run.length))
+            row[r].setInitialValue(got)
+            if r + 1 < len(model.runs):
+                model.done[c][r].setInitialValue(int(got == run.length))
     bounds = np.cumsum([0, *counts])
-    t_chunk.setInitialValue(max(sum(p.layer_time_s[bounds[c]:bounds[c + 1]]) for c in range(p.num_chunks)))
-    t_rank.setInitialValue(slowest_rank)
+    model.t_chunk.setInitialValue(max(sum(p.layer_time_s[bounds[c]:bounds[c + 1]]) for c in range(p.num_chunks)))
+    model.t_rank.setInitialValue(slowest_rank)
 
 
 def _min_max_contiguous(p: StagePartitionProblem) -> tuple[float, list[int]]:
     """Exact min over contiguous splits into non-empty chunks of the slowest chunk, where each
-    chunk alone must fit its rank's memory (a relaxation when virtual_stages > 1, exact for 1).
+    chunk alone must fit its rank's memory and every layer stays in its window (a relaxation when
+    virtual_stages > 1, exact for 1).
 
     best_c[j] = min_{i < j} max(best_{c-1}[i], P[j] - P[i]) over prefix sums P, with pieces that
     do not fit set to +inf; O(chunks * n^2) in numpy, a few ms for 130 layers x 16 stages.
@@ -196,12 +253,18 @@ def _min_max_contiguous(p: StagePartitionProblem) -> tuple[float, list[int]]:
         memory = (static[None, :] - static[:, None]) + inflight * (act[None, :] - act[:, None])
         return np.where(memory <= p.memory_limit_bytes, piece, np.inf)
 
-    best = fitting(0)[0].copy()
+    at_least, at_most = _window_bounds(p)
+    ends = np.arange(n + 1)
+
+    def in_window(chunk: int, best: np.ndarray) -> np.ndarray:  # best[j]: j layers in chunks <= chunk
+        return np.where((ends >= at_least[chunk]) & (ends <= at_most[chunk]), best, np.inf)
+
+    best = in_window(0, fitting(0)[0])
     choice = []
     for chunk in range(1, p.num_chunks):
         candidates = np.maximum(best[:, None], fitting(chunk))  # [i, j]
         arg = candidates.argmin(axis=0)
-        best = candidates[arg, np.arange(n + 1)]
+        best = in_window(chunk, candidates[arg, ends])
         choice.append(arg)
     if not np.isfinite(best[n]):
         return float("inf"), []
