@@ -16,7 +16,7 @@ from planner.search.mapping import map_devices, vary_rank_orders
 from planner.search.result import Candidate, PartitionSummary, PlacementSummary, TuneResult
 
 _PARTITION_TOP = 2  # top plans with pp > 1 that get the stage-partition ILP
-_PARTITION_LIMIT_S = 3.0  # a cap: the run model proves the GPT-3 and 405B searches' partitions optimal in 0.1-1.4 s (2 cores)
+_PARTITION_LIMIT_S = 3.0  # a cap: the GPT-3 and 405B searches' partitions are proven in 0.1-1.4 s
 _PARTITION_WINDOW = 2  # chunks a layer may move from the even split
 _PLACEMENT_LIMIT_S = 3.0
 _TRACE_TOKENS = 16384  # tokens drawn for a synthetic trace; counts are scaled to the step

@@ -79,23 +79,26 @@ def partition_stages(problem: StagePartitionProblem, *, time_limit_s: float = 10
     """Optimal contiguous partition, or None when no partition fits the memory limit.
 
     With one chunk per rank the step is (m + pp - 1) x the slowest chunk, so the min-max DP
-    (_min_max_contiguous) is already the exact optimum: no solver. Otherwise the ILP below."""
+    (_min_max_contiguous) is already the exact optimum: no solver. Otherwise the ILP below, with
+    the DP's slowest chunk as a bound and its split as the warm start."""
+    start = time.perf_counter()
+    slowest_chunk, split = _min_max_contiguous(problem)
     if problem.virtual_stages == 1:
-        start = time.perf_counter()
-        counts = _min_max_contiguous(problem)[1]
-        if not counts:
+        if not split:
             return None
-        step, rank, memory = problem.evaluate(counts)
+        step = problem.evaluate(split)[0]
         info = SolveInfo(status=SolveStatus.OPTIMAL, objective=step, bound=step,
                          seconds=time.perf_counter() - start, solver="dp")
-        return StagePartition(layers_per_chunk=counts, step_time_s=step, slowest_rank_s=rank,
-                              rank_memory_bytes=memory, solve=info)
-    model = _partition_model(problem)
-    _partition_warm_start(problem, model)
+        return _partition(problem, split, info)
+    model = _partition_model(problem, slowest_chunk)
+    _partition_warm_start(problem, model, split)
     info = solve(model.prob, time_limit_s=time_limit_s, presolve=True)
     if info.status == SolveStatus.INFEASIBLE:
         return None
-    counts = model.counts()
+    return _partition(problem, model.counts(), info)
+
+
+def _partition(problem: StagePartitionProblem, counts: list[int], info: SolveInfo) -> StagePartition:
     step, slowest, memory = problem.evaluate(counts)
     return StagePartition(layers_per_chunk=counts, step_time_s=step, slowest_rank_s=slowest,
                           rank_memory_bytes=memory, solve=info)
@@ -137,14 +140,18 @@ class _Model:
         at_most = [sum(round(pulp.value(v)) for v in row) for row in self.taken]
         return [at_most[0]] + [at_most[c] - at_most[c - 1] for c in range(1, len(at_most))]
 
+    def took(self, c: int, r: int) -> pulp.LpAffineExpression:
+        """Layers of run r in chunk c."""
+        return self.taken[c][r] - (self.taken[c - 1][r] if c else 0)
 
-def _partition_model(p: StagePartitionProblem) -> _Model:
+
+def _partition_model(p: StagePartitionProblem, slowest_chunk_s: float) -> _Model:
     """Integer model over runs of equal layers (Megatron-style blocks: three runs, embedding,
     blocks, head), so its size follows the number of distinct runs, not of layers, and its LP
     relaxation is the fractional even split; a model with every layer distinct is the classic
-    per-layer assignment. Contiguity: a run starts only once the one before it is complete."""
-    runs, chunks, last = _runs(p), p.num_chunks, p.num_chunks - 1
-    n = len(p.layer_time_s)
+    per-layer assignment. Interleaved schedules only (virtual_stages > 1; one chunk per rank is
+    the DP's). `slowest_chunk_s`: the DP's min-max chunk, a valid lower bound on T_chunk."""
+    runs, last = _runs(p), p.num_chunks - 1
     prob = pulp.LpProblem("stage_partition", pulp.LpMinimize)
     # -- variables --
     # taken[c][r] in [0, L_r], nondecreasing in c, all of run r by the last chunk;
@@ -154,22 +161,38 @@ def _partition_model(p: StagePartitionProblem) -> _Model:
               for r, run in enumerate(runs)] for c in range(last)] + [[run.length for run in runs]]
     done = [[prob.add_variable(f"done_{c}_{r}", cat=pulp.LpBinary) for r in range(len(runs) - 1)]
             for c in range(last)]
-    # Valid lower bounds: T_chunk >= the min-max chunk time with each chunk fitting alone (DP),
-    # T_rank >= total / pp.
-    chunk_lb = _min_max_contiguous(p)[0]
-    chunk_lb = chunk_lb * (1 - 1e-9) if np.isfinite(chunk_lb) else 0.0  # float slack for the warm start
+    # Valid lower bounds: T_chunk >= the DP's min-max chunk, T_rank >= total / pp.
+    chunk_lb = slowest_chunk_s * (1 - 1e-9) if np.isfinite(slowest_chunk_s) else 0.0  # float slack for the warm start
     t_chunk = prob.add_variable("slowest_chunk_s", lowBound=chunk_lb)
-    rank_lb = max(sum(p.layer_time_s) / p.num_ranks * (1 - 1e-9), chunk_lb if p.virtual_stages == 1 else 0.0)
-    t_rank = t_chunk if p.virtual_stages == 1 else prob.add_variable("slowest_rank_s", lowBound=rank_lb)
-
-    def took(c: int, r: int) -> pulp.LpAffineExpression:  # layers of run r in chunk c
-        return taken[c][r] - (taken[c - 1][r] if c else 0)
-
+    t_rank = prob.add_variable("slowest_rank_s", lowBound=sum(p.layer_time_s) / p.num_ranks * (1 - 1e-9))
+    model = _Model(prob, runs, taken, done, t_rank, t_chunk)
     # -- objective --  min m * T_rank + (pp - 1) * T_chunk
     prob += p.num_micro_batches * t_rank + (p.num_ranks - 1) * t_chunk
     # -- constraints --
+    _contiguity(p, model)
+    for c in range(p.num_chunks):
+        # every chunk holds >= 1 layer; its time <= T_chunk
+        prob += pulp.lpSum(model.took(c, r) for r in range(len(runs))) >= 1, f"nonempty_{c}"
+        prob += pulp.lpSum(run.time_s * model.took(c, r) for r, run in enumerate(runs)) <= t_chunk, f"chunk_time_{c}"
+    for rank in range(p.num_ranks):
+        mine = [(c, r, run) for c in range(rank, p.num_chunks, p.num_ranks) for r, run in enumerate(runs)]
+        prob += pulp.lpSum(run.time_s * model.took(c, r) for c, r, run in mine) <= t_rank, f"rank_time_{rank}"
+        # the rank's layer count as its own integer: branching on it splits the rank-time
+        # symmetry of chunks on one rank that the per-chunk counts leave open
+        held = prob.add_variable(f"rank_layers_{rank}", lowBound=0, upBound=len(p.layer_time_s), cat=pulp.LpInteger)
+        prob += held == pulp.lpSum(model.took(c, r) for c, r, _ in mine), f"rank_layers_{rank}"
+        inflight = p.rank_inflight[rank]
+        prob += pulp.lpSum((run.static_bytes + inflight * run.activation_bytes) * model.took(c, r)
+                           for c, r, run in mine) <= p.memory_limit_bytes, f"memory_{rank}"
+    return model
+
+
+def _contiguity(p: StagePartitionProblem, model: _Model) -> None:
+    """Cumulative counts never decrease, a run starts only once the one before it is complete,
+    and the layers in chunks <= c stay inside the window's bounds."""
+    prob, runs, taken, done = model.prob, model.runs, model.taken, model.done
     at_least, at_most = _window_bounds(p)
-    for c in range(last):
+    for c in range(p.num_chunks - 1):
         for r, run in enumerate(runs):
             prob += taken[c][r] <= taken[c + 1][r], f"cumulative_{c}_{r}"
             if r + 1 < len(runs):
@@ -178,25 +201,8 @@ def _partition_model(p: StagePartitionProblem) -> _Model:
         total = pulp.lpSum(taken[c])
         if at_least[c] > 0:
             prob += total >= at_least[c], f"window_low_{c}"
-        if at_most[c] < n:
+        if at_most[c] < len(p.layer_time_s):
             prob += total <= at_most[c], f"window_high_{c}"
-    for c in range(chunks):
-        # every chunk holds >= 1 layer; its time <= T_chunk
-        prob += pulp.lpSum(took(c, r) for r in range(len(runs))) >= 1, f"nonempty_{c}"
-        if p.virtual_stages > 1:
-            prob += pulp.lpSum(run.time_s * took(c, r) for r, run in enumerate(runs)) <= t_chunk, f"chunk_time_{c}"
-    for rank in range(p.num_ranks):
-        mine = [c for c in range(chunks) if p.rank_of(c) == rank]
-        prob += pulp.lpSum(run.time_s * took(c, r) for c in mine for r, run in enumerate(runs)) <= t_rank, \
-            f"rank_time_{rank}"
-        # the rank's layer count as its own integer: branching on it splits the rank-time
-        # symmetry of chunks on one rank that the per-chunk counts leave open
-        held = prob.add_variable(f"rank_layers_{rank}", lowBound=0, upBound=n, cat=pulp.LpInteger)
-        prob += held == pulp.lpSum(took(c, r) for c in mine for r in range(len(runs))), f"rank_layers_{rank}"
-        inflight = p.rank_inflight[rank]
-        prob += pulp.lpSum((run.static_bytes + inflight * run.activation_bytes) * took(c, r)
-                           for c in mine for r, run in enumerate(runs)) <= p.memory_limit_bytes, f"memory_{rank}"
-    return _Model(prob, runs, taken, done, t_rank, t_chunk)
 
 
 def _window_bounds(p: StagePartitionProblem) -> tuple[list[int], list[int]]:
@@ -212,22 +218,22 @@ def _window_bounds(p: StagePartitionProblem) -> tuple[list[int], list[int]]:
     return at_least, at_most
 
 
-def _partition_warm_start(p: StagePartitionProblem, model: _Model) -> None:
-    """Seed the solver with the min-max chunk split (DP) when its ranks fit in memory."""
-    counts = _min_max_contiguous(p)[1]
-    if not counts:
+def _partition_warm_start(p: StagePartitionProblem, model: _Model, split: list[int]) -> None:
+    """Seed the solver with the min-max chunk split (the DP's, inside the window) when its ranks
+    fit in memory."""
+    if not split:
         return
-    _, slowest_rank, memory = p.evaluate(counts)
+    _, slowest_rank, memory = p.evaluate(split)
     if max(memory) > p.memory_limit_bytes:
         return
-    cumulative = np.cumsum(counts)  # in the window: _min_max_contiguous keeps it
+    cumulative = np.cumsum(split)
     for c, row in enumerate(model.taken[:-1]):
         for r, run in enumerate(model.runs):
             got = int(min(max(cumulative[c] - run.first, 0), run.length))
             row[r].setInitialValue(got)
             if r + 1 < len(model.runs):
                 model.done[c][r].setInitialValue(int(got == run.length))
-    bounds = np.cumsum([0, *counts])
+    bounds = np.cumsum([0, *split])
     model.t_chunk.setInitialValue(max(sum(p.layer_time_s[bounds[c]:bounds[c + 1]]) for c in range(p.num_chunks)))
     model.t_rank.setInitialValue(slowest_rank)
 
