@@ -18,7 +18,7 @@ from planner.search.result import Candidate, PartitionSummary, PlacementSummary,
 _PARTITION_TOP = 2  # top plans with pp > 1 that get the stage-partition ILP
 _PARTITION_LIMIT_S = 3.0  # a cap: the GPT-3 and 405B searches' partitions are proven in 0.1-1.4 s
 _PARTITION_WINDOW = 2  # chunks a layer may move from the even split
-_PLACEMENT_LIMIT_S = 3.0
+_PLACEMENT_LIMIT_S = 1.5  # greedy + a fixed local-search budget take ~1 s on the DeepSeek-V3 search
 _TRACE_TOKENS = 16384  # tokens drawn for a synthetic trace; counts are scaled to the step
 
 

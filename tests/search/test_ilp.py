@@ -143,6 +143,37 @@ def test_skewed_trace_placement_beats_round_robin_with_a_reported_gap() -> None:
     assert lower <= result.cost.total_s
 
 
+def _best_single_swap_gain(routing: ex.RoutingStats, topo: ex.Topology, ranks: np.ndarray) -> float:
+    """Brute force: the largest cost drop of swapping two experts of one layer on different ranks."""
+    base, best = ex.placement_cost(routing, topo, ranks).total_s, 0.0
+    for layer in range(routing.num_layers):
+        for a, b in itertools.combinations(range(routing.num_experts), 2):
+            if ranks[layer, a] != ranks[layer, b]:
+                trial = ranks.copy()
+                trial[layer, [a, b]] = trial[layer, [b, a]]
+                best = max(best, base - ex.placement_cost(routing, topo, trial).total_s)
+    return best
+
+
+@pytest.mark.parametrize(("ranks", "per_node"), [(2, 1), (4, 2), (8, 4)])
+def test_local_search_steps_descend_to_a_swap_local_optimum(ranks: int, per_node: int) -> None:
+    """Each step (the best swap per disjoint rank pair, batched) lowers the exact cost; at the end
+    no single swap of any layer improves it (checked by brute force over all swaps)."""
+    routing = ex.zipf_routing(num_layers=3, num_experts=16, tokens=800, top_k=2, skew=1.1, seed=ranks)
+    topo = ex.Topology(num_ranks=ranks, ranks_per_node=per_node, compute_s_per_token=2e-6,
+                       intra_s_per_token=3e-7, inter_s_per_token=2e-6)
+    current = ex.greedy(routing, topo)
+    for _ in range(200):
+        before = ex.placement_cost(routing, topo, current).total_s
+        moved = [ex._best_swap(routing, topo, current, layer) for layer in range(routing.num_layers)]
+        assert ex.placement_cost(routing, topo, current).total_s <= before + 1e-12
+        if not any(moved):
+            break
+    assert not any(moved)
+    assert _best_single_swap_gain(routing, topo, current) <= 1e-9 * ex.placement_cost(routing, topo, current).total_s
+    assert all(np.bincount(layer, minlength=ranks).tolist() == [16 // ranks] * ranks for layer in current)
+
+
 def test_routing_trace_round_trip(tmp_path) -> None:
     routing = ex.zipf_routing(num_layers=3, num_experts=4, tokens=50, top_k=2, seed=0)
     trace = {"num_experts": 4,

@@ -201,17 +201,24 @@ def greedy(routing: RoutingStats, topo: Topology) -> np.ndarray:
 
 
 def local_search(routing: RoutingStats, topo: Topology, ranks: np.ndarray, *, max_sweeps: int = 20,
+                 swaps_per_layer: int | None = None, max_evaluations: int | None = None,
                  deadline: float = float("inf")) -> np.ndarray:
-    """Best-improvement swaps of two experts of one layer on different ranks, all pairs at once."""
+    """Best-improvement swaps of experts of one layer on different ranks (_best_swap), sweeping the
+    layers until none improves. `swaps_per_layer` caps one sweep's evaluations per layer (the
+    first swaps gain most, so a cap spreads a budget over all layers) and `max_evaluations` the
+    total: a result that does not depend on the machine's speed. `deadline` is only a safety net."""
     import time
 
     ranks = ranks.copy()
+    per_layer = routing.num_experts // 2 if swaps_per_layer is None else swaps_per_layer
+    left = float("inf") if max_evaluations is None else max_evaluations
     for _ in range(max_sweeps):
         improved = False
         for layer in range(routing.num_layers):
-            for _ in range(routing.num_experts // 2):
-                if time.perf_counter() > deadline:
+            for _ in range(per_layer):
+                if left <= 0 or time.perf_counter() > deadline:
                     return ranks
+                left -= 1
                 if not _best_swap(routing, topo, ranks, layer):
                     break
                 improved = True
@@ -221,35 +228,71 @@ def local_search(routing: RoutingStats, topo: Topology, ranks: np.ndarray, *, ma
 
 
 def _best_swap(routing: RoutingStats, topo: Topology, ranks: np.ndarray, layer: int) -> bool:
+    """Apply the best swap, plus the best swap of every other rank pair that shares no rank with a
+    better one (a greedy matching of rank pairs: at most ranks/2 swaps from one evaluation of the
+    [E, E] delta). Swaps on disjoint ranks change disjoint loads and, with the neighbour layers
+    fixed, independent traffic, so only the busiest-rank term can interact; the batch is kept
+    when the layer's exact cost drops by at least the best single swap's gain, else only that one."""
     cost = neighbour_cost(routing, topo, ranks, layer)
     own, tokens = ranks[layer], routing.expert_tokens[layer]
-    here = cost[np.arange(own.size), own]
-    # traffic delta of swapping a and b: cost[a, r_b] + cost[b, r_a] - here[a] - here[b]
-    cross = cost[:, own]
-    delta = cross + cross.T - here[:, None] - here[None, :]
-    load = np.bincount(own, weights=tokens, minlength=topo.num_ranks)
-    shift = tokens[None, :] - tokens[:, None]  # a's rank gains w_b - w_a
-    new_a, new_b = load[own][:, None] + shift, load[own][None, :] - shift
-    rest = _max_excluding(load, own)
-    new_max = np.maximum(rest, np.maximum(new_a, new_b))
-    delta = delta + (new_max - load.max()) * topo.compute_s_per_token
-    delta[own[:, None] == own[None, :]] = np.inf
-    a, b = np.unravel_index(np.argmin(delta), delta.shape)
-    if delta[a, b] >= -1e-12 * max(1.0, abs(load.max())):
+    num_r = topo.num_ranks
+    cap = own.size // num_r  # every rank holds cap experts: group them, [R, cap] per rank
+    by_rank = np.argsort(own, kind="stable")
+    c = cost[by_rank].reshape(num_r, cap, num_r)  # c[q, i, r]: i-th expert of rank q on rank r
+    t = tokens[by_rank].reshape(num_r, cap)
+    here = c[np.arange(num_r), :, np.arange(num_r)]  # [R, cap]
+    load = t.sum(axis=1)
+    # swapping a = (qa, i) and b = (qb, j), qa < qb: traffic c[qa,i,qb] + c[qb,j,qa] - here[a] -
+    # here[b]; qa gains t_b - t_a, qb loses it, the other ranks keep their loads. [pair, i, j]
+    qa, qb = np.triu_indices(num_r, 1)
+    shift = t[qb][:, None, :] - t[qa][:, :, None]
+    delta = ((c[qa, :, qb] - here[qa])[:, :, None] + (c[qb, :, qa] - here[qb])[:, None, :])
+    new_max = np.maximum(_max_excluding(load)[qa, qb][:, None, None],
+                         np.maximum(load[qa][:, None, None] + shift, load[qb][:, None, None] - shift))
+    delta += (new_max - load.max()) * topo.compute_s_per_token
+    flat = delta.reshape(qa.size, cap * cap)
+    where = flat.argmin(axis=1)
+    best = flat[np.arange(qa.size), where]  # the best swap of each rank pair
+    tol = -1e-12 * max(1.0, abs(load.max()))
+    if best.min() >= tol:
         return False
+    chosen, used = [], set()
+    for k in np.argsort(best, kind="stable"):
+        if best[k] >= tol:
+            break
+        if qa[k] in used or qb[k] in used:
+            continue
+        used |= {int(qa[k]), int(qb[k])}
+        i, j = divmod(int(where[k]), cap)
+        chosen.append((int(by_rank[qa[k] * cap + i]), int(by_rank[qb[k] * cap + j])))
+    gain = -float(best.min())
+    before = _layer_objective(routing, topo, cost, own, tokens)
+    trial = own.copy()
+    for a, b in chosen:
+        trial[a], trial[b] = own[b], own[a]
+    if len(chosen) > 1 and before - _layer_objective(routing, topo, cost, trial, tokens) >= gain:
+        ranks[layer] = trial
+        return True
+    a, b = chosen[0]
     ranks[layer, a], ranks[layer, b] = own[b], own[a]
     return True
 
 
-def _max_excluding(load: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """[E, E] max load over ranks other than own[a] and own[b]."""
-    top = np.zeros((own.size, own.size))
-    filled = np.zeros_like(top, dtype=bool)
-    for r in np.argsort(-load)[:3]:  # two ranks are excluded, so the third largest suffices
-        take = ~filled & (own[:, None] != r) & (own[None, :] != r)
-        top[take] = load[r]
-        filled |= take
-    return top
+def _layer_objective(routing: RoutingStats, topo: Topology, cost: np.ndarray, own: np.ndarray,
+                     tokens: np.ndarray) -> float:
+    """Traffic to the fixed neighbour layers plus the busiest rank's compute, for one layer."""
+    load = np.bincount(own, weights=tokens, minlength=topo.num_ranks).max()
+    return float(cost[np.arange(own.size), own].sum() + load * topo.compute_s_per_token)
+
+
+def _max_excluding(load: np.ndarray) -> np.ndarray:
+    """[R, R]: the largest load over the ranks other than q and r."""
+    num_r = load.size
+    masked = np.broadcast_to(load, (num_r, num_r, num_r)).copy()
+    idx = np.arange(num_r)
+    masked[idx, :, idx] = -np.inf
+    masked[:, idx, idx] = -np.inf
+    return masked.max(axis=2) if num_r > 2 else np.zeros((num_r, num_r))
 
 
 def lower_bound(routing: RoutingStats, topo: Topology) -> PlacementCost:
